@@ -1,0 +1,60 @@
+//! `cargo bench -p wasmill --bench router`: the router on the in-memory pub/sub with a native
+//! pass-through handler and with the `passthrough.wasm` plugin (fuel and epoch on), 1M
+//! messages at 100 B and 16 KiB (override with WASMILL_BENCH_MESSAGES). Prints the figures and
+//! the WASM/native ratio per payload size. Needs `scripts/build-plugins.sh` to have run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use wasmill::bench::{BenchOptions, BenchReport, native_passthrough, run};
+use wasmill::pubsub::memory::MemoryPubSub;
+use wasmill::router::BoxHandler;
+use wasmill::wasm::{EngineConfig, Grants, InstancePool, Limits, WasmEngine, WasmHandler};
+
+fn bench(rt: &tokio::runtime::Runtime, handler: BoxHandler, options: &BenchOptions) -> BenchReport {
+    let ps = MemoryPubSub::default();
+    rt.block_on(run(Arc::new(ps.clone()), Arc::new(ps), handler, options))
+        .expect("bench run")
+}
+
+fn main() {
+    let messages: usize = std::env::var("WASMILL_BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let plugin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/passthrough.wasm");
+    let engine = WasmEngine::new(EngineConfig::default()).expect("engine");
+    let compiled = rt
+        .block_on(engine.compile_file(&plugin))
+        .expect("compile plugins/passthrough.wasm (run scripts/build-plugins.sh first)");
+    for payload_size in [100, 16 * 1024] {
+        let options = BenchOptions {
+            messages,
+            payload_size,
+            ..BenchOptions::default()
+        };
+        let native = bench(&rt, native_passthrough(), &options);
+        println!("{native}\n");
+        let pool = Arc::new(InstancePool::new(
+            engine.clone(),
+            compiled.clone(),
+            Limits::default(),
+            Grants::default(),
+            1,
+        ));
+        let wasm_options = BenchOptions {
+            handler_label: "passthrough.wasm".into(),
+            ..options.clone()
+        };
+        let wasm = bench(&rt, Arc::new(WasmHandler::new(pool)), &wasm_options);
+        println!("{wasm}\n");
+        println!(
+            "  ratio {payload_size} B: WASM/native time per message = {:.2}x\n",
+            native.end_to_end_per_sec / wasm.end_to_end_per_sec
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! `wasmill run`: the config, the backends, the router, the plugins folder and the HTTP API
+//! wired together, until a shutdown signal closes them gracefully.
+
+mod middleware;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, HandlerConfig, TopicSpec};
+use crate::error::{Error, Result};
+use crate::plugins::manager::{HandlerRoute, PluginManager, TopicRef};
+use crate::pubsub::registry::{self, Backend};
+use crate::router::{Router, RouterConfig};
+use crate::wasm::{EngineConfig, Limits, WasmEngine};
+
+pub use middleware::build_middleware;
+
+/// Options of `wasmill run` that override the config file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The config file; `./wasmill.toml` when present, else none.
+    pub config: Option<PathBuf>,
+    /// The plugins folder.
+    pub plugins_dir: Option<PathBuf>,
+    /// The HTTP listen address (`127.0.0.1:0` picks a free port).
+    pub http: Option<String>,
+}
+
+/// Loads the config the way `wasmill run` does.
+pub fn load_config(path: Option<&Path>) -> Result<Config> {
+    let default = Path::new("wasmill.toml");
+    match path {
+        Some(p) => Config::load(p),
+        None if default.exists() => Config::load(default),
+        None => Ok(Config {
+            base_dir: PathBuf::from("."),
+            file: "(no config)".into(),
+            ..Config::default()
+        }),
+    }
+}
+
+/// Connects every configured backend, plus `memory` unless the config redefines it.
+pub async fn connect_backends(cfg: &Config) -> Result<HashMap<String, Backend>> {
+    let mut backends = HashMap::new();
+    if !cfg.pubsub.contains_key("memory") {
+        backends.insert(
+            "memory".to_string(),
+            registry::connect("memory", "memory", &toml::Table::new()).await?,
+        );
+    }
+    for (name, entry) in &cfg.pubsub {
+        let backend = registry::connect(name, &entry.kind, &entry.settings)
+            .await
+            .map_err(|e| Error::Config(format!("{}: {e}", cfg.file)))?;
+        tracing::info!(pubsub = %name, kind = %entry.kind, "pub/sub connected");
+        backends.insert(name.clone(), backend);
+    }
+    Ok(backends)
+}
+
+fn topic_ref(spec: &TopicSpec, default: &str) -> TopicRef {
+    let (pubsub, topic) = spec.resolve(default);
+    TopicRef { pubsub, topic }
+}
+
+/// The route of a `[[handlers]]` entry or a sidecar, with `[defaults]` applied.
+pub fn route_for(cfg: &Config, h: &HandlerConfig, from_sidecar: bool) -> HandlerRoute {
+    let d = &cfg.defaults;
+    let default = &cfg.host.default_pubsub;
+    let mut middleware = d.middleware.clone();
+    middleware.extend(h.middleware.iter().cloned());
+    HandlerRoute {
+        name: h.name.clone().unwrap_or_default(),
+        plugin: h.plugin.clone().unwrap_or_default(),
+        subscribe: topic_ref(&h.subscribe, default),
+        publish: h.publish.as_ref().map(|p| topic_ref(p, default)),
+        concurrency: h.concurrency.max(1),
+        order_key: h.order_key.clone(),
+        limits: Limits {
+            fuel: h.fuel.unwrap_or(d.fuel),
+            timeout: h.timeout.unwrap_or(d.timeout),
+            memory: h.memory.unwrap_or(d.memory),
+            max_output_bytes: d.max_output_bytes,
+            max_output_messages: d.max_output_messages,
+        },
+        allow_publish: h
+            .allow_publish
+            .iter()
+            .map(|t| topic_ref(t, default))
+            .collect(),
+        middleware,
+        from_sidecar,
+    }
+}
+
+/// Runs the host until `shutdown` resolves, then closes it gracefully (in-flight messages
+/// finish within `close_timeout`).
+pub async fn run(
+    options: RunOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let cfg = Arc::new(load_config(options.config.as_deref())?);
+    let plugins_dir = options
+        .plugins_dir
+        .clone()
+        .unwrap_or_else(|| cfg.plugins_dir());
+    if !plugins_dir.exists() {
+        std::fs::create_dir_all(&plugins_dir).map_err(|e| {
+            Error::io(
+                format!("create plugins folder {}", plugins_dir.display()),
+                e,
+            )
+        })?;
+    }
+    let backends = connect_backends(&cfg).await?;
+    let cache_dir = cfg
+        .host
+        .cache_dir
+        .clone()
+        .map(|d| cfg.base_dir.join(d))
+        .unwrap_or_else(|| plugins_dir.join(".wasmill-cache"));
+    let engine = WasmEngine::new(EngineConfig {
+        cache_dir: Some(cache_dir),
+    })?;
+    let router = Router::new(RouterConfig {
+        close_timeout: cfg.host.close_timeout,
+    });
+
+    let configured: Vec<HandlerRoute> = cfg
+        .handlers
+        .iter()
+        .map(|h| route_for(&cfg, h, false))
+        .collect();
+    let mw_factory = {
+        let engine = engine.clone();
+        let backends = backends.clone();
+        let dir = plugins_dir.clone();
+        let default = cfg.host.default_pubsub.clone();
+        Arc::new(move |route: &HandlerRoute| {
+            build_middleware(&route.middleware, &engine, &backends, &dir, &default)
+        })
+    };
+    let sidecar_reader = {
+        let cfg = cfg.clone();
+        let backends: Vec<String> = backends.keys().cloned().collect();
+        Arc::new(move |sidecar: &Path, wasm: &Path| {
+            let h = HandlerConfig::from_sidecar(sidecar, wasm)?;
+            let known = |p: &str| backends.iter().any(|b| b == p);
+            h.check_sidecar(&sidecar.display().to_string(), &known)?;
+            Ok(route_for(&cfg, &h, true))
+        })
+    };
+    let manager = PluginManager::new(
+        engine,
+        router.clone(),
+        backends.clone(),
+        plugins_dir.clone(),
+        configured,
+        mw_factory,
+        sidecar_reader,
+    );
+    manager.start_all().await;
+
+    let mut events = crate::plugins::watch::watch(&plugins_dir, Duration::from_millis(300))?;
+    let watcher_manager = manager.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            watcher_manager.on_event(ev).await;
+        }
+    });
+    tracing::info!(plugins = %plugins_dir.display(), "watching the plugins folder");
+
+    let addr = options
+        .http
+        .clone()
+        .unwrap_or_else(|| cfg.host.http.clone());
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| Error::io(format!("listen on {addr}"), e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::io("read the listen address", e))?;
+    tracing::info!("HTTP API listening on http://{local}");
+    let state = crate::http::ApiState {
+        backends: Arc::new(backends),
+        default_pubsub: cfg.host.default_pubsub.clone(),
+        plugins: Some(manager),
+        router: router.clone(),
+        max_body: 16 << 20,
+    };
+    let http_stop = tokio_util::sync::CancellationToken::new();
+    let http = {
+        let stop = http_stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) =
+                crate::http::serve(listener, state, async move { stop.cancelled().await }).await
+            {
+                tracing::error!("HTTP API: {e}");
+            }
+        })
+    };
+
+    let result = router.run_until(shutdown).await;
+    http_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    result
+}

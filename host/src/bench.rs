@@ -1,0 +1,245 @@
+//! The in-process benchmark behind `wasmill bench`: drives a router on a pub/sub and reports
+//! throughput, latency percentiles and peak memory, as `nats bench` does for NATS.
+//!
+//! Method: a publisher task sends `messages` payloads of `payload_size` bytes to an input
+//! topic in batches; the router runs the handler under test, which publishes to an output
+//! topic; a reader acks every output message and records the latency from publish to
+//! arrival (the send time travels in metadata). Publishing and consuming overlap, so the
+//! end-to-end rate is the router's sustained rate.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::message::Message;
+use crate::pubsub::{DynPublisher, DynSubscriber};
+use crate::router::{BoxHandler, HandlerSpec, Router, RouterConfig, handler_fn};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// How many messages to push through.
+    pub messages: usize,
+    /// Payload size in bytes.
+    pub payload_size: usize,
+    /// Messages per publish call.
+    pub batch: usize,
+    /// The handler's concurrency.
+    pub concurrency: usize,
+    /// A label for the handler (e.g. "native" or the plugin file).
+    pub handler_label: String,
+    /// A label for the backend.
+    pub pubsub_label: String,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            messages: 100_000,
+            payload_size: 100,
+            batch: 100,
+            concurrency: 1,
+            handler_label: "native".into(),
+            pubsub_label: "memory".into(),
+        }
+    }
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// The backend.
+    pub pubsub: String,
+    /// The handler.
+    pub handler: String,
+    /// Messages pushed through.
+    pub messages: usize,
+    /// Payload size in bytes.
+    pub payload_size: usize,
+    /// Handler concurrency.
+    pub concurrency: usize,
+    /// Messages published per second (publish loop alone).
+    pub publish_per_sec: f64,
+    /// Messages handled and delivered to the output topic per second, first publish to last
+    /// output.
+    pub end_to_end_per_sec: f64,
+    /// Median publish-to-output latency in microseconds.
+    pub latency_p50_us: f64,
+    /// 99th percentile publish-to-output latency in microseconds.
+    pub latency_p99_us: f64,
+    /// Total wall time in seconds.
+    pub elapsed_secs: f64,
+    /// Peak resident memory of the process in MiB (Linux `VmHWM`), if known.
+    pub peak_rss_mib: Option<f64>,
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "wasmill bench: {} messages x {} B, handler {}, pub/sub {}, concurrency {}",
+            self.messages, self.payload_size, self.handler, self.pubsub, self.concurrency
+        )?;
+        writeln!(f, "  publish      {:>12.0} msgs/s", self.publish_per_sec)?;
+        writeln!(f, "  end-to-end   {:>12.0} msgs/s", self.end_to_end_per_sec)?;
+        writeln!(
+            f,
+            "  latency      p50 {:.1} us, p99 {:.1} us",
+            self.latency_p50_us, self.latency_p99_us
+        )?;
+        match self.peak_rss_mib {
+            Some(m) => writeln!(f, "  peak memory  {m:.1} MiB")?,
+            None => writeln!(f, "  peak memory  unknown")?,
+        }
+        write!(f, "  elapsed      {:.2} s", self.elapsed_secs)
+    }
+}
+
+/// A native pass-through handler: returns a copy of the input, the baseline WASM handlers are
+/// compared with.
+pub fn native_passthrough() -> BoxHandler {
+    handler_fn(|msg: Message| async move {
+        let mut out = Message::with_uuid(msg.uuid.clone(), msg.payload.clone());
+        out.metadata = msg.metadata.clone();
+        Ok(vec![out])
+    })
+}
+
+const SENT_AT: &str = "bench_sent_ns";
+
+/// Runs the benchmark with `handler` between `publisher`/`subscriber` topics.
+pub async fn run(
+    publisher: DynPublisher,
+    subscriber: DynSubscriber,
+    handler: BoxHandler,
+    options: &BenchOptions,
+) -> Result<BenchReport> {
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let input = format!("bench_in_{run_id}");
+    let output = format!("bench_out_{run_id}");
+    subscriber.subscribe_initialize(&input).await?;
+    subscriber.subscribe_initialize(&output).await?;
+    let mut out_sub = subscriber.subscribe(&output).await?;
+
+    let router = Router::new(RouterConfig::default());
+    let h = router.add(
+        HandlerSpec::new("bench", input.clone(), subscriber.clone(), handler)
+            .publish_to(output.clone(), publisher.clone())
+            .concurrency(options.concurrency),
+    )?;
+    let r = router.clone();
+    let running = tokio::spawn(async move { r.run().await });
+    router.running().await;
+    h.started().await;
+
+    let epoch = Instant::now();
+    let payload = bytes::Bytes::from(vec![b'x'; options.payload_size]);
+    let total = options.messages;
+    let batch = options.batch.max(1);
+    let pub_task = {
+        let publisher = publisher.clone();
+        let input = input.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut sent = 0;
+            while sent < total {
+                let n = batch.min(total - sent);
+                let now = epoch.elapsed().as_nanos().to_string();
+                let msgs = (0..n)
+                    .map(|_| Message::new(payload.clone()).with_metadata(SENT_AT, now.clone()))
+                    .collect();
+                publisher.publish(&input, msgs).await?;
+                sent += n;
+            }
+            Ok::<Duration, Error>(start.elapsed())
+        })
+    };
+
+    let mut latencies = Vec::with_capacity(total);
+    let idle_limit = Duration::from_secs(30);
+    while latencies.len() < total {
+        let m = match tokio::time::timeout(idle_limit, out_sub.recv()).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(Error::Other("bench: output subscription ended".into())),
+            Err(_) => {
+                return Err(Error::Other(format!(
+                    "bench: no output for {idle_limit:?} after {} of {total} messages (handler last error: {})",
+                    latencies.len(),
+                    h.stats().last_error().unwrap_or_default()
+                )));
+            }
+        };
+        m.ack();
+        if let Ok(sent) = m.metadata.get(SENT_AT).parse::<u128>() {
+            let now = epoch.elapsed().as_nanos();
+            latencies.push(now.saturating_sub(sent) as u64);
+        } else {
+            latencies.push(0);
+        }
+    }
+    let elapsed = epoch.elapsed();
+    let publish_time = pub_task
+        .await
+        .map_err(|e| Error::Other(format!("bench publisher: {e}")))??;
+    drop(out_sub);
+    router.close().await?;
+    let _ = running.await;
+
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+        latencies.get(i).copied().unwrap_or(0) as f64 / 1_000.0
+    };
+    Ok(BenchReport {
+        pubsub: options.pubsub_label.clone(),
+        handler: options.handler_label.clone(),
+        messages: total,
+        payload_size: options.payload_size,
+        concurrency: options.concurrency,
+        publish_per_sec: total as f64 / publish_time.as_secs_f64(),
+        end_to_end_per_sec: total as f64 / elapsed.as_secs_f64(),
+        latency_p50_us: pct(0.50),
+        latency_p99_us: pct(0.99),
+        elapsed_secs: elapsed.as_secs_f64(),
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+/// The process's peak resident set size in MiB, read from `/proc/self/status` (Linux).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pubsub::memory::MemoryPubSub;
+    use std::sync::Arc;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bench_pushes_every_message_through() {
+        let ps = MemoryPubSub::default();
+        let opts = BenchOptions {
+            messages: 2_000,
+            payload_size: 64,
+            ..BenchOptions::default()
+        };
+        let report = run(
+            Arc::new(ps.clone()),
+            Arc::new(ps),
+            native_passthrough(),
+            &opts,
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.messages, 2_000);
+        assert!(report.end_to_end_per_sec > 0.0);
+        assert!(report.latency_p99_us >= report.latency_p50_us);
+        assert!(report.peak_rss_mib.unwrap_or(1.0) > 0.0);
+        assert!(report.to_string().contains("msgs/s"));
+    }
+}

@@ -1,0 +1,408 @@
+//! The subcommands other than `run`.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use futures::StreamExt;
+
+/// `wasmill check FILE.wasm`.
+pub fn check(file: &Path) -> Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
+    let engine = wasmill::wasm::WasmEngine::new(Default::default())?;
+    let name = file.display().to_string();
+    let info = wasmill::wasm::inspect(&engine, &name, &bytes)?;
+    println!("{name}: implements {}", info.world);
+    println!("imports:");
+    for i in &info.imports {
+        println!("  {i}");
+    }
+    println!("exports:");
+    for e in &info.exports {
+        println!("  {e}");
+    }
+    Ok(())
+}
+
+/// Arguments of `wasmill publish`.
+#[derive(Args)]
+pub struct PublishArgs {
+    /// The topic.
+    topic: String,
+    /// The payload; `-` or nothing reads standard input.
+    payload: Option<String>,
+    /// Metadata `key=value`, repeatable.
+    #[arg(short, long = "metadata")]
+    metadata: Vec<String>,
+    /// The message uuid (default: a fresh one).
+    #[arg(long)]
+    uuid: Option<String>,
+    /// The running host.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "WASMILL_URL")]
+    url: String,
+    /// A named backend of the host (default: its default one).
+    #[arg(long)]
+    pubsub: Option<String>,
+}
+
+fn topic_url(base: &str, topic: &str, suffix: &str, pubsub: Option<&str>) -> String {
+    let mut u = format!("{}/topics/{topic}{suffix}", base.trim_end_matches('/'));
+    if let Some(p) = pubsub {
+        u.push_str(&format!("?pubsub={p}"));
+    }
+    u
+}
+
+/// `wasmill publish`.
+pub async fn publish(a: PublishArgs) -> Result<()> {
+    let payload = match a.payload.as_deref() {
+        None | Some("-") => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            s
+        }
+        Some(p) => p.to_string(),
+    };
+    let mut metadata = BTreeMap::new();
+    for kv in &a.metadata {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--metadata {kv:?}: expected key=value"))?;
+        metadata.insert(k.to_string(), v.to_string());
+    }
+    let body = serde_json::json!({ "uuid": a.uuid, "metadata": metadata, "payload": payload });
+    let url = topic_url(&a.url, &a.topic, "", a.pubsub.as_deref());
+    let r = reqwest::Client::new()
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("POST {url} (is `wasmill run` running?)"))?;
+    let status = r.status();
+    let answer: serde_json::Value = r.json().await.unwrap_or_default();
+    if status.as_u16() != 202 {
+        bail!("POST {url}: {status}: {answer}");
+    }
+    println!("{}", answer["uuid"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+/// Arguments of `wasmill tail`.
+#[derive(Args)]
+pub struct TailArgs {
+    /// The topic.
+    topic: String,
+    /// The running host.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "WASMILL_URL")]
+    url: String,
+    /// A named backend of the host.
+    #[arg(long)]
+    pubsub: Option<String>,
+    /// Exit after this many messages.
+    #[arg(long)]
+    count: Option<usize>,
+    /// Print each message as its JSON envelope instead of its payload.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `wasmill tail`.
+pub async fn tail(a: TailArgs) -> Result<()> {
+    let url = topic_url(&a.url, &a.topic, "/messages", a.pubsub.as_deref());
+    let r = reqwest::Client::new()
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url} (is `wasmill run` running?)"))?;
+    if !r.status().is_success() {
+        bail!("GET {url}: {}", r.status());
+    }
+    let mut stream = r.bytes_stream();
+    let mut buf = String::new();
+    let mut seen = 0;
+    let mut out = std::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim_start)
+                .collect();
+            if data.is_empty() {
+                continue;
+            }
+            let data = data.join("\n");
+            if a.json {
+                writeln!(out, "{data}")?;
+            } else {
+                let v: serde_json::Value = serde_json::from_str(&data)?;
+                match v["payload"].as_str() {
+                    Some(p) => writeln!(out, "{p}")?,
+                    None => writeln!(out, "{}", v["payload_base64"].as_str().unwrap_or_default())?,
+                }
+            }
+            out.flush()?;
+            seen += 1;
+            if a.count.is_some_and(|c| seen >= c) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Arguments of `wasmill build`.
+#[derive(Args)]
+pub struct BuildArgs {
+    /// Plugin projects (cargo projects), or folders holding them (default: `plugins/`).
+    dirs: Vec<PathBuf>,
+    /// Where the .wasm files go (default: the plugins folder).
+    #[arg(long, default_value = "plugins")]
+    out: PathBuf,
+}
+
+fn cargo_projects(dir: &Path) -> Vec<PathBuf> {
+    if dir.join("Cargo.toml").exists() && dir.join("src/lib.rs").exists() {
+        return vec![dir.to_path_buf()];
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.join("Cargo.toml").exists() && p.join("src/lib.rs").exists())
+        .collect();
+    found.sort();
+    found
+}
+
+fn package_name(project: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(project.join("Cargo.toml"))?;
+    let t: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parse {}/Cargo.toml", project.display()))?;
+    t.get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str())
+        .map(str::to_string)
+        .with_context(|| format!("{}/Cargo.toml: no package.name", project.display()))
+}
+
+/// `wasmill build`.
+pub fn build(a: BuildArgs) -> Result<()> {
+    let dirs = if a.dirs.is_empty() {
+        vec![PathBuf::from("plugins")]
+    } else {
+        a.dirs
+    };
+    let installed = std::process::Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    if installed.is_ok_and(|o| {
+        !String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .any(|l| l == "wasm32-wasip2")
+    }) {
+        let ok = std::process::Command::new("rustup")
+            .args(["target", "add", "wasm32-wasip2"])
+            .status()?;
+        if !ok.success() {
+            bail!("rustup target add wasm32-wasip2 failed");
+        }
+    }
+    std::fs::create_dir_all(&a.out)?;
+    let mut built = 0;
+    for dir in dirs {
+        let projects = cargo_projects(&dir);
+        if projects.is_empty() {
+            bail!(
+                "{}: no plugin project (a cargo project with src/lib.rs) here",
+                dir.display()
+            );
+        }
+        for project in projects {
+            let name = package_name(&project)?;
+            let status = std::process::Command::new("cargo")
+                .args(["build", "--release", "--target", "wasm32-wasip2"])
+                .current_dir(&project)
+                .status()
+                .with_context(|| format!("run cargo in {}", project.display()))?;
+            if !status.success() {
+                bail!("{}: cargo build failed", project.display());
+            }
+            let artifact = name.replace('-', "_") + ".wasm";
+            let meta = std::process::Command::new("cargo")
+                .args(["metadata", "--format-version", "1", "--no-deps"])
+                .current_dir(&project)
+                .output()?;
+            let meta: serde_json::Value = serde_json::from_slice(&meta.stdout)?;
+            let target_dir = PathBuf::from(meta["target_directory"].as_str().unwrap_or("target"));
+            let src = target_dir.join("wasm32-wasip2/release").join(&artifact);
+            let dst = a.out.join(format!("{name}.wasm"));
+            // Copy beside, then rename: a running host never sees a half-written plugin.
+            let tmp = a.out.join(format!(".{name}.wasm.tmp"));
+            std::fs::copy(&src, &tmp).with_context(|| format!("copy {}", src.display()))?;
+            std::fs::rename(&tmp, &dst)?;
+            println!("built {}", dst.display());
+            built += 1;
+        }
+    }
+    println!("{built} plugin(s) built");
+    Ok(())
+}
+
+/// Arguments of `wasmill new`.
+#[derive(Args)]
+pub struct NewArgs {
+    /// `handler` or `middleware`.
+    kind: String,
+    /// The plugin's name (a cargo package name).
+    name: String,
+    /// The language.
+    #[arg(long, default_value = "rust")]
+    lang: String,
+    /// Where the project goes.
+    #[arg(long, default_value = "plugins")]
+    dir: PathBuf,
+}
+
+fn find_guest_sdk() -> Option<PathBuf> {
+    let mut dir = std::env::current_dir().ok()?;
+    loop {
+        let sdk = dir.join("guest-sdk");
+        if sdk.join("Cargo.toml").exists() {
+            return sdk.canonicalize().ok();
+        }
+        if !dir.pop() {
+            return None;
+        }
+    }
+}
+
+/// `wasmill new`.
+pub fn new(a: NewArgs) -> Result<()> {
+    if a.lang != "rust" {
+        bail!(
+            "--lang {}: not supported yet (rust only; python, js and c are planned)",
+            a.lang
+        );
+    }
+    let middleware = match a.kind.as_str() {
+        "handler" => false,
+        "middleware" => true,
+        other => bail!("unknown kind {other:?}; expected handler or middleware"),
+    };
+    let project = a.dir.join(&a.name);
+    if project.exists() {
+        bail!("{} already exists", project.display());
+    }
+    std::fs::create_dir_all(project.join("src"))?;
+    let sdk = match find_guest_sdk() {
+        Some(p) => format!("{{ path = {:?} }}", p.display().to_string()),
+        None => format!("\"{}\"", env!("CARGO_PKG_VERSION")),
+    };
+    std::fs::write(
+        project.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nwasmill-guest = {sdk}\n\n[profile.release]\nopt-level = \"s\"\nlto = true\nstrip = true\npanic = \"abort\"\n\n[workspace]\n",
+            name = a.name
+        ),
+    )?;
+    let src = if middleware {
+        "//! A Wasmill middleware.\n\nuse wasmill_guest::{Error, Message, Middleware, Next, export_middleware};\n\nstruct Plugin;\n\nimpl Middleware for Plugin {\n    fn handle(msg: Message, next: &Next) -> Result<Vec<Message>, Error> {\n        // Change the message, call the rest of the chain, change what comes back.\n        next.call(msg)\n    }\n}\n\nexport_middleware!(Plugin);\n"
+    } else {
+        "//! A Wasmill handler.\n\nuse wasmill_guest::{Error, Handler, Message, export_handler};\n\nstruct Plugin;\n\nimpl Handler for Plugin {\n    fn handle(msg: Message) -> Result<Vec<Message>, Error> {\n        // Return the messages to publish; an Err nacks the input.\n        Ok(vec![msg])\n    }\n}\n\nexport_handler!(Plugin);\n"
+    };
+    std::fs::write(project.join("src/lib.rs"), src)?;
+    println!(
+        "created {} — build it with `wasmill build {}`",
+        project.display(),
+        project.display()
+    );
+    Ok(())
+}
+
+/// Arguments of `wasmill bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Backend kind (memory, sqlite, redis, ...) with its default local URL, or a name from --config.
+    #[arg(long, default_value = "memory")]
+    pubsub: String,
+    /// Config file whose `[pubsub.NAME]` entries --pubsub may name.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Messages to push through.
+    #[arg(long, default_value_t = 100_000)]
+    messages: usize,
+    /// Payload size ("100", "16KiB").
+    #[arg(long, default_value = "100")]
+    size: String,
+    /// `native` or a .wasm handler plugin.
+    #[arg(long, default_value = "native")]
+    handler: String,
+    /// Handler concurrency.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `wasmill bench`.
+pub async fn bench(a: BenchArgs) -> Result<()> {
+    use wasmill::bench::{BenchOptions, native_passthrough, run};
+    let size = wasmill::config::size::parse(&a.size).map_err(anyhow::Error::msg)? as usize;
+    let (kind, table) = match &a.config {
+        Some(path) => {
+            let cfg = wasmill::config::Config::load(path)?;
+            let e = cfg
+                .pubsub
+                .get(&a.pubsub)
+                .with_context(|| format!("{}: no [pubsub.{}]", path.display(), a.pubsub))?;
+            (e.kind.clone(), e.settings.clone())
+        }
+        None => (a.pubsub.clone(), toml::Table::new()),
+    };
+    let backend = wasmill::pubsub::registry::connect(&a.pubsub, &kind, &table).await?;
+    let handler: wasmill::BoxHandler = if a.handler == "native" {
+        native_passthrough()
+    } else {
+        let engine = wasmill::wasm::WasmEngine::new(Default::default())?;
+        let plugin = engine.compile_file(Path::new(&a.handler)).await?;
+        let pool = wasmill::wasm::InstancePool::new(
+            engine,
+            plugin,
+            Default::default(),
+            Default::default(),
+            a.concurrency,
+        );
+        Arc::new(wasmill::wasm::WasmHandler::new(Arc::new(pool)))
+    };
+    let options = BenchOptions {
+        messages: a.messages,
+        payload_size: size,
+        concurrency: a.concurrency,
+        handler_label: a.handler.clone(),
+        pubsub_label: kind,
+        ..BenchOptions::default()
+    };
+    let report = run(
+        backend.publisher.clone(),
+        backend.subscriber.clone(),
+        handler,
+        &options,
+    )
+    .await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}

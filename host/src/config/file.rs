@@ -1,0 +1,456 @@
+//! The schema of `wasmill.toml` and of plugin sidecars, and its validation.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::pubsub::registry::KINDS;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[host]`: where plugins live, where the HTTP API listens, shutdown.
+    #[serde(default)]
+    pub host: HostConfig,
+    /// `[pubsub.NAME]`: named backends; `memory` always exists.
+    #[serde(default)]
+    pub pubsub: BTreeMap<String, PubSubEntry>,
+    /// `[defaults]`: what every WASM handler gets unless its entry overrides it.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// `[[handlers]]`: plugins bound to routes.
+    #[serde(default)]
+    pub handlers: Vec<HandlerConfig>,
+    /// The folder the file was read from; relative paths are resolved against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The file's name, for error messages.
+    #[serde(skip)]
+    pub file: String,
+}
+
+/// `[host]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// The plugins folder (default `plugins`).
+    pub plugins_dir: PathBuf,
+    /// Listen address of the HTTP API (default `127.0.0.1:8080`).
+    pub http: String,
+    /// How long a graceful close waits for in-flight messages (default 10s).
+    #[serde(with = "crate::config::duration")]
+    pub close_timeout: Duration,
+    /// The backend used when a topic names none (default `memory`).
+    pub default_pubsub: String,
+    /// Where compiled components are cached (default `<plugins_dir>/.wasmill-cache`).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            plugins_dir: PathBuf::from("plugins"),
+            http: "127.0.0.1:8080".into(),
+            close_timeout: Duration::from_secs(10),
+            default_pubsub: "memory".into(),
+            cache_dir: None,
+        }
+    }
+}
+
+/// `[pubsub.NAME]`: a backend kind and its settings (checked by the backend itself).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PubSubEntry {
+    /// memory | sqlite | redis | nats | postgres | mysql | amqp | mqtt.
+    pub kind: String,
+    /// Every other key, handed to the backend.
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+/// `[defaults]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    /// Fuel per message.
+    pub fuel: u64,
+    /// Wall-clock deadline per message.
+    #[serde(with = "crate::config::duration")]
+    pub timeout: Duration,
+    /// Memory cap per instance.
+    #[serde(deserialize_with = "crate::config::size::deserialize")]
+    pub memory: u64,
+    /// Output payload bytes allowed per message.
+    #[serde(deserialize_with = "crate::config::size::deserialize")]
+    pub max_output_bytes: u64,
+    /// Output messages allowed per message.
+    pub max_output_messages: usize,
+    /// Middleware of every handler (before its own).
+    pub middleware: Vec<toml::Value>,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        let l = crate::wasm::Limits::default();
+        Defaults {
+            fuel: l.fuel,
+            timeout: l.timeout,
+            memory: l.memory,
+            max_output_bytes: l.max_output_bytes,
+            max_output_messages: l.max_output_messages,
+            middleware: vec![toml::Value::String("recoverer".into())],
+        }
+    }
+}
+
+/// A topic, optionally on a named backend: `"t"` or `{ pubsub = "events", topic = "t" }`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum TopicSpec {
+    /// A topic on the default backend.
+    Topic(String),
+    /// A topic on a named backend.
+    On {
+        /// The backend's name.
+        pubsub: Option<String>,
+        /// The topic.
+        topic: String,
+    },
+}
+
+impl TopicSpec {
+    /// (backend name, topic), with `default` for the backend when none is named.
+    pub fn resolve(&self, default: &str) -> (String, String) {
+        match self {
+            TopicSpec::Topic(t) => (default.to_string(), t.clone()),
+            TopicSpec::On { pubsub, topic } => (
+                pubsub.clone().unwrap_or_else(|| default.to_string()),
+                topic.clone(),
+            ),
+        }
+    }
+}
+
+/// A `[[handlers]]` entry, or the content of a sidecar `FILE.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerConfig {
+    /// Unique name (a sidecar defaults it to the file's stem).
+    pub name: Option<String>,
+    /// The plugin file inside the plugins folder (implied for a sidecar).
+    pub plugin: Option<String>,
+    /// Where it consumes.
+    pub subscribe: TopicSpec,
+    /// Where its output goes.
+    pub publish: Option<TopicSpec>,
+    /// Messages (and instances) at once.
+    #[serde(default = "one")]
+    pub concurrency: usize,
+    /// Metadata key whose equal values are processed in order (with concurrency > 1).
+    pub order_key: Option<String>,
+    /// Middleware, outermost first (after `[defaults] middleware`).
+    #[serde(default)]
+    pub middleware: Vec<toml::Value>,
+    /// Override of `[defaults] fuel`.
+    pub fuel: Option<u64>,
+    /// Override of `[defaults] timeout`.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Override of `[defaults] memory`.
+    #[serde(default, deserialize_with = "opt_size")]
+    pub memory: Option<u64>,
+    /// Topics the plugin may publish to itself through the host's `publish`.
+    #[serde(default)]
+    pub allow_publish: Vec<TopicSpec>,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn opt_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
+    crate::config::duration::deserialize(d).map(Some)
+}
+
+fn opt_size<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
+    crate::config::size::deserialize(d).map(Some)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(file: &str, text: &str) -> Result<T> {
+    toml::from_str(text).map_err(|e| Error::Config(format!("{file}: {}", e.to_string().trim_end())))
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: cannot read: {e}", path.display())))?;
+        let file = path.display().to_string();
+        let mut cfg: Config = parse(&file, &text)?;
+        cfg.file = file;
+        cfg.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The plugins folder, resolved against the config file's folder.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.base_dir.join(&self.host.plugins_dir)
+    }
+
+    /// Checks what parsing cannot: backend kinds, references, names, files.
+    pub fn validate(&self) -> Result<()> {
+        let f = &self.file;
+        for (name, entry) in &self.pubsub {
+            if !KINDS.contains(&entry.kind.as_str()) {
+                return Err(Error::Config(format!(
+                    "{f}: pubsub.{name}.kind: unknown backend {:?}; expected one of {}",
+                    entry.kind,
+                    KINDS.join(", ")
+                )));
+            }
+        }
+        let known = |name: &str| name == "memory" || self.pubsub.contains_key(name);
+        if !known(&self.host.default_pubsub) {
+            return Err(Error::Config(format!(
+                "{f}: host.default_pubsub: unknown pubsub {:?}",
+                self.host.default_pubsub
+            )));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, h) in self.handlers.iter().enumerate() {
+            let at = format!("{f}: handlers[{i}]");
+            let Some(name) = &h.name else {
+                return Err(Error::Config(format!("{at}: missing key \"name\"")));
+            };
+            if !names.insert(name.clone()) {
+                return Err(Error::Config(format!(
+                    "{at}.name: duplicate handler name {name:?}"
+                )));
+            }
+            let Some(plugin) = &h.plugin else {
+                return Err(Error::Config(format!("{at}: missing key \"plugin\"")));
+            };
+            let path = self.plugins_dir().join(plugin);
+            if !path.exists() {
+                return Err(Error::Config(format!(
+                    "{at}.plugin: file {} not found",
+                    path.display()
+                )));
+            }
+            h.check(&at, &known)?;
+        }
+        Ok(())
+    }
+}
+
+impl HandlerConfig {
+    fn check(&self, at: &str, known: &dyn Fn(&str) -> bool) -> Result<()> {
+        if self.concurrency == 0 {
+            return Err(Error::Config(format!(
+                "{at}.concurrency: must be at least 1"
+            )));
+        }
+        let mut topics = vec![("subscribe", &self.subscribe)];
+        if let Some(p) = &self.publish {
+            topics.push(("publish", p));
+        }
+        for t in &self.allow_publish {
+            topics.push(("allow_publish", t));
+        }
+        for (key, t) in topics {
+            if let TopicSpec::On {
+                pubsub: Some(p), ..
+            } = t
+                && !known(p)
+            {
+                return Err(Error::Config(format!(
+                    "{at}.{key}.pubsub: unknown pubsub {p:?} (declare it as [pubsub.{p}])"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a sidecar `FILE.toml` for `FILE.wasm`: `name` defaults to the stem, `plugin` is
+    /// the wasm file.
+    pub fn from_sidecar(sidecar: &Path, wasm: &Path) -> Result<HandlerConfig> {
+        let file = sidecar.display().to_string();
+        let text = std::fs::read_to_string(sidecar)
+            .map_err(|e| Error::Config(format!("{file}: cannot read: {e}")))?;
+        let mut h: HandlerConfig = parse(&file, &text)?;
+        if h.name.is_none() {
+            h.name = wasm.file_stem().map(|s| s.to_string_lossy().into_owned());
+        }
+        let plugin = wasm
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some(p) = &h.plugin
+            && p != &plugin
+        {
+            return Err(Error::Config(format!(
+                "{file}: plugin: a sidecar binds its own file {plugin:?}, not {p:?}"
+            )));
+        }
+        h.plugin = Some(plugin);
+        Ok(h)
+    }
+
+    /// Validates a sidecar's references against the known backends.
+    pub fn check_sidecar(&self, file: &str, known: &dyn Fn(&str) -> bool) -> Result<()> {
+        self.check(file, known)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const SPEC_EXAMPLE: &str = r#"
+[host]
+plugins_dir = "plugins"
+http = "127.0.0.1:8080"
+close_timeout = "10s"
+
+[pubsub.events]
+kind = "redis"
+url = "redis://127.0.0.1:6379"
+
+[defaults]
+fuel = 100_000_000
+timeout = "1s"
+memory = "64MiB"
+middleware = ["recoverer"]
+
+[[handlers]]
+name = "uppercase"
+plugin = "uppercase.wasm"
+subscribe = "incoming"
+publish = { pubsub = "events", topic = "outgoing" }
+concurrency = 1
+middleware = [
+  "correlation_id",
+  { retry = { max_retries = 3, initial_interval = "100ms" } },
+  { poison_queue = { topic = "poison" } },
+  { wasm = "audit.wasm" },
+]
+"#;
+
+    fn setup(text: &str) -> (tempfile::TempDir, Result<Config>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("plugins")).unwrap();
+        std::fs::write(dir.path().join("plugins/uppercase.wasm"), b"x").unwrap();
+        let path = write(dir.path(), "wasmill.toml", text);
+        let cfg = Config::load(&path);
+        (dir, cfg)
+    }
+
+    #[test]
+    fn the_spec_example_parses() {
+        let (_d, cfg) = setup(SPEC_EXAMPLE);
+        let cfg = cfg.unwrap();
+        assert_eq!(cfg.host.close_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.pubsub["events"].kind, "redis");
+        assert_eq!(
+            cfg.pubsub["events"].settings["url"].as_str(),
+            Some("redis://127.0.0.1:6379")
+        );
+        assert_eq!(cfg.defaults.memory, 64 << 20);
+        let h = &cfg.handlers[0];
+        assert_eq!(
+            h.subscribe.resolve("memory"),
+            ("memory".into(), "incoming".into())
+        );
+        assert_eq!(
+            h.publish.as_ref().unwrap().resolve("memory"),
+            ("events".into(), "outgoing".into())
+        );
+        assert_eq!(h.middleware.len(), 4);
+    }
+
+    #[test]
+    fn errors_name_file_key_and_expectation() {
+        let (_d, e) = setup("[host]\nclose_timeout = \"fast\"\n");
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains("wasmill.toml") && e.contains("close_timeout") && e.contains("\"fast\""),
+            "{e}"
+        );
+
+        let (_d, e) = setup("[pubsub.q]\nkind = \"kafka\"\n");
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains("pubsub.q.kind") && e.contains("kafka") && e.contains("memory"),
+            "{e}"
+        );
+
+        let (_d, e) =
+            setup("[[handlers]]\nname = \"a\"\nplugin = \"missing.wasm\"\nsubscribe = \"t\"\n");
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains("handlers[0].plugin") && e.contains("missing.wasm"),
+            "{e}"
+        );
+
+        let (_d, e) =
+            setup("[[handlers]]\nname = \"a\"\nplugin = \"uppercase.wasm\"\nsubscrib = \"t\"\n");
+        let e = e.unwrap_err().to_string();
+        assert!(e.contains("subscrib") && e.contains("line"), "{e}");
+
+        let (_d, e) = setup(
+            "[[handlers]]\nname = \"a\"\nplugin = \"uppercase.wasm\"\nsubscribe = { pubsub = \"nope\", topic = \"t\" }\n",
+        );
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains("handlers[0].subscribe.pubsub") && e.contains("nope"),
+            "{e}"
+        );
+
+        let (_d, e) = setup(
+            "[[handlers]]\nname = \"a\"\nplugin = \"uppercase.wasm\"\nsubscribe = \"t\"\n[[handlers]]\nname = \"a\"\nplugin = \"uppercase.wasm\"\nsubscribe = \"t\"\n",
+        );
+        assert!(
+            e.unwrap_err()
+                .to_string()
+                .contains("duplicate handler name")
+        );
+    }
+
+    #[test]
+    fn sidecar_defaults_name_and_plugin() {
+        let dir = tempfile::tempdir().unwrap();
+        let side = write(
+            dir.path(),
+            "up.toml",
+            "subscribe = \"in\"\npublish = \"out\"\n",
+        );
+        let h = HandlerConfig::from_sidecar(&side, &dir.path().join("up.wasm")).unwrap();
+        assert_eq!(h.name.as_deref(), Some("up"));
+        assert_eq!(h.plugin.as_deref(), Some("up.wasm"));
+        let bad = write(
+            dir.path(),
+            "b.toml",
+            "subscribe = \"in\"\ntimeout = \"soon\"\n",
+        );
+        let e = HandlerConfig::from_sidecar(&bad, &dir.path().join("b.wasm"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("b.toml") && e.contains("timeout"), "{e}");
+    }
+}

@@ -1,0 +1,168 @@
+//! The HTTP API of `wasmill run` (SPEC.md): publish, Server-Sent Events per topic, handlers,
+//! health and Prometheus metrics.
+
+mod envelope;
+mod metrics;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router as HttpRouter;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+pub use envelope::{Envelope, parse_publish_body};
+pub use metrics::render_metrics;
+
+use crate::plugins::manager::PluginManager;
+use crate::pubsub::registry::Backend;
+use crate::router::Router;
+
+/// What the API serves from.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Backends by config name.
+    pub backends: Arc<HashMap<String, Backend>>,
+    /// The name of the default backend.
+    pub default_pubsub: String,
+    /// The WASM handlers, for `GET /handlers`.
+    pub plugins: Option<Arc<PluginManager>>,
+    /// The router, for metrics of every handler.
+    pub router: Router,
+    /// Largest accepted request body.
+    pub max_body: usize,
+}
+
+#[derive(Debug, Deserialize)]
+struct PubSubQuery {
+    pubsub: Option<String>,
+}
+
+fn error(status: StatusCode, reason: impl std::fmt::Display) -> Response {
+    (status, axum::Json(json!({ "error": reason.to_string() }))).into_response()
+}
+
+impl ApiState {
+    fn backend(&self, q: &PubSubQuery) -> Result<&Backend, Box<Response>> {
+        let name = q.pubsub.as_deref().unwrap_or(&self.default_pubsub);
+        self.backends.get(name).ok_or_else(|| {
+            let mut known: Vec<&str> = self.backends.keys().map(String::as_str).collect();
+            known.sort();
+            Box::new(error(
+                StatusCode::NOT_FOUND,
+                format!("unknown pubsub {name:?}; configured: {}", known.join(", ")),
+            ))
+        })
+    }
+}
+
+/// The API's routes.
+pub fn routes(state: ApiState) -> HttpRouter {
+    let limit = state.max_body;
+    HttpRouter::new()
+        .route("/topics/{topic}", post(publish))
+        .route("/topics/{topic}/messages", get(stream))
+        .route("/handlers", get(handlers))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, routes(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn publish(
+    State(state): State<ApiState>,
+    Path(topic): Path<String>,
+    Query(q): Query<PubSubQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let backend = match state.backend(&q) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let msg = match parse_publish_body(is_json, body) {
+        Ok(m) => m,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+    };
+    let uuid = msg.uuid.clone();
+    match backend.publisher.publish(&topic, vec![msg]).await {
+        Ok(()) => (StatusCode::ACCEPTED, axum::Json(json!({ "uuid": uuid }))).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("publish to {topic}: {e}"),
+        ),
+    }
+}
+
+async fn stream(
+    State(state): State<ApiState>,
+    Path(topic): Path<String>,
+    Query(q): Query<PubSubQuery>,
+) -> Response {
+    let backend = match state.backend(&q) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let sub = match backend.tail_subscriber().await {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    if let Err(e) = sub.subscribe_initialize(&topic).await {
+        return error(StatusCode::SERVICE_UNAVAILABLE, e);
+    }
+    let subscription = match sub.subscribe(&topic).await {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    // One event per message; the subscription (and so the backend consumer) ends when the
+    // client goes away and the stream is dropped.
+    let events = futures::stream::unfold(subscription, |mut sub| async move {
+        let msg = sub.recv().await?;
+        let data = serde_json::to_string(&Envelope::from(&msg)).unwrap_or_default();
+        msg.ack();
+        Some((Ok::<_, Infallible>(Event::default().data(data)), sub))
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+async fn handlers(State(state): State<ApiState>) -> Response {
+    let infos = state
+        .plugins
+        .as_ref()
+        .map(|p| p.infos())
+        .unwrap_or_default();
+    axum::Json(infos).into_response()
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render_metrics(&state.router, state.plugins.as_deref()),
+    )
+        .into_response()
+}

@@ -1,0 +1,109 @@
+//! The `wasmill` binary: command-line parsing and wiring, nothing else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod cli;
+
+/// Wasmill: message handlers as WebAssembly components.
+#[derive(Parser)]
+#[command(name = "wasmill", version, about)]
+struct Cli {
+    /// Log format (the level comes from RUST_LOG, default `info`).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "WASMILL_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the host: router, plugins folder (hot reload), HTTP API.
+    Run {
+        /// Config file (default: ./wasmill.toml when present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Plugins folder (default: the config's, or ./plugins).
+        #[arg(long)]
+        plugins: Option<PathBuf>,
+        /// HTTP listen address (default: the config's, or 127.0.0.1:8080).
+        #[arg(long)]
+        http: Option<String>,
+    },
+    /// Says which world a component implements and what it imports.
+    Check {
+        /// The .wasm file.
+        file: PathBuf,
+    },
+    /// Publishes a message to a topic of a running host.
+    Publish(cli::PublishArgs),
+    /// Prints the messages published to a topic of a running host.
+    Tail(cli::TailArgs),
+    /// Builds plugin projects into .wasm components.
+    Build(cli::BuildArgs),
+    /// Scaffolds a plugin project.
+    New(cli::NewArgs),
+    /// Drives the router in-process and prints throughput, latency and memory.
+    Bench(cli::BenchArgs),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Run {
+            config,
+            plugins,
+            http,
+        } => {
+            let options = wasmill::app::RunOptions {
+                config,
+                plugins_dir: plugins,
+                http,
+            };
+            wasmill::app::run(options, wasmill::router::plugin::shutdown_signal())
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        Command::Check { file } => cli::check(&file),
+        Command::Publish(a) => cli::publish(a).await,
+        Command::Tail(a) => cli::tail(a).await,
+        Command::Build(a) => cli::build(a),
+        Command::New(a) => cli::new(a),
+        Command::Bench(a) => cli::bench(a).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! The message that flows through pub/subs, the router and handlers.
+//!
+//! A [`Message`] is a UUID, a metadata map and a payload, plus the delivery state that a
+//! subscriber attached to it: ack/nack (idempotent and exclusive, as in Watermill) and a
+//! [`MessageContext`] that is cancelled once the message is acked or nacked.
+//!
+//! Cloning a message shares its delivery (ack on a clone acks the original); [`Message::copy`]
+//! makes a new, unacknowledged message with the same content, as Watermill's `Copy` does.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::router::HandlerStats;
+
+/// The metadata of a message: string keys to string values, order not significant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metadata(HashMap<String, String>);
+
+impl Metadata {
+    /// An empty metadata map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The value for `key`, or `""` when missing (Watermill's `Get`).
+    pub fn get(&self, key: &str) -> &str {
+        self.0.get(key).map(String::as_str).unwrap_or("")
+    }
+
+    /// The value for `key`, or `None` when missing.
+    pub fn get_opt(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// Sets `key` to `value`, replacing any previous value.
+    pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.0.insert(key.into(), value.into());
+    }
+
+    /// Removes `key`, returning its value.
+    pub fn remove(&mut self, key: &str) -> Option<String> {
+        self.0.remove(key)
+    }
+
+    /// Whether `key` is present.
+    pub fn contains(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Iterates over the entries in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The underlying map.
+    pub fn as_map(&self) -> &HashMap<String, String> {
+        &self.0
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Metadata {
+    fn from_iter<T: IntoIterator<Item = (K, V)>>(iter: T) -> Self {
+        Metadata(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
+impl From<HashMap<String, String>> for Metadata {
+    fn from(m: HashMap<String, String>) -> Self {
+        Metadata(m)
+    }
+}
+
+impl IntoIterator for Metadata {
+    type Item = (String, String);
+    type IntoIter = std::collections::hash_map::IntoIter<String, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+/// Where a message's delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckState {
+    /// Neither acked nor nacked yet.
+    Pending,
+    /// Acknowledged: the subscriber may forget it.
+    Acked,
+    /// Negatively acknowledged: the subscriber redelivers it.
+    Nacked,
+}
+
+/// The shared ack/nack cell of one delivery.
+#[derive(Debug)]
+struct Delivery {
+    state: watch::Sender<AckState>,
+    /// How long the backend should wait before redelivering after a nack, if someone asked.
+    redelivery_delay: std::sync::Mutex<Option<Duration>>,
+    /// Ended when the message is acked or nacked (or by whoever owns the delivery).
+    done: CancellationToken,
+}
+
+impl Delivery {
+    fn new() -> Arc<Self> {
+        Arc::new(Delivery {
+            state: watch::Sender::new(AckState::Pending),
+            redelivery_delay: std::sync::Mutex::new(None),
+            done: CancellationToken::new(),
+        })
+    }
+
+    fn settle(&self, to: AckState) -> bool {
+        let mut result = false;
+        self.state.send_if_modified(|s| {
+            if *s == AckState::Pending {
+                *s = to;
+                result = true;
+                true
+            } else {
+                result = *s == to;
+                false
+            }
+        });
+        if result {
+            self.done.cancel();
+        }
+        result
+    }
+}
+
+/// Values the router attaches to a message while it is handled, and its cancellation.
+///
+/// The router sets the handler name and topics; Timeout sets a deadline on the copy it passes
+/// down (the caller's context is untouched, so a later Retry attempt gets a fresh deadline:
+/// Watermill #467).
+#[derive(Debug, Clone, Default)]
+pub struct MessageContext {
+    cancel: CancellationToken,
+    deadline: Option<Instant>,
+    handler: Option<Arc<str>>,
+    subscriber: Option<Arc<str>>,
+    publisher: Option<Arc<str>>,
+    subscribe_topic: Option<Arc<str>>,
+    publish_topic: Option<Arc<str>>,
+    stats: Option<Arc<HandlerStats>>,
+}
+
+impl MessageContext {
+    /// The token cancelled when the message is acked or nacked, or when a deadline passes.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Whether the context is done (acked, nacked or cancelled).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// The deadline set by a Timeout middleware, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The time left before the deadline, if there is one.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// A child context with a deadline `after` from now (or the parent's, if that is sooner).
+    /// The child's token is cancelled with the parent's, not the other way round.
+    pub fn with_timeout(&self, after: Duration) -> MessageContext {
+        let deadline = Instant::now() + after;
+        let deadline = match self.deadline {
+            Some(d) if d < deadline => d,
+            _ => deadline,
+        };
+        MessageContext {
+            cancel: self.cancel.child_token(),
+            deadline: Some(deadline),
+            ..self.clone()
+        }
+    }
+
+    /// The name of the handler processing this message.
+    pub fn handler_name(&self) -> &str {
+        self.handler.as_deref().unwrap_or("")
+    }
+
+    /// The name (kind) of the subscriber that delivered this message.
+    pub fn subscriber_name(&self) -> &str {
+        self.subscriber.as_deref().unwrap_or("")
+    }
+
+    /// The name (kind) of the publisher the handler's output goes to.
+    pub fn publisher_name(&self) -> &str {
+        self.publisher.as_deref().unwrap_or("")
+    }
+
+    /// The topic this message was received from.
+    pub fn subscribe_topic(&self) -> &str {
+        self.subscribe_topic.as_deref().unwrap_or("")
+    }
+
+    /// The topic the handler's output is published to.
+    pub fn publish_topic(&self) -> &str {
+        self.publish_topic.as_deref().unwrap_or("")
+    }
+
+    /// The counters of the handler processing this message, for middleware to update.
+    pub fn stats(&self) -> Option<&Arc<HandlerStats>> {
+        self.stats.as_ref()
+    }
+
+    /// Sets the router's values on the context; used by the router for each message.
+    pub fn set_route(&mut self, route: &RouteInfo) {
+        self.handler = Some(route.handler.clone());
+        self.subscriber = Some(route.subscriber.clone());
+        self.publisher = route.publisher.clone();
+        self.subscribe_topic = Some(route.subscribe_topic.clone());
+        self.publish_topic = route.publish_topic.clone();
+        self.stats = route.stats.clone();
+    }
+}
+
+/// The router's description of a handler, copied into every message's context.
+#[derive(Debug, Clone)]
+pub struct RouteInfo {
+    /// The handler name.
+    pub handler: Arc<str>,
+    /// The subscriber's name.
+    pub subscriber: Arc<str>,
+    /// The publisher's name, when the handler publishes.
+    pub publisher: Option<Arc<str>>,
+    /// The subscribed topic.
+    pub subscribe_topic: Arc<str>,
+    /// The topic output goes to, when the handler publishes.
+    pub publish_topic: Option<Arc<str>>,
+    /// The handler's counters.
+    pub stats: Option<Arc<HandlerStats>>,
+}
+
+/// A message: UUID, metadata and payload, with its delivery state.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// An identifier for debugging and deduplication; may be empty.
+    pub uuid: String,
+    /// String key/value pairs travelling with the payload.
+    pub metadata: Metadata,
+    /// The body.
+    pub payload: Bytes,
+    delivery: Arc<Delivery>,
+    ctx: MessageContext,
+}
+
+impl Message {
+    /// A new message with a fresh UUID (v7: time-ordered) and empty metadata.
+    pub fn new(payload: impl Into<Bytes>) -> Self {
+        Self::with_uuid(new_uuid(), payload)
+    }
+
+    /// A new message with the given UUID.
+    pub fn with_uuid(uuid: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        let delivery = Delivery::new();
+        let ctx = MessageContext {
+            cancel: delivery.done.clone(),
+            ..MessageContext::default()
+        };
+        Message {
+            uuid: uuid.into(),
+            metadata: Metadata::new(),
+            payload: payload.into(),
+            delivery,
+            ctx,
+        }
+    }
+
+    /// The same message with metadata `key` set to `value`.
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.set(key, value);
+        self
+    }
+
+    /// A new message with the same UUID, metadata and payload but its own, unacked delivery
+    /// and an empty context (Watermill's `Copy`).
+    pub fn copy(&self) -> Message {
+        let mut m = Message::with_uuid(self.uuid.clone(), self.payload.clone());
+        m.metadata = self.metadata.clone();
+        m
+    }
+
+    /// Acknowledges the message. Returns `true` when the message is acked (now or already),
+    /// `false` when it had been nacked. Never blocks.
+    pub fn ack(&self) -> bool {
+        self.delivery.settle(AckState::Acked)
+    }
+
+    /// Negatively acknowledges the message so that the subscriber redelivers it. Returns `true`
+    /// when the message is nacked (now or already), `false` when it had been acked.
+    pub fn nack(&self) -> bool {
+        self.delivery.settle(AckState::Nacked)
+    }
+
+    /// Asks the backend to wait `delay` before redelivering this message if it is nacked
+    /// (DelayOnError sets it). Backends that support delayed redelivery honour it; others
+    /// redeliver as usual.
+    pub fn set_redelivery_delay(&self, delay: Duration) {
+        if let Ok(mut d) = self.delivery.redelivery_delay.lock() {
+            *d = Some(delay);
+        }
+    }
+
+    /// The redelivery delay asked for with [`Message::set_redelivery_delay`], if any.
+    pub fn redelivery_delay(&self) -> Option<Duration> {
+        self.delivery.redelivery_delay.lock().ok().and_then(|d| *d)
+    }
+
+    /// Where the delivery stands.
+    pub fn ack_state(&self) -> AckState {
+        *self.delivery.state.borrow()
+    }
+
+    /// Waits until the message is acked or nacked, and says which.
+    pub async fn settled(&self) -> AckState {
+        let mut rx = self.delivery.state.subscribe();
+        match rx.wait_for(|s| *s != AckState::Pending).await {
+            Ok(s) => *s,
+            // The sender lives in `self.delivery`, which we hold: it cannot be dropped.
+            Err(_) => AckState::Pending,
+        }
+    }
+
+    /// Waits until the message is acked; returns `false` if it was nacked instead.
+    pub async fn acked(&self) -> bool {
+        self.settled().await == AckState::Acked
+    }
+
+    /// Waits until the message is nacked; returns `false` if it was acked instead.
+    pub async fn nacked(&self) -> bool {
+        self.settled().await == AckState::Nacked
+    }
+
+    /// The message's context.
+    pub fn context(&self) -> &MessageContext {
+        &self.ctx
+    }
+
+    /// The message's context, mutably (the router and Timeout use this).
+    pub fn context_mut(&mut self) -> &mut MessageContext {
+        &mut self.ctx
+    }
+
+    /// The same message (sharing the delivery) with another context.
+    pub fn with_context(mut self, ctx: MessageContext) -> Self {
+        self.ctx = ctx;
+        self
+    }
+
+    /// Whether two messages share one delivery (one is a clone of the other).
+    pub fn same_delivery(&self, other: &Message) -> bool {
+        Arc::ptr_eq(&self.delivery, &other.delivery)
+    }
+}
+
+/// Messages are equal when their UUID, metadata and payload are (Watermill's `Equals`).
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.uuid == other.uuid && self.metadata == other.metadata && self.payload == other.payload
+    }
+}
+
+impl Eq for Message {}
+
+/// A new message UUID: v7, so that ids sort by creation time.
+pub fn new_uuid() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_and_nack_are_idempotent_and_exclusive() {
+        let m = Message::new("x");
+        assert_eq!(m.ack_state(), AckState::Pending);
+        assert!(m.ack());
+        assert!(m.ack(), "ack twice is still acked");
+        assert!(!m.nack(), "nack after ack is refused");
+        assert_eq!(m.ack_state(), AckState::Acked);
+
+        let n = Message::new("y");
+        assert!(n.nack());
+        assert!(n.nack());
+        assert!(!n.ack(), "ack after nack is refused");
+        assert_eq!(n.ack_state(), AckState::Nacked);
+    }
+
+    #[test]
+    fn clone_shares_delivery_copy_does_not() {
+        let m = Message::new("x").with_metadata("k", "v");
+        let c = m.clone();
+        assert!(c.ack());
+        assert_eq!(m.ack_state(), AckState::Acked);
+        let copy = m.copy();
+        assert_eq!(copy, m, "copy has equal content");
+        assert_eq!(copy.ack_state(), AckState::Pending);
+        assert!(!copy.same_delivery(&m));
+    }
+
+    #[test]
+    fn equality_compares_uuid_metadata_payload() {
+        let a = Message::with_uuid("1", "p").with_metadata("a", "b");
+        let b = Message::with_uuid("1", "p").with_metadata("a", "b");
+        assert_eq!(a, b);
+        assert_ne!(a, Message::with_uuid("2", "p").with_metadata("a", "b"));
+        assert_ne!(a, Message::with_uuid("1", "q").with_metadata("a", "b"));
+        assert_ne!(a, Message::with_uuid("1", "p"));
+    }
+
+    #[test]
+    fn metadata_get_returns_empty_when_missing() {
+        let mut md = Metadata::new();
+        assert_eq!(md.get("nope"), "");
+        md.set("k", "v");
+        assert_eq!(md.get("k"), "v");
+        assert_eq!(md.remove("k").as_deref(), Some("v"));
+        assert!(md.is_empty());
+    }
+
+    #[tokio::test]
+    async fn context_is_cancelled_on_ack_and_waiters_wake() {
+        let m = Message::new("x");
+        let waiter = {
+            let m = m.clone();
+            tokio::spawn(async move { m.settled().await })
+        };
+        assert!(!m.context().is_cancelled());
+        m.ack();
+        assert!(m.context().is_cancelled());
+        assert_eq!(waiter.await.unwrap(), AckState::Acked);
+        assert!(m.acked().await);
+
+        let n = Message::new("y");
+        n.nack();
+        assert!(n.context().is_cancelled());
+        assert!(n.nacked().await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_timeout_keeps_the_sooner_deadline_and_leaves_parent_alone() {
+        let m = Message::new("x");
+        let child = m.context().with_timeout(Duration::from_secs(1));
+        assert!(m.context().deadline().is_none());
+        let grandchild = child.with_timeout(Duration::from_secs(10));
+        assert_eq!(grandchild.deadline(), child.deadline());
+        child.cancellation().cancel();
+        assert!(!m.context().is_cancelled());
+    }
+}

@@ -1,0 +1,670 @@
+//! The universal pub/sub test suite, run against every backend.
+//!
+//! A port of Watermill's `pubsub/tests/test_pubsub.go`. A backend declares what it promises in
+//! [`Features`] and provides a [`Harness`]; the [`conformance_tests!`](crate::conformance_tests)
+//! macro stamps one `#[tokio::test]` per test of the suite into the calling module. A test whose
+//! feature the backend does not promise returns early (and says so on stderr).
+//!
+//! Every test uses fresh topic names, so tests of one backend run in parallel against one
+//! server. Without `exactly_once`, reads deduplicate by UUID.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::RwLock;
+
+use super::{DynPublisher, DynSubscriber, Subscription};
+use crate::error::{Error, Result};
+use crate::message::Message;
+
+/// What a backend promises; tests of promises it does not make are skipped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Features {
+    /// Subscribers in different consumer groups each receive every message; subscribers in
+    /// one group share them.
+    pub consumer_groups: bool,
+    /// No message is ever delivered twice.
+    pub exactly_once: bool,
+    /// Messages arrive in publish order.
+    pub guaranteed_order: bool,
+    /// Messages arrive in publish order when there is one subscriber.
+    pub guaranteed_order_with_single_subscriber: bool,
+    /// Messages survive the subscriber going away; a new subscription reads unacked ones.
+    pub persistent: bool,
+    /// A subscriber that joins late reads messages published before it joined.
+    pub new_subscriber_receives_old_messages: bool,
+    /// Publisher and subscriber must be one instance (no shared server).
+    pub require_single_instance: bool,
+    /// The harness can restart the server ([`Harness::restart_server`]).
+    pub restart_server: bool,
+}
+
+/// How the suite gets fresh publishers and subscribers of a backend.
+#[async_trait]
+pub trait Harness: Send + Sync + 'static {
+    /// What the backend promises.
+    fn features(&self) -> Features;
+
+    /// A publisher and a subscriber connected to the same broker (for an in-process backend,
+    /// a fresh instance shared by both).
+    async fn pubsub(&self) -> Result<(DynPublisher, DynSubscriber)>;
+
+    /// A subscriber in consumer group `group`, on the same broker as [`Harness::pubsub`]
+    /// returns. Needed when `consumer_groups` is promised.
+    async fn subscriber_in_group(&self, group: &str) -> Result<DynSubscriber> {
+        Err(Error::Other(format!(
+            "consumer group {group}: not supported"
+        )))
+    }
+
+    /// Restarts the broker (stop, then start). Needed when `restart_server` is promised.
+    async fn restart_server(&self) -> Result<()> {
+        Err(Error::Other("restart: not supported".into()))
+    }
+
+    /// A name for the server, so that a restart test runs alone among the tests that use it.
+    fn server_name(&self) -> &'static str {
+        "in-process"
+    }
+}
+
+/// Stamps the whole conformance suite into the calling module for the harness `$harness`
+/// (an expression evaluated once per test).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($harness:expr) => {
+        $crate::conformance_tests!(@stamp $harness;
+            publish_subscribe, concurrent_subscribe, concurrent_subscribe_multiple_topics,
+            resend_on_error, no_ack, continue_after_subscribe_close, concurrent_close,
+            continue_after_errors, publish_subscribe_in_order, publisher_close, topic,
+            message_ctx, subscribe_ctx, new_subscriber_receives_old_messages, consumer_groups,
+            reconnect);
+    };
+    (@stamp $harness:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                let harness = $harness;
+                $crate::pubsub::conformance::run(&harness, stringify!($test), |h| {
+                    Box::pin($crate::pubsub::conformance::$test(h))
+                })
+                .await;
+            }
+        )*
+    };
+}
+
+type ServerLocks = Mutex<HashMap<&'static str, Arc<RwLock<()>>>>;
+
+static SERVER_LOCKS: LazyLock<ServerLocks> = LazyLock::new(Default::default);
+
+fn server_lock(name: &'static str) -> Arc<RwLock<()>> {
+    SERVER_LOCKS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(name)
+        .or_default()
+        .clone()
+}
+
+type TestFn<'a, H> =
+    fn(&'a H) -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'a>>;
+
+/// What one test of the suite concluded.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every assertion held.
+    Passed,
+    /// The backend does not promise what the test checks.
+    Skipped(&'static str),
+}
+
+/// Runs one test of the suite: the restart test alone, the others side by side.
+pub async fn run<'a, H: Harness>(harness: &'a H, name: &str, test: TestFn<'a, H>) {
+    let lock = server_lock(harness.server_name());
+    let outcome = if name == "reconnect" {
+        let _alone = lock.write().await;
+        test(harness).await
+    } else {
+        let _shared = lock.read().await;
+        test(harness).await
+    };
+    if let Outcome::Skipped(why) = outcome {
+        eprintln!("{name}: skipped: {why}");
+    }
+}
+
+/// A topic name no other test uses.
+pub fn unique_topic(name: &str) -> String {
+    format!("{name}_{}", uuid::Uuid::new_v4().simple())
+}
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn messages(n: usize, tag: &str) -> Vec<Message> {
+    (0..n)
+        .map(|i| {
+            Message::new(format!("{tag}-{i}"))
+                .with_metadata("test", tag)
+                .with_metadata("seq", i.to_string())
+        })
+        .collect()
+}
+
+async fn pubsub<H: Harness>(h: &H) -> (DynPublisher, DynSubscriber) {
+    h.pubsub().await.expect("harness: create pub/sub")
+}
+
+async fn publish_all(publisher: &DynPublisher, topic: &str, msgs: &[Message]) {
+    publisher
+        .publish(topic, msgs.iter().map(Message::copy).collect())
+        .await
+        .unwrap_or_else(|e| panic!("publish to {topic}: {e}"));
+}
+
+/// Subscribes (initializing first) and, for a persistent backend, publishes before
+/// subscribing, as Watermill does; otherwise subscribes first so nothing is missed.
+async fn subscribe_and_publish(
+    publisher: &DynPublisher,
+    subscriber: &DynSubscriber,
+    topic: &str,
+    msgs: &[Message],
+    persistent: bool,
+) -> Subscription {
+    subscriber
+        .subscribe_initialize(topic)
+        .await
+        .expect("subscribe_initialize");
+    if persistent {
+        publish_all(publisher, topic, msgs).await;
+        subscriber.subscribe(topic).await.expect("subscribe")
+    } else {
+        let sub = subscriber.subscribe(topic).await.expect("subscribe");
+        publish_all(publisher, topic, msgs).await;
+        sub
+    }
+}
+
+/// Reads until `n` distinct messages arrived (acking each) or `timeout` passed.
+pub async fn bulk_read(sub: &mut Subscription, n: usize, timeout: Duration) -> Vec<Message> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while seen.len() < n {
+        match tokio::time::timeout_at(deadline, sub.recv()).await {
+            Ok(Some(m)) => {
+                m.ack();
+                if seen.insert(m.uuid.clone()) {
+                    out.push(m);
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    out
+}
+
+fn assert_all_received(expected: &[Message], received: &[Message], exactly_once: bool) {
+    let got: HashMap<&str, &Message> = received.iter().map(|m| (m.uuid.as_str(), m)).collect();
+    if exactly_once {
+        assert_eq!(got.len(), received.len(), "a message was delivered twice");
+    }
+    let missing: Vec<&str> = expected
+        .iter()
+        .filter(|m| !got.contains_key(m.uuid.as_str()))
+        .map(|m| m.uuid.as_str())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} messages missing, for example {:?}",
+        missing.len(),
+        expected.len(),
+        &missing[..missing.len().min(5)]
+    );
+    for e in expected {
+        let g = got[e.uuid.as_str()];
+        assert_eq!(g.payload, e.payload, "payload of {}", e.uuid);
+        assert_eq!(g.metadata, e.metadata, "metadata of {}", e.uuid);
+    }
+}
+
+async fn close_both(publisher: &DynPublisher, subscriber: &DynSubscriber) {
+    publisher.close().await.expect("close publisher");
+    subscriber.close().await.expect("close subscriber");
+    // Close must be idempotent.
+    publisher.close().await.expect("close publisher twice");
+    subscriber.close().await.expect("close subscriber twice");
+}
+
+/// 100 messages with metadata arrive intact.
+pub async fn publish_subscribe<H: Harness>(h: &H) -> Outcome {
+    let f = h.features();
+    let (publisher, subscriber) = pubsub(h).await;
+    let topic = unique_topic("publish_subscribe");
+    let msgs = messages(100, "ps");
+    let mut sub = subscribe_and_publish(&publisher, &subscriber, &topic, &msgs, f.persistent).await;
+    let got = bulk_read(&mut sub, msgs.len(), TIMEOUT).await;
+    assert_all_received(&msgs, &got, f.exactly_once);
+    drop(sub);
+    close_both(&publisher, &subscriber).await;
+    Outcome::Passed
+}
+
+/// Many publishers at once; one subscription reads everything.
+pub async fn concurrent_subscribe<H: Harness>(h: &H) -> Outcome {
+    let f = h.features();
+    let (publisher, subscriber) = pubsub(h).await;
+    let topic = unique_topic("concurrent_subscribe");
+    subscriber.subscribe_initialize(&topic).await.unwrap();
+    let mut sub = subscriber.subscribe(&topic).await.unwrap();
+    let msgs = messages(1000, "cs");
+    let mut tasks = Vec::new();
+    for chunk in msgs.chunks(50) {
+        let publisher = publisher.clone();
+        let topic = topic.clone();
+        let chunk: Vec<Message> = chunk.iter().map(Message::copy).collect();
+        tasks.push(tokio::spawn(async move {
+            publisher.publish(&topic, chunk).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().expect("concurrent publish");
+    }
+    let got = bulk_read(&mut sub, msgs.len(), TIMEOUT).await;
+    assert_all_received(&msgs, &got, f.exactly_once);
+    drop(sub);
+    close_both(&publisher, &subscriber).await;
+    Outcome::Passed
+}
+
+/// 20 topics of 20 messages each, read concurrently.
+pub async fn concurrent_subscribe_multiple_topics<H: Harness>(h: &H) -> Outcome {
+    let f = h.features();
+    let (publisher, subscriber) = pubsub(h).await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let publisher = publisher.clone();
+        let subscriber = subscriber.clone();
+        tasks.push(tokio::spawn(async move {
+            let topic = unique_topic(&format!("multi_{i}"));
+            let msgs = messages(20, &format!("multi{i}"));
+            let mut sub =
+                subscribe_and_publish(&publisher, &subscriber, &topic, &msgs, f.persistent).await;
+            let got = bulk_read(&mut sub, msgs.len(), TIMEOUT).await;
+            assert_all_received(&msgs, &got, f.exactly_once);
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a topic's reader failed");
+    }
+    close_both(&publisher, &subscriber).await;
+    Outcome::Passed
+}
+
+/// Nacking the first messages received does not lose them.
+pub async fn resend_on_error<H: Harness>(h: &H) -> Outcome {
+    let f = h.features();
+    let (publisher, subscriber) = pubsub(h).await;
+    let topic = unique_topic("resend_on_error");
+    let msgs = messages(50, "resend");
+    let mut sub = subscribe_and_publish(&publisher, &subscriber, &topic, &msgs, f.persistent).await;
+    let mut nacked = 0;
+    while nacked < 2 {
+        let m = tokio::time::timeout(TIMEOUT, sub.recv())
+            .await
+            .expect("timeout waiting for a message to nack")
+            .expect("stream ended");
+        assert!(m.nack());
+        nacked += 1;
+    }
+    let got = bulk_read(&mut sub, msgs.len(), TIMEOUT).await;
+    assert_all_received(&msgs, &got, false);
+    drop(sub);
+    close_both(&publisher, &subscriber).await;
+    Outcome::Passed
+}
+
+/// While a message is unacked, an ordered backend delivers nothing else.
+pub async fn no_ack<H: Harness>(h: &H) -> Outcome {
+    let f = h.features();
+    if !(f.guaranteed_order || f.guaranteed_order_with_single_subscriber) {
+        return Outcome::Skipped("no guaranteed order");
+    }
+    let (publisher, subscriber) = pubsub(h).await;
+    let topic = unique_topic("no_ack");
+    let msgs = messages(2, "noack");
+    let mut sub = subscribe_and_publish(&publisher, &subscriber, &topic, &msgs, f.persistent).await;
+    let first = tokio::time::timeout(TIMEOUT, sub.recv())
+        .await
+        .expect("first message")
+        .expect("stream ended");
+    assert_eq!(first.uuid, msgs[0].uuid);
+    let early = tokio::time::timeout(Duration::from_millis(100), sub.recv()).await;
+    assert!(
+        early.is_err(),
+        "a second message arrived before the first was acked"
+    );
+    assert!(first.ack());
+    let second = tokio::time::timeout(TIMEOUT, sub.recv())
+        .await
+        .expect("second message after ack")
+        .expect("stream ended");
+    assert_eq!(second.uuid, msgs[1].uuid);
+    second.ack();
+    drop(sub);
+    close_both(&publisher, &subscriber).await;
+    Outcome::Passed
+}
+
+/// Subscriptions that end mid-way lose nothing: a later one reads what was left.
+pub async fn continue_after_subscribe_close<H: Harness>(h: &H) -> Outcome {
+    let f = h.features();
+    if !f.persistent {
+        return Outcome::Skipped("not persistent");
+    }
+    let (publisher, subscriber) = pubsub(h).await;
+    let topic = unique_topic("continue_after_close");
+    let msgs = messages(500, "cac");
+    subscriber.subscribe_initialize(&topic).await.unwrap();
+    publish_all(&publisher, &topic, &msgs).await;
+    let mut seen: HashMap<String, Message> = HashMap::new();
+    for _batch in 0..50 {
+        if seen.len() >= msgs.len() {
+            break;
+        }
+        // A fresh subscriber each time, unless the backend lives in one instance.
+        let sub_side = if f.require_single_instance {
+            subscriber.clone()
+        } else {
+            pubsub(h).await.1
+        };
+        let mut sub = sub_side.subscribe(&topic).await.unwrap();
+        for m in bulk_read(&mut sub, 50, Duration::from_secs(5)).await {
+            seen.insert(m.uuid.clone(), m);
+        }
+        drop(sub);
+        if !f.require_single_instance {
+            sub_side.close().await.unwrap();
+        }
+    }
+    let got: Vec<Message> = seen.into_values().collect();
+    assert_all_received(&msgs, &got, false);
+    close_both(&publisher, &subscriber).await;
+    Outcome::Passed
+}
+
+/// Creating and closing subscribers concurrently leaves the backend usable.
+pub async fn concurrent_close<H: Harness>(h: &H) -> Outcome {
+    let f = h.features();
+    let topic = unique_topic("concurrent_close");
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (publisher, subscriber) = pubsub(h).await;
+        let topic = topic.clone();
+        tasks.push(tokio::spawn(async move {
+            subscriber.subscribe_initialize(&topic).await.unwrap();
+            let sub = subscriber.subscribe(&topic).await.unwrap();
+            close_both(&publisher, &subscriber).await;
+            drop(sub);
+        }));
+    }
+    for t in tasks {
+        t.await.expect("concurrent close");
+    }
+    let (publisher, subscriber) = pubsub(h).await;
+    let msgs = messages(50, "cc");
+    let mut sub = subscribe_and_publish(&publisher, &subscriber, &topic, &msgs, f.persistent).await;
+    let got = bulk_read(&mut sub, msgs.len(), TIMEOUT).await;
+    assert_all_received(&msgs, &got, false);
+    drop(sub);
+    close_both(&publisher, &subscriber).await;
+    Outcome::Passed
+}
+
+/// Subscriptions that nack many times and go away do not lose messages.
+pub async fn continue_after_errors<H: Harness>(h: &H) -> Outcome {
+    let f = h.features();
+    let (publisher, subscriber) = pubsub(h).await;
+    let topic = unique_topic("continue_after_errors");
+    let msgs = messages(50, "cae");
+    let mut sub = subscribe_and_publish(&publisher, &subscriber, &topic, &msgs, f.persistent).await;
+    for _ in 0..5 {
+        let m = tokio::time::timeout(TIMEOUT, sub.recv())
+            .await
+            .expect("a message to nack")
+            .expect("stream ended");
+        m.nack();
+    }
+    let got = bulk_read(&mut sub, msgs.len(), TIMEOUT).await;
+    assert_all_received(&msgs, &got, false);
+    drop(sub);
+    close_both(&publisher, &subscriber).await;
+    Outcome::Passed
+}
+
+/// Messages arrive in publish order.
+pub async fn publish_subscribe_in_order<H: Harness>(h: &H) -> Outcome {
+    let f = h.features();
+    if !(f.guaranteed_order || f.guaranteed_order_with_single_subscriber) {
+        return Outcome::Skipped("no guaranteed order");
+    }
+    let (publisher, subscriber) = pubsub(h).await;
+    let topic = unique_topic("in_order");
+    let msgs = messages(300, "order");
+    let mut sub = subscribe_and_publish(&publisher, &subscriber, &topic, &msgs, f.persistent).await;
+    let got = bulk_read(&mut sub, msgs.len(), TIMEOUT).await;
+    let got_ids: Vec<&str> = got.iter().map(|m| m.uuid.as_str()).collect();
+    let want_ids: Vec<&str> = msgs.iter().map(|m| m.uuid.as_str()).collect();
+    assert_eq!(got_ids, want_ids, "messages out of order");
+    drop(sub);
+    close_both(&publisher, &subscriber).await;
+    Outcome::Passed
+}
+
+/// Many publishers publish and close; everything they published arrives.
+pub async fn publisher_close<H: Harness>(h: &H) -> Outcome {
+    let f = h.features();
+    let (main_pub, subscriber) = pubsub(h).await;
+    let topic = unique_topic("publisher_close");
+    subscriber.subscribe_initialize(&topic).await.unwrap();
+    let mut sub = subscriber.subscribe(&topic).await.unwrap();
+    let msgs = messages(1000, "pc");
+    let mut tasks = Vec::new();
+    for chunk in msgs.chunks(100) {
+        // Each batch through its own publisher when the backend has a shared server.
+        let publisher = if f.require_single_instance {
+            main_pub.clone()
+        } else {
+            pubsub(h).await.0
+        };
+        let chunk: Vec<Message> = chunk.iter().map(Message::copy).collect();
+        let topic = topic.clone();
+        let own = !f.require_single_instance;
+        tasks.push(tokio::spawn(async move {
+            publisher.publish(&topic, chunk).await.expect("publish");
+            if own {
+                publisher.close().await.expect("close publisher");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let got = bulk_read(&mut sub, msgs.len(), TIMEOUT).await;
+    assert_all_received(&msgs, &got, f.exactly_once);
+    drop(sub);
+    close_both(&main_pub, &subscriber).await;
+    Outcome::Passed
+}
+
+/// Each topic delivers exactly its own messages.
+pub async fn topic<H: Harness>(h: &H) -> Outcome {
+    let f = h.features();
+    let (publisher, subscriber) = pubsub(h).await;
+    let (t1, t2) = (unique_topic("topic_a"), unique_topic("topic_b"));
+    let (m1, m2) = (messages(20, "ta"), messages(20, "tb"));
+    let mut s1 = subscribe_and_publish(&publisher, &subscriber, &t1, &m1, f.persistent).await;
+    let mut s2 = subscribe_and_publish(&publisher, &subscriber, &t2, &m2, f.persistent).await;
+    let g1 = bulk_read(&mut s1, m1.len(), TIMEOUT).await;
+    let g2 = bulk_read(&mut s2, m2.len(), TIMEOUT).await;
+    assert_all_received(&m1, &g1, f.exactly_once);
+    assert_all_received(&m2, &g2, f.exactly_once);
+    assert!(g1.iter().all(|m| m.metadata.get("test") == "ta"));
+    assert!(g2.iter().all(|m| m.metadata.get("test") == "tb"));
+    let extra = tokio::time::timeout(Duration::from_millis(200), s1.recv()).await;
+    assert!(
+        !matches!(extra, Ok(Some(_))),
+        "topic a received an extra message"
+    );
+    drop((s1, s2));
+    close_both(&publisher, &subscriber).await;
+    Outcome::Passed
+}
+
+/// Ack returns true and ends the message's context; closing ends the stream.
+pub async fn message_ctx<H: Harness>(h: &H) -> Outcome {
+    let f = h.features();
+    let (publisher, subscriber) = pubsub(h).await;
+    let topic = unique_topic("message_ctx");
+    let msgs = messages(2, "ctx");
+    let mut sub = subscribe_and_publish(&publisher, &subscriber, &topic, &msgs, f.persistent).await;
+    let m = tokio::time::timeout(TIMEOUT, sub.recv())
+        .await
+        .expect("message")
+        .expect("stream ended");
+    assert!(!m.context().is_cancelled());
+    assert!(m.ack());
+    assert!(m.context().is_cancelled(), "context not done after ack");
+    close_both(&publisher, &subscriber).await;
+    let after_close = tokio::time::timeout(Duration::from_secs(5), async {
+        // Drain anything buffered; the stream must end.
+        while sub.recv().await.is_some() {}
+    })
+    .await;
+    assert!(after_close.is_ok(), "stream did not end after close");
+    Outcome::Passed
+}
+
+/// Cancelling a subscription ends its stream; a new subscription reads the rest.
+pub async fn subscribe_ctx<H: Harness>(h: &H) -> Outcome {
+    let f = h.features();
+    let (publisher, subscriber) = pubsub(h).await;
+    let topic = unique_topic("subscribe_ctx");
+    subscriber.subscribe_initialize(&topic).await.unwrap();
+    let mut first = subscriber.subscribe(&topic).await.unwrap();
+    first.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(5), first.recv()).await;
+    assert!(matches!(ended, Ok(None)), "stream did not end after cancel");
+    if !f.persistent {
+        close_both(&publisher, &subscriber).await;
+        return Outcome::Passed;
+    }
+    let msgs = messages(20, "sctx");
+    publish_all(&publisher, &topic, &msgs).await;
+    let mut second = subscriber.subscribe(&topic).await.unwrap();
+    let got = bulk_read(&mut second, msgs.len(), TIMEOUT).await;
+    assert_all_received(&msgs, &got, false);
+    drop(second);
+    close_both(&publisher, &subscriber).await;
+    Outcome::Passed
+}
+
+/// A subscriber that joins late reads messages published before it joined.
+pub async fn new_subscriber_receives_old_messages<H: Harness>(h: &H) -> Outcome {
+    let f = h.features();
+    if !f.new_subscriber_receives_old_messages {
+        return Outcome::Skipped("new subscribers do not receive old messages");
+    }
+    let (publisher, subscriber) = pubsub(h).await;
+    let topic = unique_topic("nsrom");
+    let msgs = messages(20, "old");
+    subscriber.subscribe_initialize(&topic).await.unwrap();
+    publish_all(&publisher, &topic, &msgs).await;
+    let mut sub = subscriber.subscribe(&topic).await.unwrap();
+    let got = bulk_read(&mut sub, msgs.len(), TIMEOUT).await;
+    assert_all_received(&msgs, &got, false);
+    drop(sub);
+    close_both(&publisher, &subscriber).await;
+    Outcome::Passed
+}
+
+/// Two consumer groups each receive every message.
+pub async fn consumer_groups<H: Harness>(h: &H) -> Outcome {
+    let f = h.features();
+    if !f.consumer_groups {
+        return Outcome::Skipped("no consumer groups");
+    }
+    let (publisher, _) = pubsub(h).await;
+    let topic = unique_topic("consumer_groups");
+    let g1 = h
+        .subscriber_in_group(&unique_topic("group_a"))
+        .await
+        .unwrap();
+    let g2 = h
+        .subscriber_in_group(&unique_topic("group_b"))
+        .await
+        .unwrap();
+    g1.subscribe_initialize(&topic).await.unwrap();
+    g2.subscribe_initialize(&topic).await.unwrap();
+    let mut s1 = g1.subscribe(&topic).await.unwrap();
+    let mut s2 = g2.subscribe(&topic).await.unwrap();
+    let msgs = messages(50, "cg");
+    publish_all(&publisher, &topic, &msgs).await;
+    let (r1, r2) = tokio::join!(
+        bulk_read(&mut s1, msgs.len(), TIMEOUT),
+        bulk_read(&mut s2, msgs.len(), TIMEOUT)
+    );
+    assert_all_received(&msgs, &r1, false);
+    assert_all_received(&msgs, &r2, false);
+    drop((s1, s2));
+    g1.close().await.unwrap();
+    g2.close().await.unwrap();
+    publisher.close().await.unwrap();
+    Outcome::Passed
+}
+
+/// 10,000 messages while the server restarts twice; none lost.
+pub async fn reconnect<H: Harness>(h: &H) -> Outcome {
+    let f = h.features();
+    if !f.restart_server {
+        return Outcome::Skipped("harness cannot restart the server");
+    }
+    let (publisher, subscriber) = pubsub(h).await;
+    let topic = unique_topic("reconnect");
+    subscriber.subscribe_initialize(&topic).await.unwrap();
+    let mut sub = subscriber.subscribe(&topic).await.unwrap();
+    let msgs = messages(10_000, "rc");
+    let reader = tokio::spawn(async move {
+        let got = bulk_read(&mut sub, 10_000, Duration::from_secs(240)).await;
+        (sub, got)
+    });
+    for (i, chunk) in msgs.chunks(100).enumerate() {
+        if i == 30 || i == 70 {
+            h.restart_server().await.expect("restart server");
+        }
+        let chunk: Vec<Message> = chunk.iter().map(Message::copy).collect();
+        // Publishing may fail while the server is down: retry, as a producer would.
+        let mut attempt = 0;
+        loop {
+            match publisher
+                .publish(&topic, chunk.iter().map(Message::copy).collect())
+                .await
+            {
+                Ok(()) => break,
+                Err(e) if attempt < 120 => {
+                    attempt += 1;
+                    tracing::debug!("publish during restart failed, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => panic!("publish never recovered after restart: {e}"),
+            }
+        }
+    }
+    let (sub, got) = reader.await.unwrap();
+    assert_all_received(&msgs, &got, false);
+    drop(sub);
+    close_both(&publisher, &subscriber).await;
+    Outcome::Passed
+}

@@ -1,0 +1,278 @@
+//! The Pub/Sub contract and its backends.
+//!
+//! A backend implements [`Publisher`] and [`Subscriber`]. The contract below is what the
+//! router relies on and what the [`conformance`] suite checks for every backend, as Watermill's
+//! universal pub/sub tests do:
+//!
+//! - **Publish is thread-safe**: `publish` may be called concurrently from many tasks. It
+//!   returns once the backend has accepted every message (persisted or confirmed, when the
+//!   backend offers that); an error means some of them may not have been accepted.
+//! - **Subscribe returns a stream** ([`Subscription`]) of messages for one topic. Each message
+//!   must be acked or nacked. **Nack means redelivery** (to this or another subscriber of the
+//!   same consumer group). A backend that promises order delivers the next message only after
+//!   the previous one was acked, unless the subscription asked for more in flight
+//!   ([`SubscribeOptions::max_in_flight`]).
+//! - **Cancelling a subscription ends its stream**: dropping the [`Subscription`] or calling
+//!   [`Subscription::cancel`] stops delivery; unacked messages are redelivered later.
+//! - **Close is idempotent**: it may be called many times, from many tasks; after it returns,
+//!   every subscription's stream has ended and `publish` fails with [`Error::Closed`].
+//!
+//! Backends are picked by the config's `kind` ([`registry`]); each lives in its own module.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::error::{Error, Result};
+use crate::message::Message;
+
+pub mod conformance;
+pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
+pub mod registry;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+/// Publishes messages to topics.
+#[async_trait]
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes `messages` to `topic`, in order. Thread-safe; returns once every message has
+    /// been accepted by the backend.
+    async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<()>;
+
+    /// Closes the publisher. Idempotent.
+    async fn close(&self) -> Result<()>;
+
+    /// A short name for logs, metrics and the `publisher_poisoned`-style metadata.
+    fn name(&self) -> &'static str;
+}
+
+/// Options for one subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// How many delivered messages may be unacknowledged at once. `1` (the default) keeps a
+    /// backend's order: nothing new arrives until the previous message is acked or nacked.
+    /// The router sets it to a handler's `concurrency`. Backends that cannot deliver more than
+    /// one at a time may ignore it.
+    pub max_in_flight: usize,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        SubscribeOptions { max_in_flight: 1 }
+    }
+}
+
+/// Subscribes to topics.
+#[async_trait]
+pub trait Subscriber: Send + Sync + 'static {
+    /// Subscribes to `topic` with default options (one message in flight).
+    async fn subscribe(&self, topic: &str) -> Result<Subscription> {
+        self.subscribe_with(topic, SubscribeOptions::default())
+            .await
+    }
+
+    /// Subscribes to `topic`. The stream ends when the subscription is cancelled or the
+    /// subscriber is closed.
+    async fn subscribe_with(&self, topic: &str, options: SubscribeOptions) -> Result<Subscription>;
+
+    /// Creates whatever `topic` needs (stream, table, queue) without consuming from it, so that
+    /// messages published before the first subscription are kept. A no-op by default.
+    async fn subscribe_initialize(&self, _topic: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// Closes the subscriber and ends all its subscriptions. Idempotent.
+    async fn close(&self) -> Result<()>;
+
+    /// A short name for logs, metrics and the `subscriber_poisoned` metadata.
+    fn name(&self) -> &'static str;
+}
+
+/// A shared publisher.
+pub type DynPublisher = Arc<dyn Publisher>;
+/// A shared subscriber.
+pub type DynSubscriber = Arc<dyn Subscriber>;
+
+/// The receiving end of a subscription: a stream of messages for one topic.
+///
+/// Dropping it cancels the subscription.
+#[derive(Debug)]
+pub struct Subscription {
+    source: Source,
+    cancel: CancellationToken,
+    _guard: DropGuard,
+}
+
+/// Where a subscription's messages come from.
+enum Source {
+    /// A backend task feeds a channel (most network backends).
+    Channel(mpsc::Receiver<Message>),
+    /// The consumer's own task pulls them (no hand-off between tasks per message).
+    Pull(Box<dyn MessageSource>),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Channel(_) => f.write_str("Channel"),
+            Source::Pull(_) => f.write_str("Pull"),
+        }
+    }
+}
+
+/// A subscription whose messages are produced on demand by the consumer's task, for backends
+/// that can decide what to deliver next without a task of their own (the in-memory one).
+/// It must honour the same contract as a channel-fed subscription: with one message in
+/// flight, `next` returns the following message only once the previous one was settled.
+#[async_trait]
+pub trait MessageSource: Send + 'static {
+    /// The next message, or `None` when the source has ended.
+    async fn next(&mut self) -> Option<Message>;
+}
+
+/// The backend's end of a subscription: where it sends messages and learns of cancellation.
+#[derive(Debug, Clone)]
+pub struct SubscriptionSender {
+    tx: mpsc::Sender<Message>,
+    cancel: CancellationToken,
+}
+
+impl Subscription {
+    /// A subscription whose channel holds up to `buffer` undelivered messages, with the
+    /// sender a backend feeds it from. `parent` (the subscriber's close token) cancels it too.
+    pub fn channel(
+        buffer: usize,
+        parent: &CancellationToken,
+    ) -> (Subscription, SubscriptionSender) {
+        let (tx, rx) = mpsc::channel(buffer.max(1));
+        let cancel = parent.child_token();
+        let sub = Subscription {
+            source: Source::Channel(rx),
+            cancel: cancel.clone(),
+            _guard: cancel.clone().drop_guard(),
+        };
+        (sub, SubscriptionSender { tx, cancel })
+    }
+
+    /// A subscription pulling from `source`; `parent` (the subscriber's close token) ends it.
+    pub fn pull(source: impl MessageSource, parent: &CancellationToken) -> Subscription {
+        let cancel = parent.child_token();
+        Subscription {
+            source: Source::Pull(Box::new(source)),
+            cancel: cancel.clone(),
+            _guard: cancel.drop_guard(),
+        }
+    }
+
+    /// The next message, or `None` once the subscription has ended.
+    pub async fn recv(&mut self) -> Option<Message> {
+        if self.cancel.is_cancelled() {
+            return None;
+        }
+        match &mut self.source {
+            Source::Channel(rx) => tokio::select! {
+                biased;
+                m = rx.recv() => m,
+                _ = self.cancel.cancelled() => None,
+            },
+            Source::Pull(src) => tokio::select! {
+                biased;
+                m = src.next() => m,
+                _ = self.cancel.cancelled() => None,
+            },
+        }
+    }
+
+    /// Cancels the subscription; the stream ends.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Whether the subscription was cancelled (by the caller or by closing the subscriber).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// The token cancelled when the subscription ends.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancel
+    }
+}
+
+impl SubscriptionSender {
+    /// Hands `msg` to the subscriber, waiting for room. Fails (returning the message) when
+    /// the subscription has ended.
+    pub async fn send(&self, msg: Message) -> std::result::Result<(), Message> {
+        let permit = tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => return Err(msg),
+            p = self.tx.reserve() => p,
+        };
+        match permit {
+            Ok(p) => {
+                p.send(msg);
+                Ok(())
+            }
+            Err(_) => Err(msg),
+        }
+    }
+
+    /// Whether the subscription has ended.
+    pub fn is_closed(&self) -> bool {
+        self.cancel.is_cancelled() || self.tx.is_closed()
+    }
+
+    /// Resolves when the subscription ends.
+    pub async fn closed(&self) {
+        tokio::select! {
+            _ = self.cancel.cancelled() => {}
+            _ = self.tx.closed() => {}
+        }
+    }
+
+    /// The token cancelled when the subscription ends.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancel
+    }
+}
+
+/// Waits for `msg` to be acked or nacked, or for the subscription to end first (then the
+/// message counts as nacked: the backend redelivers it later). Backends use this in their
+/// delivery loops.
+pub async fn wait_settled(msg: &Message, sender: &SubscriptionSender) -> crate::message::AckState {
+    use crate::message::AckState;
+    tokio::select! {
+        biased;
+        s = msg.settled() => s,
+        _ = sender.cancel.cancelled() => {
+            // The consumer is gone: if it has not settled the message, nobody will.
+            match msg.ack_state() {
+                AckState::Pending => AckState::Nacked,
+                s => s,
+            }
+        }
+    }
+}
+
+/// Throughput of a broker's own client, measured without Wasmill in between, so that
+/// `wasmill bench` can quote Wasmill's figures as a ratio of the raw client's.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct RawBenchFigures {
+    /// Messages published per second (publish loop alone).
+    pub publish_per_sec: f64,
+    /// Messages consumed and acknowledged per second (consume loop alone).
+    pub consume_per_sec: f64,
+}
+
+/// The error for an operation on a closed backend.
+pub fn closed(backend: &'static str) -> Error {
+    Error::Closed(backend)
+}

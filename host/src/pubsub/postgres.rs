@@ -1,0 +1,639 @@
+//! PostgreSQL: messages in a table, consumer groups with stored offsets, LISTEN/NOTIFY
+//! wake-ups (Watermill #126) with polling as a fallback.
+//!
+//! Schema: `wasmill_messages` (a `BIGSERIAL` offset, topic, uuid, metadata JSON, payload) and
+//! `wasmill_offsets` (topic, consumer group, last acked offset). A delivery runs in a
+//! transaction that locks the group's offset row (`SELECT … FOR UPDATE`) until the message is
+//! acked (offset advanced, commit) or nacked (rollback): so a group hands each message to one
+//! subscriber at a time, in order, across processes, and nothing is lost if a consumer dies.
+//! `publish_in_tx` publishes inside a caller's transaction (the outbox pattern).
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Deserialize;
+use sqlx::Row;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{Publisher, SubscribeOptions, Subscriber, Subscription, closed, wait_settled};
+use crate::error::{Error, Result};
+use crate::message::{AckState, Message};
+
+const NAME: &str = "postgres";
+
+/// Settings of `kind = "postgres"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// `postgres://user@host:port/db`.
+    pub url: String,
+    /// The consumer group of this pub/sub's subscriptions (`default` when unset).
+    pub consumer_group: Option<String>,
+    /// How often consumers poll when no NOTIFY arrives (a fallback).
+    #[serde(with = "crate::config::duration")]
+    pub poll_interval: Duration,
+    /// A new group starts after the last message instead of at the beginning (tails).
+    #[serde(skip)]
+    pub start_at_end: bool,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: "postgres://postgres@127.0.0.1:5432/test".into(),
+            consumer_group: None,
+            start_at_end: false,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Wakes consumers of one database file when something was published to it.
+static WAKERS: LazyLock<Mutex<HashMap<String, Arc<Notify>>>> = LazyLock::new(Default::default);
+fn waker(url: &str) -> Arc<Notify> {
+    WAKERS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(url.to_string())
+        .or_default()
+        .clone()
+}
+
+/// The PostgreSQL pub/sub; publisher and subscriber in one.
+#[derive(Clone)]
+pub struct PostgresPubSub {
+    pool: PgPool,
+    config: Arc<PostgresConfig>,
+    wake: Arc<Notify>,
+    closed: CancellationToken,
+    listening: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Serializes the publishers of one topic (a row lock held until commit), so offsets become
+/// visible in increasing order and a consumer never skips one that commits late.
+async fn lock_topic(
+    conn: &mut <sqlx::Postgres as sqlx::Database>::Connection,
+    topic: &str,
+) -> Result<()> {
+    sqlx::query("INSERT INTO wasmill_topics (topic) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(topic)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_err(format!("register topic {topic}"), e))?;
+    sqlx::query("SELECT topic FROM wasmill_topics WHERE topic = $1 FOR UPDATE")
+        .bind(topic)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_err(format!("lock topic {topic}"), e))?;
+    Ok(())
+}
+
+fn db_err(what: impl std::fmt::Display, e: sqlx::Error) -> Error {
+    Error::pubsub(NAME, what.to_string(), e)
+}
+
+impl PostgresPubSub {
+    /// Opens (creating if needed) the database and its tables.
+    pub async fn connect(config: PostgresConfig) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(32)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&config.url)
+            .await
+            .map_err(|e| db_err(format!("connect {}", redacted(&config.url)), e))?;
+        for ddl in [
+            "CREATE TABLE IF NOT EXISTS wasmill_topics (topic TEXT PRIMARY KEY)",
+            "CREATE TABLE IF NOT EXISTS wasmill_messages (
+                 \"offset\" BIGSERIAL PRIMARY KEY,
+                 topic TEXT NOT NULL, uuid TEXT NOT NULL, metadata TEXT NOT NULL,
+                 payload BYTEA NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+            "CREATE INDEX IF NOT EXISTS wasmill_messages_topic ON wasmill_messages (topic, \"offset\")",
+            "CREATE TABLE IF NOT EXISTS wasmill_offsets (
+                 topic TEXT NOT NULL, consumer_group TEXT NOT NULL, acked BIGINT NOT NULL,
+                 PRIMARY KEY (topic, consumer_group))",
+        ] {
+            // Concurrent first connections may race on CREATE: a duplicate is fine.
+            if let Err(e) = sqlx::query(ddl).execute(&pool).await
+                && !e.to_string().contains("already exists")
+                && !e.to_string().contains("duplicate key")
+            {
+                return Err(db_err(
+                    format!("create tables in {}", redacted(&config.url)),
+                    e,
+                ));
+            }
+        }
+        Ok(PostgresPubSub {
+            pool,
+            wake: waker(&config.url),
+            config: Arc::new(config),
+            closed: CancellationToken::new(),
+            listening: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        })
+    }
+
+    /// A subscriber of the same file in a fresh consumer group that starts at the end, for
+    /// reading new messages without taking them from other groups.
+    pub async fn tail_subscriber(&self) -> Result<PostgresPubSub> {
+        let group = format!("tail-{}", uuid::Uuid::new_v4().simple());
+        let mut config = (*self.config).clone();
+        config.consumer_group = Some(group);
+        config.start_at_end = true;
+        let mut tail = self.clone();
+        tail.config = Arc::new(config);
+        Ok(tail)
+    }
+
+    fn group(&self) -> &str {
+        self.config.consumer_group.as_deref().unwrap_or("default")
+    }
+
+    async fn ensure_group(&self, topic: &str) -> Result<()> {
+        // Concurrent first subscribers may deadlock on the insert: try again.
+        let mut attempt = 0;
+        loop {
+            match self.ensure_group_once(topic).await {
+                Err(e) if attempt < 5 && e.to_string().contains("eadlock") => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn ensure_group_once(&self, topic: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO wasmill_offsets (topic, consumer_group, acked) VALUES ($1, $2,
+                 CASE WHEN $3 THEN COALESCE((SELECT MAX(\"offset\") FROM wasmill_messages WHERE topic = $4), 0) ELSE 0 END)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(topic)
+        .bind(self.group())
+            .bind(self.config.start_at_end)
+            .bind(topic)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            db_err(
+                format!("create consumer group {} of {topic}", self.group()),
+                e,
+            )
+        })?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Publisher for PostgresPubSub {
+    async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
+        if self.closed.is_cancelled() {
+            return Err(closed(NAME));
+        }
+        let mut tx = self.pool.begin().await.map_err(|e| db_err("begin", e))?;
+        lock_topic(&mut tx, topic).await?;
+        for m in &messages {
+            let metadata = serde_json::to_string(m.metadata.as_map())
+                .map_err(|e| Error::pubsub(NAME, "encode metadata", e))?;
+            sqlx::query(
+                "INSERT INTO wasmill_messages (topic, uuid, metadata, payload) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(topic)
+            .bind(&m.uuid)
+            .bind(metadata)
+            .bind(&m.payload[..])
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_err(format!("publish to {topic}"), e))?;
+        }
+        sqlx::query("SELECT pg_notify('wasmill', $1)")
+            .bind(topic)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_err(format!("notify {topic}"), e))?;
+        tx.commit()
+            .await
+            .map_err(|e| db_err(format!("publish to {topic}"), e))?;
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.cancel();
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+}
+
+#[async_trait]
+impl Subscriber for PostgresPubSub {
+    async fn subscribe_initialize(&self, topic: &str) -> Result<()> {
+        self.ensure_group(topic).await
+    }
+
+    async fn subscribe_with(
+        &self,
+        topic: &str,
+        _options: SubscribeOptions,
+    ) -> Result<Subscription> {
+        if self.closed.is_cancelled() {
+            return Err(closed(NAME));
+        }
+        self.ensure_group(topic).await?;
+        let (sub, sender) = Subscription::channel(1, &self.closed);
+        let this = self.clone();
+        let topic = topic.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = this.deliver(&topic, &sender).await {
+                tracing::error!(topic, "postgres subscription ended: {e}");
+            }
+        });
+        Ok(sub)
+    }
+
+    async fn close(&self) -> Result<()> {
+        Publisher::close(self).await
+    }
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+}
+
+impl PostgresPubSub {
+    /// Locks the group's offset row and reads the next message after it, inside `tx`.
+    async fn next_row(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        topic: &str,
+    ) -> Result<Option<(i64, Message)>> {
+        let acked: Option<i64> = sqlx::query_scalar(
+            "SELECT acked FROM wasmill_offsets WHERE topic = $1 AND consumer_group = $2 FOR UPDATE",
+        )
+        .bind(topic)
+        .bind(self.group())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(|e| db_err(format!("lock offset of {topic}"), e))?;
+        let Some(acked) = acked else { return Ok(None) };
+        let row = sqlx::query(
+            "SELECT \"offset\", uuid, metadata, payload FROM wasmill_messages
+             WHERE topic = $1 AND \"offset\" > $2 ORDER BY \"offset\" LIMIT 1",
+        )
+        .bind(topic)
+        .bind(acked)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(|e| db_err(format!("read {topic}"), e))?;
+        let Some(row) = row else { return Ok(None) };
+        let offset: i64 = row.try_get(0).map_err(|e| db_err("read offset", e))?;
+        let uuid: String = row.try_get(1).map_err(|e| db_err("read uuid", e))?;
+        let metadata: String = row.try_get(2).map_err(|e| db_err("read metadata", e))?;
+        let payload: Vec<u8> = row.try_get(3).map_err(|e| db_err("read payload", e))?;
+        let mut m = Message::with_uuid(uuid, Bytes::from(payload));
+        let md: HashMap<String, String> = serde_json::from_str(&metadata).unwrap_or_default();
+        m.metadata = md.into();
+        Ok(Some((offset, m)))
+    }
+
+    /// Wakes this pub/sub's consumers on NOTIFY (one listener connection per pub/sub, started
+    /// with its first subscription) until it is closed.
+    async fn listen(&self) {
+        loop {
+            match PgListener::connect_with(&self.pool).await {
+                Ok(mut l) => {
+                    if l.listen("wasmill").await.is_ok() {
+                        loop {
+                            tokio::select! {
+                                n = l.recv() => match n {
+                                    Ok(_) => self.wake.notify_waiters(),
+                                    Err(e) => {
+                                        tracing::warn!("postgres LISTEN: {e}; reconnecting");
+                                        break;
+                                    }
+                                },
+                                _ = self.closed.cancelled() => return,
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(url = %redacted(&self.config.url), "postgres LISTEN: {e}"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = self.closed.cancelled() => return,
+            }
+        }
+    }
+
+    /// The delivery loop of one subscription; database errors (a restart) are retried.
+    async fn deliver(&self, topic: &str, sender: &super::SubscriptionSender) -> Result<()> {
+        if !self
+            .listening
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let this = self.clone();
+            tokio::spawn(async move { this.listen().await });
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if sender.is_closed() {
+                return Ok(());
+            }
+            let woken = self.wake.notified();
+            match self.deliver_one(topic, sender).await {
+                Ok(true) => backoff = Duration::from_millis(100),
+                Ok(false) => {
+                    tokio::select! {
+                        _ = woken => {}
+                        _ = tokio::time::sleep(self.config.poll_interval) => {}
+                        _ = sender.closed() => return Ok(()),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(topic, url = %redacted(&self.config.url), "postgres: {e}; retrying in {backoff:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = sender.closed() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Delivers the next message in a transaction holding the group's row lock; returns
+    /// whether there was one.
+    async fn deliver_one(&self, topic: &str, sender: &super::SubscriptionSender) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(|e| db_err("begin", e))?;
+        let Some((offset, stored)) = self.next_row(&mut tx, topic).await? else {
+            let _ = tx.rollback().await;
+            return Ok(false);
+        };
+        let msg = stored.copy();
+        if sender.send(msg.clone()).await.is_err() {
+            let _ = tx.rollback().await;
+            return Ok(true);
+        }
+        match wait_settled(&msg, sender).await {
+            AckState::Acked => {
+                sqlx::query("UPDATE wasmill_offsets SET acked = $1 WHERE topic = $2 AND consumer_group = $3")
+                    .bind(offset)
+                    .bind(topic)
+                    .bind(self.group())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| db_err(format!("ack offset {offset} of {topic}"), e))?;
+                tx.commit()
+                    .await
+                    .map_err(|e| db_err(format!("ack offset {offset} of {topic}"), e))?;
+            }
+            _ => {
+                let _ = tx.rollback().await;
+                if let Some(d) = msg.redelivery_delay() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = sender.closed() => {}
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Publishes `messages` to `topic` inside the caller's transaction: they become visible (and
+/// are delivered) only if it commits. The outbox pattern needs this.
+pub async fn publish_in_tx(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    topic: &str,
+    messages: &[Message],
+) -> Result<()> {
+    lock_topic(tx, topic).await?;
+    for m in messages {
+        let metadata = serde_json::to_string(m.metadata.as_map())
+            .map_err(|e| Error::pubsub(NAME, "encode metadata", e))?;
+        sqlx::query(
+            "INSERT INTO wasmill_messages (topic, uuid, metadata, payload) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(topic)
+        .bind(&m.uuid)
+        .bind(metadata)
+        .bind(&m.payload[..])
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| db_err(format!("publish to {topic}"), e))?;
+    }
+    sqlx::query("SELECT pg_notify('wasmill', $1)")
+        .bind(topic)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| db_err(format!("notify {topic}"), e))?;
+    Ok(())
+}
+
+fn redacted(url: &str) -> String {
+    match url.split_once('@') {
+        Some((scheme_user, host)) => match scheme_user.split_once("://") {
+            Some((scheme, user)) => {
+                let user = user.split(':').next().unwrap_or("");
+                format!("{scheme}://{user}@{host}")
+            }
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// The raw client's throughput: INSERTs in transactions of 100, then one SELECT + UPDATE per
+/// message (what the backend does, without Wasmill around it).
+pub async fn raw_bench(
+    url: &str,
+    messages: usize,
+    payload_size: usize,
+) -> Result<super::RawBenchFigures> {
+    let ps = PostgresPubSub::connect(PostgresConfig {
+        url: url.to_string(),
+        ..PostgresConfig::default()
+    })
+    .await?;
+    let topic = format!("raw_bench_{}", uuid::Uuid::new_v4().simple());
+    let payload = vec![b'x'; payload_size];
+    let start = std::time::Instant::now();
+    let mut sent = 0;
+    while sent < messages {
+        let n = 100.min(messages - sent);
+        let mut tx = ps.pool.begin().await.map_err(|e| db_err("begin", e))?;
+        lock_topic(&mut tx, &topic).await?;
+        for _ in 0..n {
+            sqlx::query("INSERT INTO wasmill_messages (topic, uuid, metadata, payload) VALUES ($1, $2, '{}', $3)")
+                .bind(&topic)
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(&payload[..])
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_err("insert", e))?;
+        }
+        tx.commit().await.map_err(|e| db_err("commit", e))?;
+        sent += n;
+    }
+    let publish = start.elapsed();
+    ps.ensure_group(&topic).await?;
+    let start = std::time::Instant::now();
+    let mut got = 0;
+    loop {
+        let mut tx = ps.pool.begin().await.map_err(|e| db_err("begin", e))?;
+        let Some((offset, _)) = ps.next_row(&mut tx, &topic).await? else {
+            break;
+        };
+        sqlx::query(
+            "UPDATE wasmill_offsets SET acked = $1 WHERE topic = $2 AND consumer_group = $3",
+        )
+        .bind(offset)
+        .bind(&topic)
+        .bind(ps.group())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_err("ack", e))?;
+        tx.commit().await.map_err(|e| db_err("commit", e))?;
+        got += 1;
+    }
+    let consume = start.elapsed();
+    Ok(super::RawBenchFigures {
+        publish_per_sec: messages as f64 / publish.as_secs_f64(),
+        consume_per_sec: got as f64 / consume.as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pubsub::conformance::{Features, Harness};
+    use crate::pubsub::{DynPublisher, DynSubscriber};
+
+    fn url() -> String {
+        std::env::var("WASMILL_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    }
+
+    struct PostgresHarness {
+        group: String,
+    }
+
+    impl PostgresHarness {
+        fn new() -> Self {
+            PostgresHarness {
+                group: format!("g-{}", uuid::Uuid::new_v4().simple()),
+            }
+        }
+        fn config(&self, group: &str) -> PostgresConfig {
+            PostgresConfig {
+                url: url(),
+                consumer_group: Some(group.to_string()),
+                poll_interval: Duration::from_millis(200),
+                start_at_end: false,
+            }
+        }
+    }
+
+    async fn port_open() -> bool {
+        tokio::net::TcpStream::connect("127.0.0.1:5432")
+            .await
+            .is_ok()
+    }
+
+    #[async_trait]
+    impl Harness for PostgresHarness {
+        fn features(&self) -> Features {
+            Features {
+                consumer_groups: true,
+                guaranteed_order: true,
+                guaranteed_order_with_single_subscriber: true,
+                persistent: true,
+                new_subscriber_receives_old_messages: true,
+                restart_server: true,
+                ..Features::default()
+            }
+        }
+
+        async fn pubsub(&self) -> Result<(DynPublisher, DynSubscriber)> {
+            let ps = PostgresPubSub::connect(self.config(&self.group)).await?;
+            Ok((Arc::new(ps.clone()), Arc::new(ps)))
+        }
+
+        async fn subscriber_in_group(&self, group: &str) -> Result<DynSubscriber> {
+            Ok(Arc::new(PostgresPubSub::connect(self.config(group)).await?))
+        }
+
+        async fn restart_server(&self) -> Result<()> {
+            let status = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -n1) main restart -m fast")
+                .status()
+                .await
+                .map_err(|e| Error::io("restart postgres", e))?;
+            if !status.success() {
+                return Err(Error::Other(format!("pg_ctlcluster restart: {status}")));
+            }
+            for _ in 0..100 {
+                if port_open().await {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(Error::Other("postgres did not come back".into()))
+        }
+
+        fn server_name(&self) -> &'static str {
+            NAME
+        }
+    }
+
+    crate::conformance_tests!(PostgresHarness::new());
+
+    #[tokio::test]
+    async fn publish_in_tx_follows_the_transaction() {
+        let h = PostgresHarness::new();
+        let ps = PostgresPubSub::connect(h.config("tx")).await.unwrap();
+        let topic = crate::pubsub::conformance::unique_topic("outbox");
+        ps.subscribe_initialize(&topic).await.unwrap();
+        let mut sub = ps.subscribe(&topic).await.unwrap();
+        let mut tx = ps.pool.begin().await.unwrap();
+        publish_in_tx(&mut tx, &topic, &[Message::with_uuid("rolled-back", "x")])
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        let mut tx = ps.pool.begin().await.unwrap();
+        publish_in_tx(&mut tx, &topic, &[Message::with_uuid("committed", "y")])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.uuid, "committed");
+        m.ack();
+        let more = tokio::time::timeout(Duration::from_millis(500), sub.recv()).await;
+        assert!(more.is_err(), "the rolled-back message was delivered");
+    }
+
+    #[tokio::test]
+    async fn raw_bench_reports_positive_figures() {
+        let f = raw_bench(&url(), 200, 100).await.unwrap();
+        assert!(f.publish_per_sec > 0.0 && f.consume_per_sec > 0.0);
+    }
+
+    #[test]
+    fn passwords_are_not_logged() {
+        assert_eq!(
+            redacted("postgres://u:secret@h:5432/db"),
+            "postgres://u@h:5432/db"
+        );
+    }
+}

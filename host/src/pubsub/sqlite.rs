@@ -1,0 +1,490 @@
+//! SQLite: the embedded durable pub/sub. One file, no server; messages survive a restart of
+//! the host, and consumer groups keep their own offsets.
+//!
+//! Schema: one `wasmill_messages` table for every topic (an autoincrement `offset`, the
+//! topic, uuid, metadata as JSON, payload) and one `wasmill_offsets` row per (topic,
+//! consumer group) holding the last acked offset. A new group starts at the beginning, so it
+//! reads earlier messages. A group delivers one message at a time, in order, to one of its
+//! subscriptions (a lock per file, topic and group); acking advances the offset, a nack (or a
+//! crash before the ack) delivers the same message again.
+//!
+//! Consumers wake up at once on a publish made through any `SqlitePubSub` of this process,
+//! and otherwise poll every `poll_interval` (for writers in other processes).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Deserialize;
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{Publisher, SubscribeOptions, Subscriber, Subscription, closed, wait_settled};
+use crate::error::{Error, Result};
+use crate::message::{AckState, Message};
+
+const NAME: &str = "sqlite";
+
+/// Settings of `kind = "sqlite"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqliteConfig {
+    /// `sqlite://wasmill.db` (created if missing) or `sqlite::memory:`.
+    pub url: String,
+    /// The consumer group of this pub/sub's subscriptions (`default` when unset).
+    pub consumer_group: Option<String>,
+    /// How often consumers look for messages written by other processes.
+    #[serde(with = "crate::config::duration")]
+    pub poll_interval: Duration,
+    /// A new group starts after the last message instead of at the beginning (tails).
+    #[serde(skip)]
+    pub start_at_end: bool,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        SqliteConfig {
+            url: "sqlite://wasmill.db".into(),
+            consumer_group: None,
+            start_at_end: false,
+            poll_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Wakes consumers of one database file when something was published to it.
+static WAKERS: LazyLock<Mutex<HashMap<String, Arc<Notify>>>> = LazyLock::new(Default::default);
+/// Serializes the delivery of one (file, topic, group) across subscriptions of this process.
+type GroupLocks = Mutex<HashMap<(String, String, String), Arc<tokio::sync::Mutex<()>>>>;
+static GROUP_LOCKS: LazyLock<GroupLocks> = LazyLock::new(Default::default);
+
+fn waker(url: &str) -> Arc<Notify> {
+    WAKERS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(url.to_string())
+        .or_default()
+        .clone()
+}
+
+fn group_lock(url: &str, topic: &str, group: &str) -> Arc<tokio::sync::Mutex<()>> {
+    GROUP_LOCKS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry((url.to_string(), topic.to_string(), group.to_string()))
+        .or_default()
+        .clone()
+}
+
+/// The SQLite pub/sub; publisher and subscriber in one.
+#[derive(Clone)]
+pub struct SqlitePubSub {
+    pool: SqlitePool,
+    config: Arc<SqliteConfig>,
+    wake: Arc<Notify>,
+    closed: CancellationToken,
+}
+
+fn db_err(what: impl std::fmt::Display, e: sqlx::Error) -> Error {
+    Error::pubsub(NAME, what.to_string(), e)
+}
+
+impl SqlitePubSub {
+    /// Opens (creating if needed) the database and its tables.
+    pub async fn connect(config: SqliteConfig) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(&config.url)
+            .map_err(|e| db_err(format!("invalid url {}", config.url), e))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(|e| db_err(format!("open {}", config.url), e))?;
+        for ddl in [
+            "CREATE TABLE IF NOT EXISTS wasmill_messages (
+                 \"offset\" INTEGER PRIMARY KEY AUTOINCREMENT,
+                 topic TEXT NOT NULL, uuid TEXT NOT NULL, metadata TEXT NOT NULL,
+                 payload BLOB NOT NULL, created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)",
+            "CREATE INDEX IF NOT EXISTS wasmill_messages_topic ON wasmill_messages (topic, \"offset\")",
+            "CREATE TABLE IF NOT EXISTS wasmill_offsets (
+                 topic TEXT NOT NULL, consumer_group TEXT NOT NULL, acked INTEGER NOT NULL,
+                 PRIMARY KEY (topic, consumer_group))",
+        ] {
+            sqlx::query(ddl)
+                .execute(&pool)
+                .await
+                .map_err(|e| db_err(format!("create tables in {}", config.url), e))?;
+        }
+        Ok(SqlitePubSub {
+            pool,
+            wake: waker(&config.url),
+            config: Arc::new(config),
+            closed: CancellationToken::new(),
+        })
+    }
+
+    /// A subscriber of the same file in a fresh consumer group that starts at the end, for
+    /// reading new messages without taking them from other groups.
+    pub async fn tail_subscriber(&self) -> Result<SqlitePubSub> {
+        let group = format!("tail-{}", uuid::Uuid::new_v4().simple());
+        let mut config = (*self.config).clone();
+        config.consumer_group = Some(group);
+        config.start_at_end = true;
+        let mut tail = self.clone();
+        tail.config = Arc::new(config);
+        Ok(tail)
+    }
+
+    fn group(&self) -> &str {
+        self.config.consumer_group.as_deref().unwrap_or("default")
+    }
+
+    async fn ensure_group(&self, topic: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO wasmill_offsets (topic, consumer_group, acked) VALUES (?, ?,
+                 CASE WHEN ? THEN COALESCE((SELECT MAX(\"offset\") FROM wasmill_messages WHERE topic = ?), 0) ELSE 0 END)",
+        )
+        .bind(topic)
+        .bind(self.group())
+            .bind(self.config.start_at_end)
+            .bind(topic)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            db_err(
+                format!("create consumer group {} of {topic}", self.group()),
+                e,
+            )
+        })?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Publisher for SqlitePubSub {
+    async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
+        if self.closed.is_cancelled() {
+            return Err(closed(NAME));
+        }
+        let mut tx = self.pool.begin().await.map_err(|e| db_err("begin", e))?;
+        for m in &messages {
+            let metadata = serde_json::to_string(m.metadata.as_map())
+                .map_err(|e| Error::pubsub(NAME, "encode metadata", e))?;
+            sqlx::query(
+                "INSERT INTO wasmill_messages (topic, uuid, metadata, payload) VALUES (?, ?, ?, ?)",
+            )
+            .bind(topic)
+            .bind(&m.uuid)
+            .bind(metadata)
+            .bind(&m.payload[..])
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_err(format!("publish to {topic}"), e))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| db_err(format!("publish to {topic}"), e))?;
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.cancel();
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+}
+
+#[async_trait]
+impl Subscriber for SqlitePubSub {
+    async fn subscribe_initialize(&self, topic: &str) -> Result<()> {
+        self.ensure_group(topic).await
+    }
+
+    async fn subscribe_with(
+        &self,
+        topic: &str,
+        _options: SubscribeOptions,
+    ) -> Result<Subscription> {
+        if self.closed.is_cancelled() {
+            return Err(closed(NAME));
+        }
+        self.ensure_group(topic).await?;
+        let (sub, sender) = Subscription::channel(1, &self.closed);
+        let this = self.clone();
+        let topic = topic.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = this.deliver(&topic, &sender).await {
+                tracing::error!(topic, "sqlite subscription ended: {e}");
+            }
+        });
+        Ok(sub)
+    }
+
+    async fn close(&self) -> Result<()> {
+        Publisher::close(self).await
+    }
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+}
+
+impl SqlitePubSub {
+    async fn next_row(&self, topic: &str) -> Result<Option<(i64, Message)>> {
+        let row = sqlx::query(
+            "SELECT m.\"offset\", m.uuid, m.metadata, m.payload FROM wasmill_messages m
+             JOIN wasmill_offsets o ON o.topic = m.topic AND o.consumer_group = ?
+             WHERE m.topic = ? AND m.\"offset\" > o.acked ORDER BY m.\"offset\" LIMIT 1",
+        )
+        .bind(self.group())
+        .bind(topic)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_err(format!("read {topic}"), e))?;
+        let Some(row) = row else { return Ok(None) };
+        let offset: i64 = row.try_get(0).map_err(|e| db_err("read offset", e))?;
+        let uuid: String = row.try_get(1).map_err(|e| db_err("read uuid", e))?;
+        let metadata: String = row.try_get(2).map_err(|e| db_err("read metadata", e))?;
+        let payload: Vec<u8> = row.try_get(3).map_err(|e| db_err("read payload", e))?;
+        let mut m = Message::with_uuid(uuid, Bytes::from(payload));
+        let md: HashMap<String, String> = serde_json::from_str(&metadata).unwrap_or_default();
+        m.metadata = md.into();
+        Ok(Some((offset, m)))
+    }
+
+    async fn ack(&self, topic: &str, offset: i64) -> Result<()> {
+        sqlx::query("UPDATE wasmill_offsets SET acked = ? WHERE topic = ? AND consumer_group = ? AND acked < ?")
+            .bind(offset)
+            .bind(topic)
+            .bind(self.group())
+            .bind(offset)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_err(format!("ack offset {offset} of {topic}"), e))?;
+        Ok(())
+    }
+
+    /// The delivery loop of one subscription.
+    async fn deliver(&self, topic: &str, sender: &super::SubscriptionSender) -> Result<()> {
+        let lock = group_lock(&self.config.url, topic, self.group());
+        loop {
+            if sender.is_closed() {
+                return Ok(());
+            }
+            // Listen before looking, so a publish between the look and the wait is not missed.
+            let woken = self.wake.notified();
+            let guard = tokio::select! {
+                g = lock.lock() => g,
+                _ = sender.closed() => return Ok(()),
+            };
+            match self.next_row(topic).await? {
+                Some((offset, stored)) => {
+                    let msg = stored.copy();
+                    if sender.send(msg.clone()).await.is_err() {
+                        return Ok(());
+                    }
+                    match wait_settled(&msg, sender).await {
+                        AckState::Acked => self.ack(topic, offset).await?,
+                        _ => {
+                            drop(guard);
+                            if let Some(d) = msg.redelivery_delay() {
+                                tokio::select! {
+                                    _ = tokio::time::sleep(d) => {}
+                                    _ = sender.closed() => return Ok(()),
+                                }
+                            } else {
+                                // Let another subscription of the group have a go.
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                    }
+                }
+                None => {
+                    drop(guard);
+                    tokio::select! {
+                        _ = woken => {}
+                        _ = tokio::time::sleep(self.config.poll_interval) => {}
+                        _ = sender.closed() => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The raw client's throughput on a file: inserts in one transaction per 100, then reads and
+/// advances an offset per message — the work the backend does, without Wasmill around it.
+pub async fn raw_bench(
+    url: &str,
+    messages: usize,
+    payload_size: usize,
+) -> Result<super::RawBenchFigures> {
+    let ps = SqlitePubSub::connect(SqliteConfig {
+        url: url.to_string(),
+        ..SqliteConfig::default()
+    })
+    .await?;
+    let topic = format!("raw_bench_{}", uuid::Uuid::new_v4().simple());
+    let payload = vec![b'x'; payload_size];
+    let start = std::time::Instant::now();
+    for chunk in (0..messages).collect::<Vec<_>>().chunks(100) {
+        let mut tx = ps.pool.begin().await.map_err(|e| db_err("begin", e))?;
+        for _ in chunk {
+            sqlx::query("INSERT INTO wasmill_messages (topic, uuid, metadata, payload) VALUES (?, ?, '{}', ?)")
+                .bind(&topic)
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(&payload[..])
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_err("insert", e))?;
+        }
+        tx.commit().await.map_err(|e| db_err("commit", e))?;
+    }
+    let publish = start.elapsed();
+    ps.ensure_group(&topic).await?;
+    let start = std::time::Instant::now();
+    while let Some((offset, _)) = ps.next_row(&topic).await? {
+        ps.ack(&topic, offset).await?;
+    }
+    let consume = start.elapsed();
+    Ok(super::RawBenchFigures {
+        publish_per_sec: messages as f64 / publish.as_secs_f64(),
+        consume_per_sec: messages as f64 / consume.as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pubsub::conformance::{Features, Harness};
+    use crate::pubsub::{DynPublisher, DynSubscriber};
+
+    struct SqliteHarness {
+        dir: tempfile::TempDir,
+    }
+
+    impl SqliteHarness {
+        fn new() -> Self {
+            SqliteHarness {
+                dir: tempfile::tempdir().expect("temp dir"),
+            }
+        }
+        fn config(&self, group: Option<&str>) -> SqliteConfig {
+            SqliteConfig {
+                url: format!("sqlite://{}", self.dir.path().join("test.db").display()),
+                consumer_group: group.map(str::to_string),
+                poll_interval: Duration::from_millis(50),
+                start_at_end: false,
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Harness for SqliteHarness {
+        fn features(&self) -> Features {
+            Features {
+                consumer_groups: true,
+                guaranteed_order: true,
+                guaranteed_order_with_single_subscriber: true,
+                persistent: true,
+                new_subscriber_receives_old_messages: true,
+                ..Features::default()
+            }
+        }
+
+        async fn pubsub(&self) -> Result<(DynPublisher, DynSubscriber)> {
+            let ps = SqlitePubSub::connect(self.config(None)).await?;
+            Ok((Arc::new(ps.clone()), Arc::new(ps)))
+        }
+
+        async fn subscriber_in_group(&self, group: &str) -> Result<DynSubscriber> {
+            Ok(Arc::new(
+                SqlitePubSub::connect(self.config(Some(group))).await?,
+            ))
+        }
+    }
+
+    crate::conformance_tests!(SqliteHarness::new());
+
+    #[tokio::test]
+    async fn survives_a_restart_of_the_host() {
+        let h = SqliteHarness::new();
+        let ps = SqlitePubSub::connect(h.config(Some("g"))).await.unwrap();
+        ps.subscribe_initialize("t").await.unwrap();
+        ps.publish(
+            "t",
+            (0..3)
+                .map(|i| Message::with_uuid(format!("m{i}"), "p"))
+                .collect(),
+        )
+        .await
+        .unwrap();
+        let mut sub = ps.subscribe("t").await.unwrap();
+        let first = sub.recv().await.unwrap();
+        assert_eq!(first.uuid, "m0");
+        first.ack();
+        let second = sub.recv().await.unwrap();
+        assert_eq!(second.uuid, "m1");
+        // "Crash" with m1 unacked: close everything and reopen the file.
+        drop(sub);
+        Publisher::close(&ps).await.unwrap();
+        drop(ps);
+        let ps = SqlitePubSub::connect(h.config(Some("g"))).await.unwrap();
+        let mut sub = ps.subscribe("t").await.unwrap();
+        let again = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            again.uuid, "m1",
+            "the unacked message comes back after a restart"
+        );
+        again.ack();
+        assert_eq!(sub.recv().await.unwrap().uuid, "m2");
+    }
+
+    #[tokio::test]
+    async fn a_tail_reads_only_new_messages_and_takes_none_from_the_group() {
+        let h = SqliteHarness::new();
+        let ps = SqlitePubSub::connect(h.config(Some("g"))).await.unwrap();
+        ps.subscribe_initialize("t").await.unwrap();
+        ps.publish("t", vec![Message::with_uuid("old", "p")])
+            .await
+            .unwrap();
+        let tail = ps.tail_subscriber().await.unwrap();
+        let mut s = tail.subscribe("t").await.unwrap();
+        ps.publish("t", vec![Message::with_uuid("new", "p")])
+            .await
+            .unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(5), s.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.uuid, "new");
+        m.ack();
+        let mut g = ps.subscribe("t").await.unwrap();
+        let a = g.recv().await.unwrap();
+        assert_eq!(a.uuid, "old");
+        a.ack();
+        assert_eq!(g.recv().await.unwrap().uuid, "new");
+    }
+
+    #[tokio::test]
+    async fn raw_bench_reports_positive_figures() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("b.db").display());
+        let f = raw_bench(&url, 200, 100).await.unwrap();
+        assert!(f.publish_per_sec > 0.0 && f.consume_per_sec > 0.0);
+    }
+}

@@ -1,0 +1,19 @@
+//! The router: subscribes each handler to its topic, runs every message through the handler's
+//! middleware chain and publishes what the handler produced before acking.
+
+mod handler;
+pub mod middleware;
+pub mod plugin;
+mod routing;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+pub use handler::{
+    BoxHandler, BoxMiddleware, Handler, HandlerResult, Middleware, apply_middleware, handler_fn,
+    middleware_fn,
+};
+pub use routing::{
+    HandlerHandle, HandlerSpec, HandlerState, Plugin, Router, RouterConfig, panic_message,
+};
+pub use stats::{DURATION_BUCKETS, HandlerStats, StatsSnapshot};

@@ -1,0 +1,284 @@
+//! Compiling a component, checking which Wasmill world it implements, and the on-disk cache
+//! of compiled components.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+
+use super::bindings::{handler, middleware};
+use super::engine::WasmEngine;
+use super::state::PluginState;
+use crate::error::{Error, Result};
+
+/// Which Wasmill world a component implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum World {
+    /// `wasmill:plugin/handler`.
+    Handler,
+    /// `wasmill:plugin/middleware`.
+    Middleware,
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            World::Handler => "wasmill:plugin/handler@0.1.0",
+            World::Middleware => "wasmill:plugin/middleware@0.1.0",
+        })
+    }
+}
+
+/// What a component imports and exports, and which world that makes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentInfo {
+    /// The world it implements.
+    pub world: World,
+    /// Names of its imports.
+    pub imports: Vec<String>,
+    /// Names of its exports.
+    pub exports: Vec<String>,
+}
+
+/// The instantiation-ready form of a plugin's world.
+pub(crate) enum Pre {
+    Handler(handler::HandlerPre<PluginState>),
+    Middleware(middleware::MiddlewarePre<PluginState>),
+}
+
+/// A compiled, validated plugin version.
+pub struct CompiledPlugin {
+    /// The plugin's name (its file name).
+    pub name: Arc<str>,
+    /// Hex sha256 of the file's bytes.
+    pub sha256: String,
+    /// When this version was loaded.
+    pub loaded_at: SystemTime,
+    /// What it imports and exports.
+    pub info: ComponentInfo,
+    pub(crate) pre: Pre,
+}
+
+impl std::fmt::Debug for CompiledPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledPlugin")
+            .field("name", &self.name)
+            .field("sha256", &self.sha256)
+            .field("world", &self.info.world)
+            .finish()
+    }
+}
+
+/// Hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn err(plugin: &str, message: impl std::fmt::Display) -> Error {
+    Error::Wasm {
+        plugin: plugin.to_string(),
+        message: message.to_string(),
+    }
+}
+
+const COMPONENT_LAYER: [u8; 4] = [0x0d, 0x00, 0x01, 0x00];
+
+/// Refuses bytes that are not a component before handing them to the compiler, with a
+/// message a user can act on.
+fn check_header(name: &str, bytes: &[u8]) -> Result<()> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(err(
+            name,
+            format!(
+                "not a WebAssembly file ({} bytes, no \\0asm header): truncated or not wasm",
+                bytes.len()
+            ),
+        ));
+    }
+    if bytes[4..8] != COMPONENT_LAYER {
+        return Err(err(
+            name,
+            "a core WebAssembly module, not a component: build for wasm32-wasip2 or wrap it with `wasm-tools component new`",
+        ));
+    }
+    Ok(())
+}
+
+/// Which world the component's imports and exports make it, or why it is neither.
+fn detect_world(
+    name: &str,
+    engine: &wasmtime::Engine,
+    component: &Component,
+) -> Result<ComponentInfo> {
+    let ty = component.component_type();
+    let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    if !exports.iter().any(|e| e == "handle") {
+        return Err(err(
+            name,
+            format!(
+                "does not implement a Wasmill world: no export `handle` (exports: {})",
+                if exports.is_empty() {
+                    "none".into()
+                } else {
+                    exports.join(", ")
+                }
+            ),
+        ));
+    }
+    let mut world = World::Handler;
+    for import in &imports {
+        let allowed = import.starts_with("wasi:")
+            || import.starts_with("wasmill:plugin/host@0.1")
+            || import.starts_with("wasmill:plugin/types@0.1");
+        if import == "next" {
+            world = World::Middleware;
+        } else if !allowed {
+            return Err(err(
+                name,
+                format!(
+                    "unexpected import `{import}`: a Wasmill plugin may import only wasmill:plugin/host, WASI and (middleware) `next`"
+                ),
+            ));
+        }
+    }
+    Ok(ComponentInfo {
+        world,
+        imports,
+        exports,
+    })
+}
+
+/// Says which world `bytes` implements and what it imports, without keeping it loaded
+/// (`wasmill check`).
+pub fn inspect(engine: &WasmEngine, name: &str, bytes: &[u8]) -> Result<ComponentInfo> {
+    check_header(name, bytes)?;
+    let component = Component::new(engine.engine(), bytes)
+        .map_err(|e| err(name, format!("invalid component: {e:#}")))?;
+    let info = detect_world(name, engine.engine(), &component)?;
+    prepare(engine, name, &component, info.world)?;
+    Ok(info)
+}
+
+fn prepare(engine: &WasmEngine, name: &str, component: &Component, world: World) -> Result<Pre> {
+    let inner = &engine.inner;
+    Ok(match world {
+        World::Handler => {
+            let pre = inner
+                .handler_linker
+                .instantiate_pre(component)
+                .map_err(|e| err(name, format!("cannot link as a handler: {e:#}")))?;
+            Pre::Handler(
+                handler::HandlerPre::new(pre)
+                    .map_err(|e| err(name, format!("export `handle` has the wrong type: {e:#}")))?,
+            )
+        }
+        World::Middleware => {
+            let pre = inner
+                .middleware_linker
+                .instantiate_pre(component)
+                .map_err(|e| err(name, format!("cannot link as a middleware: {e:#}")))?;
+            Pre::Middleware(
+                middleware::MiddlewarePre::new(pre)
+                    .map_err(|e| err(name, format!("export `handle` has the wrong type: {e:#}")))?,
+            )
+        }
+    })
+}
+
+impl WasmEngine {
+    /// Compiles and validates a plugin (on a blocking thread: compiling takes milliseconds
+    /// to seconds and must stay off the message path). Uses the on-disk cache when set.
+    pub async fn compile(&self, name: &str, bytes: Vec<u8>) -> Result<Arc<CompiledPlugin>> {
+        let engine = self.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || engine.compile_blocking(&name, &bytes))
+            .await
+            .map_err(|e| Error::Other(format!("compile task: {e}")))?
+    }
+
+    /// Compiles the file at `path`.
+    pub async fn compile_file(&self, path: &Path) -> Result<Arc<CompiledPlugin>> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        self.compile(&name, bytes).await
+    }
+
+    /// Compiles synchronously (see [`WasmEngine::compile`]).
+    pub fn compile_blocking(&self, name: &str, bytes: &[u8]) -> Result<Arc<CompiledPlugin>> {
+        check_header(name, bytes)?;
+        let sha256 = sha256_hex(bytes);
+        let component = match self.load_cached(&sha256) {
+            Some(c) => c,
+            None => {
+                let c = Component::new(self.engine(), bytes)
+                    .map_err(|e| err(name, format!("invalid component: {e:#}")))?;
+                self.store_cached(&sha256, &c);
+                c
+            }
+        };
+        let info = detect_world(name, self.engine(), &component)?;
+        let pre = prepare(self, name, &component, info.world)?;
+        Ok(Arc::new(CompiledPlugin {
+            name: name.into(),
+            sha256,
+            loaded_at: SystemTime::now(),
+            info,
+            pre,
+        }))
+    }
+
+    fn cache_path(&self, sha256: &str) -> Option<std::path::PathBuf> {
+        // The engine's settings are part of the key: a .cwasm only loads into an engine
+        // compiled the same way (fuel and epochs on here).
+        let dir = self.inner.cache_dir.as_ref()?;
+        let hash = self.engine().precompile_compatibility_hash();
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        hash.hash(&mut h);
+        Some(dir.join(format!("{sha256}-{:016x}.cwasm", h.finish())))
+    }
+
+    fn store_cached(&self, sha256: &str, component: &Component) {
+        let Some(path) = self.cache_path(sha256) else {
+            return;
+        };
+        let Ok(bytes) = component.serialize() else {
+            return;
+        };
+        // Write beside, then rename: a reader never sees a half-written cache file.
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, &path).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+
+    #[allow(unsafe_code)]
+    fn load_cached(&self, sha256: &str) -> Option<Component> {
+        let path = self.cache_path(sha256)?;
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: deserializing runs native code compiled earlier. The file is only ever
+        // written by `store_cached` of this program (atomically, named by the sha256 of the
+        // source component and the engine's compatibility hash), in a cache directory the
+        // host owns; wasmtime additionally checks the engine and version header.
+        match unsafe { Component::deserialize_file(self.engine(), &path) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "ignoring unusable compile cache entry: {e}");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+}

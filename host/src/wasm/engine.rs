@@ -1,0 +1,125 @@
+//! The one wasmtime engine of a host: compiler settings, the linkers of both worlds (built
+//! once), and the epoch ticker that turns per-message deadlines into interrupts.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+use super::bindings::{handler, middleware};
+use super::state::PluginState;
+use crate::error::{Error, Result};
+
+/// How often the epoch advances; a deadline is rounded up to whole ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Engine settings.
+#[derive(Debug, Clone, Default)]
+pub struct EngineConfig {
+    /// Where compiled components are cached, keyed by content hash; `None` disables it.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The shared engine; cheap to clone.
+#[derive(Clone)]
+pub struct WasmEngine {
+    pub(crate) inner: Arc<EngineInner>,
+}
+
+pub(crate) struct EngineInner {
+    pub(crate) engine: Engine,
+    pub(crate) handler_linker: Linker<PluginState>,
+    pub(crate) middleware_linker: Linker<PluginState>,
+    pub(crate) cache_dir: Option<PathBuf>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for EngineInner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn wasm_err(e: impl std::fmt::Display) -> Error {
+    Error::Wasm {
+        plugin: "engine".into(),
+        message: e.to_string(),
+    }
+}
+
+impl WasmEngine {
+    /// An engine with fuel metering and epoch interruption on, and WASI (nothing granted)
+    /// plus `wasmill:plugin/host` linked for both worlds.
+    pub fn new(config: EngineConfig) -> Result<Self> {
+        let mut cfg = Config::new();
+        cfg.wasm_component_model(true);
+        cfg.consume_fuel(true);
+        cfg.epoch_interruption(true);
+        let engine = Engine::new(&cfg).map_err(wasm_err)?;
+
+        let mut handler_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut handler_linker).map_err(wasm_err)?;
+        handler::Handler::add_to_linker::<_, HasSelf<_>>(&mut handler_linker, |s| s)
+            .map_err(wasm_err)?;
+        let mut middleware_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut middleware_linker).map_err(wasm_err)?;
+        middleware::Middleware::add_to_linker::<_, HasSelf<_>>(&mut middleware_linker, |s| s)
+            .map_err(wasm_err)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.weak();
+        let ticker_stop = stop.clone();
+        std::thread::Builder::new()
+            .name("wasmill-epoch".into())
+            .spawn(move || {
+                while !ticker_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match ticker_engine.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })
+            .map_err(|e| Error::io("spawn the epoch ticker thread", e))?;
+
+        if let Some(dir) = &config.cache_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("create cache dir {}", dir.display()), e))?;
+        }
+        Ok(WasmEngine {
+            inner: Arc::new(EngineInner {
+                engine,
+                handler_linker,
+                middleware_linker,
+                cache_dir: config.cache_dir,
+                stop,
+            }),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+}
+
+/// Epoch ticks for a wall-clock `timeout` (at least one).
+pub fn ticks_for(timeout: Duration) -> u64 {
+    (timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos())).max(1) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_round_up() {
+        assert_eq!(ticks_for(Duration::from_millis(1)), 1);
+        assert_eq!(ticks_for(Duration::from_millis(5)), 1);
+        assert_eq!(ticks_for(Duration::from_millis(6)), 2);
+        assert_eq!(ticks_for(Duration::from_secs(1)), 200);
+    }
+}

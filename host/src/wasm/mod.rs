@@ -1,0 +1,21 @@
+//! WebAssembly plugins: the engine, loading and validating components, the per-subscriber
+//! sandbox, and the adapters that make a component a [`Handler`](crate::Handler) or a
+//! [`Middleware`](crate::Middleware).
+
+pub mod adapters;
+pub mod bindings;
+pub mod component;
+pub mod convert;
+pub mod engine;
+pub mod instance;
+pub mod limits;
+pub mod state;
+#[cfg(test)]
+mod tests;
+
+pub use adapters::{WasmHandler, WasmMiddleware};
+pub use component::{CompiledPlugin, ComponentInfo, World, inspect};
+pub use engine::{EngineConfig, WasmEngine};
+pub use instance::InstancePool;
+pub use limits::Limits;
+pub use state::Grants;

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Builds the plugins workspace (plugins/) into WebAssembly components and copies each one to
+# plugins/<name>.wasm, where <name> is the crate's (dashed) name: plugins/json-enrich.wasm.
+#
+# Idempotent and quick when nothing changed: cargo skips the build, and a component is only
+# copied when its bytes differ, so a host watching plugins/ sees no spurious change. Each copy
+# is written beside its destination and renamed, so a watcher never reads half a file.
+#
+# Usage: scripts/build-plugins.sh [extra cargo build arguments]   (from any directory)
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+plugins="$root/plugins"
+target=wasm32-wasip2
+
+if command -v rustup >/dev/null 2>&1; then
+    if ! rustup target list --installed | grep -qx "$target"; then
+        rustup target add "$target"
+    fi
+fi
+
+# Always the workspace's own target dir, whatever CARGO_TARGET_DIR the caller has set.
+export CARGO_TARGET_DIR="$plugins/target"
+cargo build --release --target "$target" --manifest-path "$plugins/Cargo.toml" "$@"
+
+out="$CARGO_TARGET_DIR/$target/release"
+built=0
+copied=0
+for manifest in "$plugins"/*/Cargo.toml; do
+    name="$(basename "$(dirname "$manifest")")"
+    artifact="$out/${name//-/_}.wasm"
+    dest="$plugins/$name.wasm"
+    if [[ ! -f "$artifact" ]]; then
+        echo "build-plugins: $artifact was not built (is $name a cdylib named after its folder?)" >&2
+        exit 1
+    fi
+    built=$((built + 1))
+    if ! cmp -s "$artifact" "$dest"; then
+        cp "$artifact" "$dest.tmp"
+        mv -f "$dest.tmp" "$dest"
+        copied=$((copied + 1))
+    fi
+done
+echo "build-plugins: $built components in $plugins ($copied updated)"

@@ -1,0 +1,280 @@
+//! Support for the end-to-end tests: start the real `wasmill` binary in a scratch folder on a
+//! free port, talk to its HTTP API, read Server-Sent Events, find the example plugins.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The `wasmill` binary, built once per test process if it is missing or stale.
+pub fn binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "wasmill", "--bin", "wasmill"])
+            .current_dir(repo_root())
+            .status()
+            .expect("run cargo build for the wasmill binary");
+        assert!(status.success(), "cargo build -p wasmill failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target"));
+        target.join("debug").join("wasmill")
+    })
+    .clone()
+}
+
+/// A built example plugin (`plugins/<name>.wasm`), building them once if needed.
+pub fn plugin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = std::process::Command::new(repo_root().join("scripts/build-plugins.sh"))
+            .status()
+            .expect("run scripts/build-plugins.sh");
+        assert!(status.success(), "scripts/build-plugins.sh failed");
+    });
+    let path = repo_root().join("plugins").join(format!("{name}.wasm"));
+    assert!(path.exists(), "plugin {} was not built", path.display());
+    path
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a free port")
+}
+
+/// A running `wasmill run` in a scratch folder.
+pub struct Host {
+    /// The scratch folder (the process's working directory).
+    pub dir: tempfile::TempDir,
+    /// The plugins folder inside it.
+    pub plugins: PathBuf,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    child: Child,
+    /// Log lines (stdout and stderr) of the process.
+    pub logs: mpsc::UnboundedReceiver<String>,
+    /// An HTTP client.
+    pub http: reqwest::Client,
+}
+
+impl Host {
+    /// A scratch folder with an empty `plugins/`, not started yet.
+    pub fn scratch() -> Result<(tempfile::TempDir, PathBuf)> {
+        let dir = tempfile::tempdir()?;
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins)?;
+        Ok((dir, plugins))
+    }
+
+    /// Starts `wasmill run` in `dir` with extra arguments, and waits until /healthz answers.
+    pub async fn start(dir: tempfile::TempDir, plugins: PathBuf, args: &[&str]) -> Result<Host> {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut child = Command::new(binary())
+            .arg("run")
+            .arg("--http")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--plugins")
+            .arg(&plugins)
+            .args(args)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn wasmill run")?;
+        let (tx, logs) = mpsc::unbounded_channel();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("[wasmill] {line}");
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let http = reqwest::Client::new();
+        let mut host = Host {
+            dir,
+            plugins,
+            url,
+            child,
+            logs,
+            http,
+        };
+        host.wait_healthy(Duration::from_secs(60)).await?;
+        Ok(host)
+    }
+
+    async fn wait_healthy(&mut self, limit: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.url)).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("wasmill exited early with {status}");
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("wasmill did not become healthy within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// POSTs a raw payload to `topic`; returns the uuid the host assigned.
+    pub async fn publish(&self, topic: &str, payload: &str) -> Result<String> {
+        let r = self
+            .http
+            .post(format!("{}/topics/{topic}", self.url))
+            .body(payload.to_string())
+            .send()
+            .await?;
+        let status = r.status();
+        let body: serde_json::Value = r.json().await?;
+        if status.as_u16() != 202 {
+            bail!("publish answered {status}: {body}");
+        }
+        Ok(body["uuid"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// GET /handlers as JSON.
+    pub async fn handlers(&self) -> Result<serde_json::Value> {
+        Ok(self
+            .http
+            .get(format!("{}/handlers", self.url))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// The entry of handler `name` in GET /handlers.
+    pub async fn handler(&self, name: &str) -> Result<serde_json::Value> {
+        let all = self.handlers().await?;
+        let list = all
+            .as_array()
+            .cloned()
+            .or_else(|| all["handlers"].as_array().cloned())
+            .unwrap_or_default();
+        list.into_iter()
+            .find(|h| h["name"] == name)
+            .with_context(|| format!("handler {name} not in /handlers: {all}"))
+    }
+
+    /// Subscribes to `topic` over SSE; envelopes arrive on the returned channel.
+    pub async fn sse(&self, topic: &str) -> Result<mpsc::UnboundedReceiver<serde_json::Value>> {
+        let r = self
+            .http
+            .get(format!("{}/topics/{topic}/messages", self.url))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("SSE answered {}", r.status());
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut stream = r.bytes_stream();
+        tokio::spawn(async move {
+            let mut buf = String::new();
+            while let Some(Ok(chunk)) = stream.next().await {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let event: String = buf.drain(..end + 2).collect();
+                    let data: String = event
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data:"))
+                        .map(str::trim_start)
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if let Ok(v) = serde_json::from_str(&data)
+                        && tx.send(v).is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        // Give the host a moment to register the subscription before callers publish.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(rx)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("no pid")?;
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        Ok(tokio::time::timeout(limit, self.child.wait()).await??)
+    }
+
+    /// Waits until a log line contains `needle`; returns it.
+    pub async fn wait_log(&mut self, needle: &str, limit: Duration) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.logs.recv()).await {
+                Ok(Some(line)) if line.contains(needle) => return Ok(line),
+                Ok(Some(_)) => {}
+                Ok(None) => bail!("log ended before {needle:?}"),
+                Err(_) => bail!("no log line with {needle:?} within {limit:?}"),
+            }
+        }
+    }
+}
+
+/// Copies `src` to `dst` atomically (write beside, then rename), as deploy tools do.
+pub fn install_atomically(src: &Path, dst: &Path) -> Result<()> {
+    let tmp = dst.with_extension("wasm.tmp-install");
+    std::fs::copy(src, &tmp)?;
+    std::fs::rename(&tmp, dst)?;
+    Ok(())
+}
+
+/// Receives one SSE envelope within `limit`.
+pub async fn next_event(
+    rx: &mut mpsc::UnboundedReceiver<serde_json::Value>,
+    limit: Duration,
+) -> Result<serde_json::Value> {
+    tokio::time::timeout(limit, rx.recv())
+        .await
+        .context("no SSE event in time")?
+        .context("SSE stream ended")
+}
