@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use wasmill_e2e::{Host, install_atomically, next_event, plugin};
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{Host, install_atomically, next_event, plugin};
 
 async fn start_with(name: &str, version: &str) -> anyhow::Result<Host> {
     let (dir, plugins) = Host::scratch()?;

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use wasmill_e2e::{Host, next_event, plugin};
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{Host, next_event, plugin};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_over_http_read_over_sse_then_sigterm() -> anyhow::Result<()> {

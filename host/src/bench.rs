@@ -72,6 +72,33 @@ pub struct BenchReport {
     pub elapsed_secs: f64,
     /// Peak resident memory of the process in MiB (Linux `VmHWM`), if known.
     pub peak_rss_mib: Option<f64>,
+    /// The broker's own client on the same server, when compared ([`BenchReport::compare_raw`]).
+    pub raw: Option<RawComparison>,
+}
+
+/// Wasmill's figures as a ratio of the raw client's, measured in the same run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RawComparison {
+    /// The raw client's publish loop, messages/s.
+    pub publish_per_sec: f64,
+    /// The raw client's consume-and-ack loop, messages/s.
+    pub consume_per_sec: f64,
+    /// Wasmill publish / raw publish.
+    pub publish_ratio: f64,
+    /// Wasmill end-to-end (consume, handle, publish, ack) / raw consume.
+    pub end_to_end_ratio: f64,
+}
+
+impl BenchReport {
+    /// Adds the raw client's figures and the ratios of Wasmill's to them.
+    pub fn compare_raw(&mut self, raw: crate::pubsub::RawBenchFigures) {
+        self.raw = Some(RawComparison {
+            publish_per_sec: raw.publish_per_sec,
+            consume_per_sec: raw.consume_per_sec,
+            publish_ratio: self.publish_per_sec / raw.publish_per_sec,
+            end_to_end_ratio: self.end_to_end_per_sec / raw.consume_per_sec,
+        });
+    }
 }
 
 impl std::fmt::Display for BenchReport {
@@ -92,6 +119,18 @@ impl std::fmt::Display for BenchReport {
             Some(m) => writeln!(f, "  peak memory  {m:.1} MiB")?,
             None => writeln!(f, "  peak memory  unknown")?,
         }
+        if let Some(raw) = &self.raw {
+            writeln!(
+                f,
+                "  raw client   publish {:.0} msgs/s, consume+ack {:.0} msgs/s",
+                raw.publish_per_sec, raw.consume_per_sec
+            )?;
+            writeln!(
+                f,
+                "  ratio        publish {:.2}x, end-to-end {:.2}x of the raw client",
+                raw.publish_ratio, raw.end_to_end_ratio
+            )?;
+        }
         write!(f, "  elapsed      {:.2} s", self.elapsed_secs)
     }
 }
@@ -108,6 +147,9 @@ pub fn native_passthrough() -> BoxHandler {
 
 const SENT_AT: &str = "bench_sent_ns";
 
+/// Messages the bench's output reader may hold unacked.
+const READER_IN_FLIGHT: usize = 256;
+
 /// Runs the benchmark with `handler` between `publisher`/`subscriber` topics.
 pub async fn run(
     publisher: DynPublisher,
@@ -120,7 +162,16 @@ pub async fn run(
     let output = format!("bench_out_{run_id}");
     subscriber.subscribe_initialize(&input).await?;
     subscriber.subscribe_initialize(&output).await?;
-    let mut out_sub = subscriber.subscribe(&output).await?;
+    // The bench's reader acks at once and only counts: it takes as many in flight as the
+    // backend allows, like the raw client's consume loop, so it is not what limits the run.
+    let mut out_sub = subscriber
+        .subscribe_with(
+            &output,
+            crate::pubsub::SubscribeOptions {
+                max_in_flight: READER_IN_FLIGHT,
+            },
+        )
+        .await?;
 
     let router = Router::new(RouterConfig::default());
     let h = router.add(
@@ -203,6 +254,7 @@ pub async fn run(
         latency_p99_us: pct(0.99),
         elapsed_secs: elapsed.as_secs_f64(),
         peak_rss_mib: peak_rss_mib(),
+        raw: None,
     })
 }
 

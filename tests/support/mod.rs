@@ -1,5 +1,8 @@
 //! Support for the end-to-end tests: start the real `wasmill` binary in a scratch folder on a
 //! free port, talk to its HTTP API, read Server-Sent Events, find the example plugins.
+//!
+//! Each test file includes it with `#[path]`; not every file uses every helper.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -16,27 +19,14 @@ use tokio::sync::mpsc;
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("tests/ has a parent")
+        .expect("host/ has a parent")
         .to_path_buf()
 }
 
-/// The `wasmill` binary, built once per test process if it is missing or stale.
+/// The `wasmill` binary cargo built for these tests (with the same dependencies as the rest
+/// of the test build, so nothing is compiled twice).
 pub fn binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "-p", "wasmill", "--bin", "wasmill"])
-            .current_dir(repo_root())
-            .status()
-            .expect("run cargo build for the wasmill binary");
-        assert!(status.success(), "cargo build -p wasmill failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target"));
-        target.join("debug").join("wasmill")
-    })
-    .clone()
+    PathBuf::from(env!("CARGO_BIN_EXE_wasmill"))
 }
 
 /// A built example plugin (`plugins/<name>.wasm`), building them once if needed.
@@ -77,6 +67,18 @@ pub struct Host {
 }
 
 impl Host {
+    /// The process's peak resident memory so far, in bytes (Linux `VmHWM`).
+    pub fn peak_rss(&self) -> Result<u64> {
+        let pid = self.child.id().context("the host has exited")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmHWM in /proc/PID/status")?;
+        Ok(kib * 1024)
+    }
+
     /// A scratch folder with an empty `plugins/`, not started yet.
     pub fn scratch() -> Result<(tempfile::TempDir, PathBuf)> {
         let dir = tempfile::tempdir()?;

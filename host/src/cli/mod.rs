@@ -352,6 +352,10 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Skip the run of the broker's own client (by default a network or SQL backend's figures
+    /// are compared with its raw client on the same server, as a ratio).
+    #[arg(long)]
+    no_raw: bool,
 }
 
 /// `wasmill bench`.
@@ -392,13 +396,27 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
         pubsub_label: kind,
         ..BenchOptions::default()
     };
-    let report = run(
+    let mut report = run(
         backend.publisher.clone(),
         backend.subscriber.clone(),
         handler,
         &options,
     )
     .await?;
+    if !a.no_raw {
+        let raw = wasmill::pubsub::registry::raw_bench(
+            &a.pubsub,
+            &options.pubsub_label,
+            &table,
+            a.messages,
+            size,
+        )
+        .await
+        .context("raw client benchmark")?;
+        if let Some(raw) = raw {
+            report.compare_raw(raw);
+        }
+    }
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

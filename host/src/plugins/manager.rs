@@ -287,7 +287,12 @@ impl PluginManager {
             if h.is_stopped() {
                 continue;
             }
-            tracing::info!(handler = %name, plugin, "plugin removed: stopping after in-flight messages");
+            let why = if sidecar_only {
+                "sidecar changed or removed"
+            } else {
+                "plugin removed"
+            };
+            tracing::info!(handler = %name, plugin, "{why}: stopping after in-flight messages");
             h.stop();
             h.stopped().await;
             tracing::info!(handler = %name, "handler stopped");

@@ -109,6 +109,12 @@ fn server_lock(name: &'static str) -> Arc<RwLock<()>> {
         .clone()
 }
 
+/// Holds the server `name` in shared use for a test outside the suite that talks to it, so
+/// the suite's `reconnect` test (which restarts the server) never runs at the same time.
+pub async fn server_in_use(name: &'static str) -> tokio::sync::OwnedRwLockReadGuard<()> {
+    server_lock(name).read_owned().await
+}
+
 type TestFn<'a, H> =
     fn(&'a H) -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'a>>;
 
@@ -134,6 +140,108 @@ pub async fn run<'a, H: Harness>(harness: &'a H, name: &str, test: TestFn<'a, H>
     if let Outcome::Skipped(why) = outcome {
         eprintln!("{name}: skipped: {why}");
     }
+}
+
+/// Helpers for [`Harness::restart_server`]: stopping and starting the machine's local servers.
+pub mod server {
+    use std::time::Duration;
+
+    use crate::error::{Error, Result};
+
+    /// Runs `cmd` with `sh -c`; an error names the command, its exit status and its stderr.
+    pub async fn sh(cmd: &str) -> Result<()> {
+        let out = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .output()
+            .await
+            .map_err(|e| Error::io(format!("run {cmd}"), e))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Error::Other(format!(
+                "{cmd}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+
+    /// Whether `127.0.0.1:port` accepts a TCP connection.
+    pub async fn port_open(port: u16) -> bool {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    }
+
+    /// Polls `done` every 100 ms until it holds; an error naming `what` after `limit`.
+    pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut done: F) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if done().await {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Other(format!(
+                    "timed out after {limit:?} waiting for {what}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `127.0.0.1:port` accepts connections again (a restarted server is back).
+    pub async fn wait_for_port(port: u16, limit: Duration) -> Result<()> {
+        let what = format!("port {port}");
+        wait_for(&what, limit, move || port_open(port)).await
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[tokio::test]
+        async fn sh_reports_the_failing_command_and_its_stderr() {
+            sh("true").await.unwrap();
+            let err = sh("echo oops >&2; exit 3").await.unwrap_err().to_string();
+            assert!(err.contains("exit 3") && err.contains("oops"), "{err}");
+        }
+
+        #[tokio::test]
+        async fn waiting_for_a_closed_port_times_out_with_its_number() {
+            let port = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().port()
+            };
+            let err = wait_for_port(port, Duration::from_millis(250))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("port {port}")), "{err}");
+            let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap();
+            wait_for_port(port, Duration::from_secs(5)).await.unwrap();
+            drop(l);
+        }
+    }
+}
+
+/// A consumer group name no other test uses.
+pub fn unique_group() -> String {
+    format!("g-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// One backend value as both the publisher and the subscriber of [`Harness::pubsub`].
+pub fn pair<T>(ps: T) -> (DynPublisher, DynSubscriber)
+where
+    T: super::Publisher + super::Subscriber + Clone,
+{
+    (Arc::new(ps.clone()), Arc::new(ps))
 }
 
 /// A topic name no other test uses.

@@ -396,7 +396,7 @@ mod tests {
 
         async fn pubsub(&self) -> Result<(DynPublisher, DynSubscriber)> {
             let ps = MemoryPubSub::new(self.0.clone());
-            Ok((Arc::new(ps.clone()), Arc::new(ps)))
+            Ok(crate::pubsub::conformance::pair(ps))
         }
     }
 

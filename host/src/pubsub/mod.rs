@@ -28,8 +28,15 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::error::{Error, Result};
 use crate::message::Message;
 
+pub mod ack_batcher;
+#[cfg(feature = "amqp")]
+pub mod amqp;
 pub mod conformance;
 pub mod memory;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "postgres")]

@@ -9,8 +9,11 @@
 //!   `DeliverPolicy::All` so a new group reads earlier messages, `max_ack_pending` = the
 //!   subscription's `max_in_flight` (1 keeps order).
 //! - Ack = `Ack`; nack = `Nak(delay)` with the message's redelivery delay.
-//! - Reconnect: the client reconnects by itself; the pull loop re-creates its message stream
-//!   after an error, with backoff, logging the URL.
+//! - Delivery: bounded pull batches (`max_in_flight` messages, 1 s expiry), each read to its end,
+//!   so a subscription that ends leaves no pull request behind and gives back at once what
+//!   it still receives.
+//! - Reconnect: the client reconnects by itself; the pull loop re-creates its pull requests
+//!   (and the consumer) after an error, with backoff, logging the URL.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +69,9 @@ pub struct NatsPubSub {
     config: Arc<NatsConfig>,
     closed: CancellationToken,
     only_new: bool,
+    /// Topics whose stream this process already created or found, so publishing costs no
+    /// extra round trip per call.
+    known_streams: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 fn nerr(what: impl std::fmt::Display, e: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -105,6 +111,7 @@ impl NatsPubSub {
             config: Arc::new(config),
             closed: CancellationToken::new(),
             only_new: false,
+            known_streams: Arc::default(),
         })
     }
 
@@ -122,20 +129,34 @@ impl NatsPubSub {
         NatsPubSub {
             config: Arc::new(config),
             only_new,
+            // Closing it leaves this backend open; closing this backend closes it.
+            closed: self.closed.child_token(),
             ..self.clone()
         }
     }
 
     async fn stream(&self, topic: &str) -> Result<jetstream::stream::Stream> {
-        self.js
+        let name = stream_name(topic);
+        let created = self
+            .js
             .get_or_create_stream(jetstream::stream::Config {
-                name: stream_name(topic),
+                name: name.clone(),
                 subjects: vec![topic.to_string()],
                 storage: jetstream::stream::StorageType::File,
                 ..Default::default()
             })
-            .await
-            .map_err(|e| nerr(format!("create stream for {topic}"), e))
+            .await;
+        match created {
+            Ok(stream) => Ok(stream),
+            // When several subscribers (or processes) create the stream at the same moment,
+            // the losers of the race are told "subjects overlap" or "name already in use":
+            // the stream is there, so look it up. If it still is not, the first error stands.
+            Err(first) => self
+                .js
+                .get_stream(&name)
+                .await
+                .map_err(|_| nerr(format!("create stream for {topic}"), first)),
+        }
     }
 
     async fn consumer(
@@ -144,25 +165,43 @@ impl NatsPubSub {
         max_in_flight: usize,
     ) -> Result<jetstream::consumer::PullConsumer> {
         let group = stream_name(&self.group());
-        self.stream(topic)
-            .await?
-            .get_or_create_consumer(
-                &group,
-                jetstream::consumer::pull::Config {
-                    durable_name: Some(group.clone()),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: self.config.ack_wait,
-                    max_ack_pending: max_in_flight.max(1) as i64,
-                    deliver_policy: if self.only_new {
-                        jetstream::consumer::DeliverPolicy::New
-                    } else {
-                        jetstream::consumer::DeliverPolicy::All
-                    },
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| nerr(format!("create consumer {group} of {topic}"), e))
+        let stream = self.stream(topic).await?;
+        let config = jetstream::consumer::pull::Config {
+            durable_name: Some(group.clone()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: self.config.ack_wait,
+            max_ack_pending: max_in_flight.max(1) as i64,
+            deliver_policy: if self.only_new {
+                jetstream::consumer::DeliverPolicy::New
+            } else {
+                jetstream::consumer::DeliverPolicy::All
+            },
+            ..Default::default()
+        };
+        let mut consumer: jetstream::consumer::PullConsumer =
+            match stream.get_or_create_consumer(&group, config.clone()).await {
+                Ok(consumer) => consumer,
+                // Same race as for the stream: another subscriber of the group created it.
+                Err(first) => stream
+                    .get_consumer(&group)
+                    .await
+                    .map_err(|_| nerr(format!("create consumer {group} of {topic}"), first))?,
+            };
+        // The durable consumer may exist with a smaller window (created by
+        // `subscribe_initialize`, or by a subscription with less in flight): widen it, never
+        // narrow it, so the subscription gets the concurrency it asked for.
+        let current = consumer.cached_info().config.max_ack_pending;
+        if current >= 0 && current < config.max_ack_pending {
+            let widened = jetstream::consumer::pull::Config {
+                deliver_policy: consumer.cached_info().config.deliver_policy,
+                ..config
+            };
+            consumer = stream
+                .update_consumer(widened)
+                .await
+                .map_err(|e| nerr(format!("widen consumer {group} of {topic}"), e))?;
+        }
+        Ok(consumer)
     }
 }
 
@@ -172,7 +211,20 @@ impl Publisher for NatsPubSub {
         if self.closed.is_cancelled() {
             return Err(closed(NAME));
         }
-        self.stream(topic).await?;
+        let known = self
+            .known_streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(topic);
+        if !known {
+            self.stream(topic).await?;
+            self.known_streams
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(topic.to_string());
+        }
+        // Send every message, then wait for the acks in order: one round trip per call.
+        let mut acks = Vec::with_capacity(messages.len());
         for m in messages {
             let mut headers = HeaderMap::new();
             headers.insert(UUID_HEADER, m.uuid.as_str());
@@ -184,14 +236,28 @@ impl Publisher for NatsPubSub {
                 .publish_with_headers(topic.to_string(), headers, m.payload.clone())
                 .await
                 .map_err(|e| nerr(format!("publish to {topic}"), e))?;
-            ack.await
-                .map_err(|e| nerr(format!("publish to {topic}: no ack"), e))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            if let Err(e) = ack.await {
+                // Perhaps the stream went away: look it up again on the next call.
+                self.known_streams
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(topic);
+                return Err(nerr(format!("publish to {topic}: no ack"), e));
+            }
         }
         Ok(())
     }
 
     async fn close(&self) -> Result<()> {
         self.closed.cancel();
+        // Acks and publishes already handed to the client reach the server before close returns.
+        let flushed = tokio::time::timeout(FLUSH_TIMEOUT, self.js.client().flush()).await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::debug!("nats: flush on close did not complete: {flushed:?}");
+        }
         Ok(())
     }
 
@@ -248,6 +314,21 @@ fn to_message(m: &jetstream::Message) -> Message {
     msg
 }
 
+/// How long one pull request waits on the server for messages. A subscription pulls in
+/// bounded batches rather than one endless pull, so that when it ends no pull request of its
+/// own is left on the server to swallow a message into an inbox nobody reads (which would hold
+/// that message, and with one in flight the whole consumer, until `ack_wait` ran out).
+const PULL_EXPIRY: Duration = Duration::from_secs(1);
+
+/// How many messages one pull request asks for. The consumer's `max_ack_pending` (the
+/// subscription's `max_in_flight`) still bounds how many are unacked at once: with one in
+/// flight the server sends the next message as soon as the previous ack arrives, within the
+/// same pull, instead of waiting for a pull request per message.
+const PULL_BATCH: usize = 128;
+
+/// How long a flush of the connection may take (the server may be away).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl NatsPubSub {
     async fn consume(
         &self,
@@ -257,9 +338,15 @@ impl NatsPubSub {
         sender: SubscriptionSender,
     ) {
         let mut backoff = Duration::from_millis(100);
-        loop {
-            let mut stream = match consumer.messages().await {
-                Ok(s) => s,
+        while !sender.is_closed() {
+            let batch = consumer
+                .batch()
+                .max_messages(PULL_BATCH.max(max_in_flight))
+                .expires(PULL_EXPIRY)
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(topic, url = %self.config.url, "nats: pull failed: {e}; retrying in {backoff:?}");
                     tokio::select! {
@@ -273,45 +360,71 @@ impl NatsPubSub {
                     continue;
                 }
             };
-            loop {
-                let next = tokio::select! {
-                    n = stream.next() => n,
-                    _ = sender.closed() => return,
+            // The batch is read to its end even after the subscription ended: what the server
+            // still hands to it is given back at once.
+            while let Some(next) = batch.next().await {
+                let js_msg = match next {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(topic, url = %self.config.url, "nats: message stream error: {e}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        break;
+                    }
                 };
-                match next {
-                    Some(Ok(js_msg)) => {
-                        backoff = Duration::from_millis(100);
-                        let msg = to_message(&js_msg);
-                        if sender.send(msg.clone()).await.is_err() {
-                            return;
-                        }
-                        let sender = sender.clone();
-                        let settle = async move {
-                            let kind = match wait_settled(&msg, &sender).await {
-                                AckState::Acked => AckKind::Ack,
-                                _ => AckKind::Nak(msg.redelivery_delay()),
-                            };
-                            if let Err(e) = js_msg.ack_with(kind).await {
+                backoff = Duration::from_millis(100);
+                let msg = to_message(&js_msg);
+                if sender.send(msg.clone()).await.is_err() {
+                    give_back(&js_msg, None).await;
+                    flush(&js_msg).await;
+                    continue;
+                }
+                let sender = sender.clone();
+                let settle = async move {
+                    match wait_settled(&msg, &sender).await {
+                        AckState::Acked => {
+                            if let Err(e) = js_msg.ack_with(AckKind::Ack).await {
                                 tracing::warn!(
                                     "nats: ack failed (the message will be redelivered): {e}"
                                 );
                             }
-                        };
-                        if max_in_flight <= 1 {
-                            settle.await;
-                        } else {
-                            tokio::spawn(settle);
                         }
+                        _ => give_back(&js_msg, msg.redelivery_delay()).await,
                     }
-                    Some(Err(e)) => {
-                        tracing::warn!(topic, url = %self.config.url, "nats: message stream error: {e}");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    if sender.is_closed() {
+                        // The subscription ended: its last acks must reach the server before
+                        // the connection may go with it, or the consumer stays blocked on
+                        // them until `ack_wait`.
+                        flush(&js_msg).await;
                     }
-                    None => break,
+                };
+                if max_in_flight <= 1 {
+                    settle.await;
+                } else {
+                    tokio::spawn(settle);
                 }
             }
         }
+    }
+}
+
+/// Waits until everything the connection that delivered `js_msg` has queued (acks, naks)
+/// was written to the server.
+async fn flush(js_msg: &jetstream::Message) {
+    let client = js_msg.context.client();
+    match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!("nats: flush failed (unsent acks come back after ack_wait): {e}")
+        }
+        Err(_) => tracing::warn!("nats: flush timed out (unsent acks come back after ack_wait)"),
+    }
+}
+
+/// Nacks `js_msg` so JetStream redelivers it (after `delay`, if given).
+async fn give_back(js_msg: &jetstream::Message, delay: Option<Duration>) {
+    if let Err(e) = js_msg.ack_with(AckKind::Nak(delay)).await {
+        tracing::warn!("nats: nak failed (the message is redelivered after ack_wait): {e}");
     }
 }
 
@@ -386,7 +499,7 @@ pub async fn raw_bench(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::conformance::{Features, Harness};
+    use crate::pubsub::conformance::{Features, Harness, server};
     use crate::pubsub::{DynPublisher, DynSubscriber};
 
     fn url() -> String {
@@ -400,7 +513,7 @@ mod tests {
     impl NatsHarness {
         fn new() -> Self {
             NatsHarness {
-                group: format!("g-{}", uuid::Uuid::new_v4().simple()),
+                group: crate::pubsub::conformance::unique_group(),
             }
         }
         fn config(&self, group: &str) -> NatsConfig {
@@ -411,21 +524,6 @@ mod tests {
                 ..NatsConfig::default()
             }
         }
-    }
-
-    async fn sh(cmd: &str) -> bool {
-        tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .status()
-            .await
-            .is_ok_and(|s| s.success())
-    }
-
-    async fn port_open() -> bool {
-        tokio::net::TcpStream::connect("127.0.0.1:4222")
-            .await
-            .is_ok()
     }
 
     #[async_trait]
@@ -444,7 +542,7 @@ mod tests {
 
         async fn pubsub(&self) -> Result<(DynPublisher, DynSubscriber)> {
             let ps = NatsPubSub::connect(self.config(&self.group)).await?;
-            Ok((Arc::new(ps.clone()), Arc::new(ps)))
+            Ok(crate::pubsub::conformance::pair(ps))
         }
 
         async fn subscriber_in_group(&self, group: &str) -> Result<DynSubscriber> {
@@ -452,21 +550,18 @@ mod tests {
         }
 
         async fn restart_server(&self) -> Result<()> {
-            sh("start-stop-daemon --stop --oknodo --retry 10 --exec /usr/sbin/nats-server").await;
-            for _ in 0..100 {
-                if !port_open().await {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            sh("start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log").await;
-            for _ in 0..100 {
-                if port_open().await {
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(Error::Other("nats-server did not come back".into()))
+            let limit = Duration::from_secs(10);
+            let _ = server::sh(
+                "start-stop-daemon --stop --oknodo --retry 10 --exec /usr/sbin/nats-server",
+            )
+            .await;
+            // Started again even if it would not stop in time (start is a no-op then).
+            let _ = server::wait_for("nats-server to stop", limit, async || {
+                !server::port_open(4222).await
+            })
+            .await;
+            server::sh("start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log").await?;
+            server::wait_for_port(4222, limit).await
         }
 
         fn server_name(&self) -> &'static str {
@@ -483,6 +578,7 @@ mod tests {
 
     #[tokio::test]
     async fn raw_bench_reports_positive_figures() {
+        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let f = raw_bench(&url(), 300, 100).await.unwrap();
         assert!(f.publish_per_sec > 0.0 && f.consume_per_sec > 0.0);
     }

@@ -146,6 +146,9 @@ impl PostgresPubSub {
         config.start_at_end = true;
         let mut tail = self.clone();
         tail.config = Arc::new(config);
+        // Closing the tail must not close the backend it reads from; closing the backend
+        // ends the tail.
+        tail.closed = self.closed.child_token();
         Ok(tail)
     }
 
@@ -513,7 +516,7 @@ pub async fn raw_bench(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::conformance::{Features, Harness};
+    use crate::pubsub::conformance::{Features, Harness, server};
     use crate::pubsub::{DynPublisher, DynSubscriber};
 
     fn url() -> String {
@@ -528,7 +531,7 @@ mod tests {
     impl PostgresHarness {
         fn new() -> Self {
             PostgresHarness {
-                group: format!("g-{}", uuid::Uuid::new_v4().simple()),
+                group: crate::pubsub::conformance::unique_group(),
             }
         }
         fn config(&self, group: &str) -> PostgresConfig {
@@ -539,12 +542,6 @@ mod tests {
                 start_at_end: false,
             }
         }
-    }
-
-    async fn port_open() -> bool {
-        tokio::net::TcpStream::connect("127.0.0.1:5432")
-            .await
-            .is_ok()
     }
 
     #[async_trait]
@@ -563,7 +560,7 @@ mod tests {
 
         async fn pubsub(&self) -> Result<(DynPublisher, DynSubscriber)> {
             let ps = PostgresPubSub::connect(self.config(&self.group)).await?;
-            Ok((Arc::new(ps.clone()), Arc::new(ps)))
+            Ok(crate::pubsub::conformance::pair(ps))
         }
 
         async fn subscriber_in_group(&self, group: &str) -> Result<DynSubscriber> {
@@ -571,22 +568,8 @@ mod tests {
         }
 
         async fn restart_server(&self) -> Result<()> {
-            let status = tokio::process::Command::new("sh")
-                .arg("-c")
-                .arg("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -n1) main restart -m fast")
-                .status()
-                .await
-                .map_err(|e| Error::io("restart postgres", e))?;
-            if !status.success() {
-                return Err(Error::Other(format!("pg_ctlcluster restart: {status}")));
-            }
-            for _ in 0..100 {
-                if port_open().await {
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(Error::Other("postgres did not come back".into()))
+            server::sh("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -n1) main restart -m fast").await?;
+            server::wait_for_port(5432, Duration::from_secs(10)).await
         }
 
         fn server_name(&self) -> &'static str {
@@ -598,6 +581,7 @@ mod tests {
 
     #[tokio::test]
     async fn publish_in_tx_follows_the_transaction() {
+        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let h = PostgresHarness::new();
         let ps = PostgresPubSub::connect(h.config("tx")).await.unwrap();
         let topic = crate::pubsub::conformance::unique_topic("outbox");
@@ -625,6 +609,7 @@ mod tests {
 
     #[tokio::test]
     async fn raw_bench_reports_positive_figures() {
+        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let f = raw_bench(&url(), 200, 100).await.unwrap();
         assert!(f.publish_per_sec > 0.0 && f.consume_per_sec > 0.0);
     }

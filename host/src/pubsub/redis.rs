@@ -2,8 +2,11 @@
 //!
 //! - Publish: `XADD topic * uuid … metadata <json> payload <bytes>` (one pipeline per call).
 //! - Subscribe: `XGROUP CREATE topic group 0 MKSTREAM` (a new group reads the stream from
-//!   the start), then `XREADGROUP … COUNT 1 BLOCK` on a connection of its own (a blocking read
-//!   on the shared connection would stall every other command). Ack = `XACK`.
+//!   the start), then `XREADGROUP … COUNT read_count BLOCK` on a connection of its own (a
+//!   blocking read on the shared connection would stall every other command). The entries
+//!   read are delivered from memory, `max_in_flight` unacked at a time; entries read but not
+//!   delivered when the subscription ends are handed back to the group (`XCLAIM … IDLE`) for
+//!   the next `XAUTOCLAIM`. Ack = `XACK`, sent in the background, many ids per command.
 //! - Nack: the entry stays pending for this consumer and is delivered again (after the
 //!   message's redelivery delay, if it asked for one).
 //! - Entries left pending by a consumer that died are claimed with `XAUTOCLAIM` once idle for
@@ -18,11 +21,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 use redis::Value;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use super::ack_batcher::AckBatcher;
 use super::{
     Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionSender, closed, wait_settled,
 };
@@ -30,6 +35,9 @@ use crate::error::{Error, Result};
 use crate::message::{AckState, Message};
 
 const NAME: &str = "redis";
+
+/// Most ids one background `XACK` carries.
+const ACK_BATCH: usize = 256;
 
 /// Settings of `kind = "redis"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -47,6 +55,10 @@ pub struct RedisConfig {
     /// How often to look for such entries.
     #[serde(with = "crate::config::duration")]
     pub claim_interval: Duration,
+    /// How many entries one read takes (at least the subscription's `max_in_flight`): they
+    /// are delivered one after another from memory, without a round trip each. Entries read
+    /// but not delivered when a subscription ends are handed back to the group at once.
+    pub read_count: usize,
     /// How long one blocking read waits (bounds how fast a close is noticed).
     #[serde(with = "crate::config::duration")]
     pub block: Duration,
@@ -63,6 +75,7 @@ impl Default for RedisConfig {
             max_len: None,
             claim_idle: Duration::from_secs(30),
             claim_interval: Duration::from_secs(5),
+            read_count: 100,
             block: Duration::from_millis(500),
             command_timeout: Duration::from_secs(5),
         }
@@ -126,6 +139,8 @@ impl RedisPubSub {
         RedisPubSub {
             config: Arc::new(config),
             group_start: if only_new { "$" } else { "0" },
+            // Closing it leaves this backend open; closing this backend closes it.
+            closed: self.closed.child_token(),
             ..self.clone()
         }
     }
@@ -202,19 +217,16 @@ impl Subscriber for RedisPubSub {
         self.create_group(&mut con, topic, self.group_start).await
     }
 
-    async fn subscribe_with(
-        &self,
-        topic: &str,
-        _options: SubscribeOptions,
-    ) -> Result<Subscription> {
+    async fn subscribe_with(&self, topic: &str, options: SubscribeOptions) -> Result<Subscription> {
         if self.closed.is_cancelled() {
             return Err(closed(NAME));
         }
         self.subscribe_initialize(topic).await?;
-        let (sub, sender) = Subscription::channel(1, &self.closed);
+        let in_flight = options.max_in_flight.max(1);
+        let (sub, sender) = Subscription::channel(in_flight, &self.closed);
         let this = self.clone();
         let topic = topic.to_string();
-        tokio::spawn(async move { this.consume(&topic, sender).await });
+        tokio::spawn(async move { this.consume(&topic, sender, in_flight).await });
         Ok(sub)
     }
 
@@ -295,10 +307,93 @@ impl RedisPubSub {
     }
 
     /// Reads, delivers and acks until the subscription ends; survives server restarts.
-    async fn consume(&self, topic: &str, sender: SubscriptionSender) {
+    ///
+    /// Reads up to `read_count` entries at a time (at least `in_flight`) and delivers them
+    /// with up to `in_flight` unacked at once; the next read waits until the batch is settled.
+    /// Acks go out in the background, many per `XACK` ([`AckBatcher`]); the last ones are
+    /// sent before this returns.
+    async fn consume(&self, topic: &str, sender: SubscriptionSender, in_flight: usize) {
+        let acks = {
+            let this = self.clone();
+            let topic = topic.to_string();
+            AckBatcher::spawn(ACK_BATCH, move |ids: Vec<String>| {
+                let this = this.clone();
+                let topic = topic.clone();
+                async move { this.ack(&topic, &ids).await }
+            })
+        };
+        self.consume_until_closed(topic, &sender, in_flight, &acks)
+            .await;
+        acks.finish().await;
+    }
+
+    /// Acks `ids` with one `XACK`; a failure leaves them pending, to be claimed again.
+    async fn ack(&self, topic: &str, ids: &[String]) {
+        let mut con = self.commands.clone();
+        let r = tokio::time::timeout(
+            self.config.command_timeout,
+            redis::cmd("XACK")
+                .arg(topic)
+                .arg(self.group())
+                .arg(ids)
+                .query_async::<i64>(&mut con),
+        )
+        .await;
+        let failure = match r {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_string(),
+        };
+        tracing::warn!(
+            topic,
+            count = ids.len(),
+            "XACK failed (the entries will be redelivered): {failure}"
+        );
+    }
+
+    /// Hands entries this consumer read but will not deliver back to the group: their idle
+    /// time is set to `claim_idle`, so the next `XAUTOCLAIM` of any consumer takes them.
+    async fn release(&self, topic: &str, consumer: &str, ids: &[&str]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut con = self.commands.clone();
+        let r = tokio::time::timeout(
+            self.config.command_timeout,
+            redis::cmd("XCLAIM")
+                .arg(topic)
+                .arg(self.group())
+                .arg(consumer)
+                .arg(0)
+                .arg(ids)
+                .arg("IDLE")
+                .arg(self.config.claim_idle.as_millis() as u64)
+                .arg("JUSTID")
+                .query_async::<Value>(&mut con),
+        )
+        .await;
+        if !matches!(r, Ok(Ok(_))) {
+            tracing::debug!(
+                topic,
+                count = ids.len(),
+                "redis: could not release undelivered entries; they are claimed after claim_idle"
+            );
+        }
+    }
+
+    async fn consume_until_closed(
+        &self,
+        topic: &str,
+        sender: &SubscriptionSender,
+        in_flight: usize,
+        acks: &AckBatcher<String>,
+    ) {
         let consumer = format!("c-{}", uuid::Uuid::new_v4().simple());
+        let read_count = self.config.read_count.max(in_flight);
         let mut backoff = Duration::from_millis(100);
-        let mut last_claim = tokio::time::Instant::now();
+        // A new subscription looks for abandoned entries at once (a subscription that ended
+        // before delivering all it read released them).
+        let mut last_claim: Option<tokio::time::Instant> = None;
         loop {
             if sender.is_closed() {
                 return;
@@ -327,8 +422,8 @@ impl RedisPubSub {
                     return;
                 }
                 let mut entries = Vec::new();
-                if last_claim.elapsed() >= self.config.claim_interval {
-                    last_claim = tokio::time::Instant::now();
+                if last_claim.is_none_or(|t| t.elapsed() >= self.config.claim_interval) {
+                    last_claim = Some(tokio::time::Instant::now());
                     let claimed: redis::RedisResult<Value> = redis::cmd("XAUTOCLAIM")
                         .arg(topic)
                         .arg(self.group())
@@ -336,7 +431,7 @@ impl RedisPubSub {
                         .arg(self.config.claim_idle.as_millis() as u64)
                         .arg("0-0")
                         .arg("COUNT")
-                        .arg(10)
+                        .arg(read_count)
                         .query_async(&mut con)
                         .await;
                     if let Ok(Value::Array(parts)) = &claimed
@@ -352,7 +447,7 @@ impl RedisPubSub {
                         .arg(self.group())
                         .arg(&consumer)
                         .arg("COUNT")
-                        .arg(1);
+                        .arg(read_count);
                     if !from_pending {
                         cmd.arg("BLOCK").arg(self.config.block.as_millis() as u64);
                     }
@@ -377,11 +472,25 @@ impl RedisPubSub {
                         continue;
                     }
                 }
-                for entry in entries {
-                    if !self.deliver(topic, &entry, &sender, &mut con).await {
-                        break;
-                    }
-                }
+                // Entries that waited here half of `claim_idle` are handed back rather than
+                // delivered: soon another consumer could claim them while this one still
+                // holds them, and both would deliver them.
+                let hand_back_at = tokio::time::Instant::now() + self.config.claim_idle / 2;
+                let entries = &entries;
+                // By index: a closure over `&Entry` trips the compiler's higher-ranked
+                // lifetime check once the future is spawned.
+                let delivered: Vec<bool> = futures::stream::iter(0..entries.len())
+                    .map(|i| self.deliver(&entries[i], sender, acks, hand_back_at))
+                    .buffered(in_flight)
+                    .collect()
+                    .await;
+                let undelivered: Vec<&str> = entries
+                    .iter()
+                    .zip(&delivered)
+                    .filter(|(_, acked)| !**acked)
+                    .map(|(e, _)| e.id.as_str())
+                    .collect();
+                self.release(topic, &consumer, &undelivered).await;
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -390,32 +499,30 @@ impl RedisPubSub {
         }
     }
 
-    /// Delivers one entry until it is acked (nack = deliver again). Returns `false` if the
-    /// subscription ended or the connection failed (the entry stays pending: not lost).
+    /// Delivers one entry until it is acked (nack = deliver again) and queues its ack.
+    /// Returns `false` if the subscription ended first, or if it is `hand_back_at` before the
+    /// entry is first delivered (the entry is then not acked).
     async fn deliver(
         &self,
-        topic: &str,
         entry: &Entry,
         sender: &SubscriptionSender,
-        con: &mut MultiplexedConnection,
+        acks: &AckBatcher<String>,
+        hand_back_at: tokio::time::Instant,
     ) -> bool {
+        if tokio::time::Instant::now() >= hand_back_at {
+            return false;
+        }
         loop {
+            if sender.is_closed() {
+                return false;
+            }
             let msg = entry.msg.copy();
             if sender.send(msg.clone()).await.is_err() {
                 return false;
             }
             match wait_settled(&msg, sender).await {
                 AckState::Acked => {
-                    let r: redis::RedisResult<i64> = redis::cmd("XACK")
-                        .arg(topic)
-                        .arg(self.group())
-                        .arg(&entry.id)
-                        .query_async(con)
-                        .await;
-                    if let Err(e) = r {
-                        tracing::warn!(topic, id = %entry.id, "XACK failed (will be redelivered): {e}");
-                        return false;
-                    }
+                    acks.push(entry.id.clone());
                     return true;
                 }
                 _ if sender.is_closed() => return false,
@@ -515,7 +622,7 @@ pub async fn raw_bench(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::conformance::{Features, Harness};
+    use crate::pubsub::conformance::{Features, Harness, server};
     use crate::pubsub::{DynPublisher, DynSubscriber};
 
     fn url() -> String {
@@ -529,7 +636,7 @@ mod tests {
     impl RedisHarness {
         fn new() -> Self {
             RedisHarness {
-                group: format!("g-{}", uuid::Uuid::new_v4().simple()),
+                group: crate::pubsub::conformance::unique_group(),
             }
         }
         fn config(&self, group: &str) -> RedisConfig {
@@ -542,19 +649,6 @@ mod tests {
                 ..RedisConfig::default()
             }
         }
-    }
-
-    async fn run(cmd: &str) -> Result<()> {
-        let status = tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .status()
-            .await
-            .map_err(|e| Error::io(format!("run {cmd}"), e))?;
-        if !status.success() {
-            return Err(Error::Other(format!("{cmd}: {status}")));
-        }
-        Ok(())
     }
 
     #[async_trait]
@@ -572,7 +666,7 @@ mod tests {
 
         async fn pubsub(&self) -> Result<(DynPublisher, DynSubscriber)> {
             let ps = RedisPubSub::connect(self.config(&self.group)).await?;
-            Ok((Arc::new(ps.clone()), Arc::new(ps)))
+            Ok(crate::pubsub::conformance::pair(ps))
         }
 
         async fn subscriber_in_group(&self, group: &str) -> Result<DynSubscriber> {
@@ -580,22 +674,22 @@ mod tests {
         }
 
         async fn restart_server(&self) -> Result<()> {
+            let limit = Duration::from_secs(10);
             // `save` keeps the streams across the restart (the server runs with --save "").
-            let _ = run("redis-cli -p 6379 shutdown save").await;
-            for _ in 0..50 {
-                if run("redis-cli -p 6379 ping >/dev/null 2>&1").await.is_err() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            run("redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log").await?;
-            for _ in 0..100 {
-                if run("redis-cli -p 6379 ping >/dev/null 2>&1").await.is_ok() {
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(Error::Other("redis did not come back".into()))
+            let _ = server::sh("redis-cli -p 6379 shutdown save").await;
+            let down = async || {
+                server::sh("redis-cli -p 6379 ping >/dev/null 2>&1")
+                    .await
+                    .is_err()
+            };
+            let _ = server::wait_for("redis to stop", Duration::from_secs(5), down).await;
+            server::sh("redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log").await?;
+            let up = async || {
+                server::sh("redis-cli -p 6379 ping >/dev/null 2>&1")
+                    .await
+                    .is_ok()
+            };
+            server::wait_for("redis to answer", limit, up).await
         }
 
         fn server_name(&self) -> &'static str {
@@ -624,7 +718,84 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_subscription_holds_up_to_max_in_flight_unacked_messages() {
+        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
+        let h = RedisHarness::new();
+        let ps = RedisPubSub::connect(h.config(&h.group)).await.unwrap();
+        let topic = crate::pubsub::conformance::unique_topic("in_flight");
+        ps.subscribe_initialize(&topic).await.unwrap();
+        let msgs: Vec<Message> = (0..20).map(|i| Message::new(format!("m{i}"))).collect();
+        ps.publish(&topic, msgs.iter().map(Message::copy).collect())
+            .await
+            .unwrap();
+        let mut sub = ps
+            .subscribe_with(&topic, SubscribeOptions { max_in_flight: 8 })
+            .await
+            .unwrap();
+        let recv = async |sub: &mut Subscription| {
+            tokio::time::timeout(Duration::from_secs(5), sub.recv())
+                .await
+                .ok()
+                .flatten()
+        };
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            held.push(recv(&mut sub).await.expect("8 messages in flight at once"));
+        }
+        let ninth = tokio::time::timeout(Duration::from_millis(300), sub.recv()).await;
+        assert!(ninth.is_err(), "a 9th message arrived before any ack");
+        let mut seen: std::collections::HashSet<String> =
+            held.iter().map(|m| m.uuid.clone()).collect();
+        held.iter().for_each(|m| {
+            m.ack();
+        });
+        while seen.len() < 20 {
+            let m = recv(&mut sub).await.expect("the rest after the acks");
+            m.ack();
+            seen.insert(m.uuid.clone());
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_read_ahead_go_back_to_the_group_when_a_subscription_ends() {
+        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
+        let h = RedisHarness::new();
+        // Default claim times: without the hand-back the rest would wait for claim_idle (30 s).
+        let config = RedisConfig {
+            consumer_group: Some(h.group.clone()),
+            url: url(),
+            ..RedisConfig::default()
+        };
+        let ps = RedisPubSub::connect(config).await.unwrap();
+        let topic = crate::pubsub::conformance::unique_topic("read_ahead");
+        ps.subscribe_initialize(&topic).await.unwrap();
+        let msgs: Vec<Message> = (0..10).map(|i| Message::new(format!("m{i}"))).collect();
+        ps.publish(&topic, msgs.iter().map(Message::copy).collect())
+            .await
+            .unwrap();
+        let mut first = ps.subscribe(&topic).await.unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(5), first.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.uuid, msgs[0].uuid);
+        m.ack();
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut second = ps.subscribe(&topic).await.unwrap();
+        for expected in &msgs[1..] {
+            let m = tokio::time::timeout(Duration::from_secs(3), second.recv())
+                .await
+                .expect("the entries the first subscription read ahead, at once")
+                .unwrap();
+            assert_eq!(&m.uuid, &expected.uuid, "in order");
+            m.ack();
+        }
+    }
+
+    #[tokio::test]
     async fn raw_bench_reports_positive_figures() {
+        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let f = raw_bench(&url(), 500, 100).await.unwrap();
         assert!(f.publish_per_sec > 0.0 && f.consume_per_sec > 0.0);
     }

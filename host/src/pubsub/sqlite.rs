@@ -139,6 +139,9 @@ impl SqlitePubSub {
         config.start_at_end = true;
         let mut tail = self.clone();
         tail.config = Arc::new(config);
+        // Closing the tail must not close the backend it reads from; closing the backend
+        // ends the tail.
+        tail.closed = self.closed.child_token();
         Ok(tail)
     }
 
@@ -405,7 +408,7 @@ mod tests {
 
         async fn pubsub(&self) -> Result<(DynPublisher, DynSubscriber)> {
             let ps = SqlitePubSub::connect(self.config(None)).await?;
-            Ok((Arc::new(ps.clone()), Arc::new(ps)))
+            Ok(crate::pubsub::conformance::pair(ps))
         }
 
         async fn subscriber_in_group(&self, group: &str) -> Result<DynSubscriber> {
@@ -478,6 +481,25 @@ mod tests {
         assert_eq!(a.uuid, "old");
         a.ack();
         assert_eq!(g.recv().await.unwrap().uuid, "new");
+    }
+
+    #[tokio::test]
+    async fn closing_a_tail_leaves_the_backend_open_and_closing_the_backend_ends_tails() {
+        let h = SqliteHarness::new();
+        let ps = SqlitePubSub::connect(h.config(Some("g"))).await.unwrap();
+        let tail = ps.tail_subscriber().await.unwrap();
+        Subscriber::close(&tail).await.unwrap();
+        ps.publish("t", vec![Message::with_uuid("after-tail-close", "p")])
+            .await
+            .expect("the backend still publishes after a tail closed");
+        let other_tail = ps.tail_subscriber().await.unwrap();
+        let mut s = other_tail.subscribe("t").await.unwrap();
+        Subscriber::close(&ps).await.unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(5), s.recv()).await;
+        assert!(
+            matches!(end, Ok(None)),
+            "closing the backend ends its tails"
+        );
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@ pub mod bindings;
 pub mod component;
 pub mod convert;
 pub mod engine;
+pub mod guest_output;
 pub mod instance;
 pub mod limits;
 pub mod state;

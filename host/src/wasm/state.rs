@@ -11,6 +11,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::handler::wasmill::plugin::{host, types};
 use super::bindings::middleware;
 use super::convert::{from_wit, to_wit_error, to_wit_messages};
+use super::guest_output::{GuestOutput, GuestStream};
 use crate::pubsub::DynPublisher;
 use crate::router::BoxHandler;
 
@@ -48,11 +49,15 @@ pub struct PluginState {
 impl PluginState {
     /// A sandbox with nothing granted but `grants`, and a memory cap of `memory` bytes.
     pub fn new(plugin: Arc<str>, memory: u64, grants: Arc<Grants>) -> Self {
+        // No preopened directories, environment, arguments or network; stdout and stderr go
+        // to the host's log, tagged with the plugin's name.
+        let wasi = WasiCtx::builder()
+            .stdout(GuestOutput::new(plugin.clone(), GuestStream::Stdout))
+            .stderr(GuestOutput::new(plugin.clone(), GuestStream::Stderr))
+            .build();
         PluginState {
             plugin,
-            // No preopened directories, environment, arguments or network; stdout/stderr
-            // go nowhere (the SDK sends panics to the host log).
-            wasi: WasiCtx::builder().build(),
+            wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
                 cap: memory,

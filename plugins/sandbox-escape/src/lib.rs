@@ -66,6 +66,9 @@ fn try_publish() -> String {
 
 impl Handler for SandboxEscape {
     fn handle(msg: Message) -> Result<Vec<Message>, Error> {
+        // Standard output and error are not the host's: they land in its log, tagged.
+        println!("sandbox-escape: trying the file system, env, network and publish");
+        eprintln!("sandbox-escape: this line goes to the host log at WARN");
         let report = serde_json::json!({
             "fs": try_fs(),
             "env": try_env(),

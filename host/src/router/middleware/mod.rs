@@ -8,7 +8,7 @@
 //!
 //! | middleware | module | what it does |
 //! |---|---|---|
-//! | `recoverer` | here | a panic becomes a handler error |
+//! | `recoverer` | [`recoverer`] | a panic becomes a handler error with a stack trace |
 //! | `retry` | [`retry`] | retries with exponential backoff |
 //! | `timeout` | [`timeout`] | a deadline on the chain |
 //! | `poison_queue` | [`poison_queue`] | failed messages go to a topic, then ack |
@@ -31,6 +31,7 @@ pub mod ignore_errors;
 pub mod instant_ack;
 pub mod poison_queue;
 pub mod random_fail;
+pub mod recoverer;
 pub mod retry;
 pub mod throttle;
 pub mod timeout;
@@ -44,50 +45,16 @@ pub use ignore_errors::IgnoreErrors;
 pub use instant_ack::InstantAck;
 pub use poison_queue::PoisonQueue;
 pub use random_fail::{RandomFail, RandomPanic};
+pub use recoverer::Recoverer;
 pub use retry::{Retry, RetryConfig};
 pub use throttle::Throttle;
 pub use timeout::Timeout;
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use futures::FutureExt;
-
-use crate::error::{Error, ErrorKind, HandlerError, Result};
-use crate::message::Message;
+use crate::error::{Error, Result};
 use crate::pubsub::DynPublisher;
-use crate::router::{BoxHandler, BoxMiddleware, Handler, HandlerResult, Middleware, panic_message};
-
-/// Recoverer: a panic in the rest of the chain becomes a handler error (kind `Panic`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Recoverer;
-
-struct Recovering(BoxHandler);
-
-#[async_trait]
-impl Handler for Recovering {
-    async fn handle(&self, msg: Message) -> HandlerResult {
-        AssertUnwindSafe(self.0.handle(msg))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|p| {
-                Err(HandlerError::with_kind(
-                    ErrorKind::Panic,
-                    format!("panic: {}", panic_message(&*p)),
-                ))
-            })
-    }
-}
-
-impl Middleware for Recoverer {
-    fn wrap(&self, next: BoxHandler) -> BoxHandler {
-        Arc::new(Recovering(next))
-    }
-    fn name(&self) -> &str {
-        "recoverer"
-    }
-}
+use crate::router::BoxMiddleware;
 
 fn entry_name(entry: &toml::Value) -> Option<&str> {
     match entry {

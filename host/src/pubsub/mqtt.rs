@@ -1,0 +1,1831 @@
+//! MQTT 5 (built and tested against Mosquitto 2.0): QoS 1 everywhere, persistent sessions,
+//! manual acknowledgements, one session per (topic, consumer group).
+//!
+//! - **Envelope**: MQTT 5 user properties. The uuid travels in the `wasmill-uuid` property and
+//!   every metadata entry in a property of its own; the payload is the MQTT payload, untouched.
+//!   A message from a foreign publisher (no uuid property) gets a fresh uuid.
+//! - **Publish** goes through one connection per backend (clean session) whose event loop runs
+//!   in a task of its own. A call returns once the broker sent a PUBACK for every message; a
+//!   refusal (a PUBACK reason code of 0x80 or more), a lost connection or `publish_timeout`
+//!   makes it fail, and the caller retries (duplicates are possible, losses are not). Packet
+//!   ids are matched to callers in the order the requests enter the client's queue (one caller
+//!   feeds at a time); each connection is a fresh client, so nothing of a dead connection is
+//!   ever confused with the next one.
+//! - **Subscriptions**: a persistent session (clean start off, `session_expiry`) whose client
+//!   id is stable per (topic, consumer group): `{client_id}-{group}-{hash of topic}`, subscribed
+//!   to the topic with QoS 1. Each consumer group hence gets every message; in a group, the
+//!   subscriptions of one process share the session (and its connection) and split its
+//!   messages. Another *process* using the same `client_id` and group takes the session over
+//!   (logged; each side then backs off for 5 s): run one consumer process per group and
+//!   `client_id`.
+//! - **`shared_subscription = true`** subscribes to `$share/{group}/{topic}` instead, so that
+//!   processes with distinct `client_id`s share a group's messages (MQTT shared
+//!   subscriptions). Caveat, checked on Mosquitto 2.0.11: the broker does not restore `$share`
+//!   subscriptions from its persistence file, so after a broker restart, messages published
+//!   before the subscription reconnects match no subscription and are dropped (`resume_delay`
+//!   keeps this backend's own publishers out of that window, not others); and a member that
+//!   stays away keeps its share of the messages queued in its session. Off by default.
+//! - **Acks**: manual. A message is PUBACKed only once the consumer acked it, in the order the
+//!   broker sent them (an acked message waits for the earlier ones). A nack redelivers the
+//!   message from the session's local buffer (after its redelivery delay, if it asked for one)
+//!   without telling the broker, which would not redeliver before the session resumes anyway.
+//!   Delivery is in order: the next message goes out only when a consumer has room
+//!   ([`SubscribeOptions::max_in_flight`]), and a nacked message goes out again before later ones.
+//! - **`subscribe_initialize`** connects the session, subscribes, and leaves: the broker then
+//!   queues the topic's messages for the session until a subscription reads them.
+//! - **Reconnect**: every connection is a fresh client; when one fails, the subscription
+//!   reconnects with backoff (50 ms doubling up to `reconnect_max_delay`), subscribes again,
+//!   and the broker resends what was not PUBACKed; deliveries of the dead connection are
+//!   forgotten (acking them does nothing; the broker redelivers them). The publisher reconnects
+//!   the same way and fails the calls it could not confirm.
+//! - **Tail** ([`MqttPubSub::tail_subscriber`]): a clean session with a fresh client id of its
+//!   own, subscribed to the plain topic, so it sees every message and takes none from the
+//!   groups; closing it leaves the backend open.
+//!
+//! ## Mosquitto's limits (what "no message lost" rests on)
+//!
+//! Mosquitto 2.0 bounds three things per client by `max_queued_messages` (default 1000):
+//! 1. messages queued for a *connected* client beyond its in-flight window: more are dropped;
+//! 2. messages kept for an *offline* session (counting those that were in flight when it
+//!    left): more are dropped ("Outgoing messages are being dropped for client …" in its log);
+//! 3. packets waiting for the client's socket to accept them: more are discarded, but a
+//!    discarded PUBLISH stays "in flight" in the session, so it is resent at the next reconnect
+//!    (delayed, not lost).
+//!
+//! What this module does about it:
+//! - A large in-flight window: subscriptions announce a Receive Maximum of `receive_maximum`
+//!   (default 65535, where MQTT 3.1.1 clients get the broker's `max_inflight_messages`, 20).
+//!   Mosquitto pushes up to that many unacked messages and the session buffers them locally,
+//!   so a slow consumer can lag ~66,000 messages behind before (1) drops anything (the test
+//!   `a_stalled_consumer_loses_nothing` piles 5,000 behind an unacked message).
+//! - Each connection's event loop runs in a task of its own and reads whatever the consumers
+//!   do, so the socket does not back up (3).
+//! - Subscriptions reconnect fast (at most `reconnect_max_delay` between attempts) and resume
+//!   their sessions, subscription included, across a broker restart (the broker saves them on
+//!   SIGTERM when `persistence` is on). The publisher, after it got a lost connection back,
+//!   waits `resume_delay` before publishing, so that subscriptions are back first (2).
+//!
+//! What remains, with the broker's default configuration: a session that stays offline (no
+//! subscription running) while more than 1000 messages are published to its topic loses the
+//! excess (2); a session that reconnects with more unacked messages than the socket buffers
+//! hold (a few MiB) plus 1000 gets the rest only at its next reconnect (3). A smaller
+//! `receive_maximum` (below 1000) rules (3) out but makes (1) drop beyond `receive_maximum` +
+//! 1000. The broker's `max_queued_messages 0` (unlimited) in `mosquitto.conf` removes all three.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use rumqttc::Outgoing;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{
+    DisconnectReasonCode, Packet, PubAck, PubAckReason, Publish, PublishProperties,
+    SubscribeReasonCode,
+};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, StateError};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::{
+    Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionSender, closed, wait_settled,
+};
+use crate::error::{Error, Result};
+use crate::message::{AckState, Message, Metadata};
+
+const NAME: &str = "mqtt";
+/// The user property that carries a message's uuid.
+const UUID_PROPERTY: &str = "wasmill-uuid";
+/// The largest packet MQTT can carry; announced so that the broker never drops a message as
+/// too large for us.
+const MAX_PACKET_SIZE: u32 = 268_435_455;
+/// First delay before reconnecting.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+/// How long to stay away after another client took our session over.
+const TAKEN_OVER_BACKOFF: Duration = Duration::from_secs(5);
+/// Capacity of a client's request queue (publishes, acks).
+const REQUEST_QUEUE: usize = 1024;
+
+/// Settings of `kind = "mqtt"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// `mqtt://[user[:password]@]host[:port]` (port 1883 by default; `tcp://` works too).
+    pub url: String,
+    /// Consumer group: subscriptions in one group share a topic's messages, each group gets
+    /// all of them (default `wasmill`). No `/`, `+` or `#`.
+    pub consumer_group: Option<String>,
+    /// Prefix of the client ids. A subscription's session is `{client_id}-{group}-{hash of
+    /// topic}`, so a restarted host resumes its sessions. Two processes with the same prefix
+    /// and group take the session over from each other: give each process its own prefix.
+    pub client_id: String,
+    /// Subscribe through the shared subscription `$share/{group}/{topic}`, so that processes
+    /// with distinct `client_id`s share a group's messages. Mosquitto 2.0 does not restore
+    /// shared subscriptions after a broker restart (messages published before the
+    /// subscription reconnects are lost), hence off by default.
+    pub shared_subscription: bool,
+    /// How long the broker keeps a subscription's session, and the messages queued for it,
+    /// while no subscription is connected.
+    #[serde(with = "crate::config::duration")]
+    pub session_expiry: Duration,
+    /// How many unacknowledged messages the broker may push to one session (MQTT 5 Receive
+    /// Maximum, 1 to 65535): the session buffers them, so a slow consumer may lag this far
+    /// behind (plus the broker's `max_queued_messages`) before the broker drops messages.
+    pub receive_maximum: u16,
+    /// Keep-alive interval (at least 5 s).
+    #[serde(with = "crate::config::duration")]
+    pub keep_alive: Duration,
+    /// Bound on connecting and on a subscription's confirmation by the broker.
+    #[serde(with = "crate::config::duration")]
+    pub connect_timeout: Duration,
+    /// Bound on one publish call: waiting for the connection and for every PUBACK.
+    #[serde(with = "crate::config::duration")]
+    pub publish_timeout: Duration,
+    /// Longest wait between two reconnection attempts of a subscription (and the publisher).
+    #[serde(with = "crate::config::duration")]
+    pub reconnect_max_delay: Duration,
+    /// After the publisher lost its connection and got it back, how long it waits before
+    /// publishing again, so that subscriptions resume their sessions first (the broker keeps
+    /// only `max_queued_messages` for an offline session).
+    #[serde(with = "crate::config::duration")]
+    pub resume_delay: Duration,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            url: "mqtt://127.0.0.1:1883".into(),
+            consumer_group: None,
+            client_id: "wasmill".into(),
+            shared_subscription: false,
+            session_expiry: Duration::from_secs(7 * 24 * 3600),
+            receive_maximum: u16::MAX,
+            keep_alive: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            publish_timeout: Duration::from_secs(10),
+            reconnect_max_delay: Duration::from_millis(500),
+            resume_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where the broker is, from the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Broker {
+    host: String,
+    port: u16,
+    username: Option<String>,
+    password: Option<String>,
+    /// The URL without its password, for messages.
+    shown: String,
+}
+
+/// The URL with its password replaced by `***`.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((auth, host)) => {
+            let user = auth.split_once(':').map_or(auth, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+fn parse_url(url: &str) -> Result<Broker> {
+    let shown = redacted(url);
+    let bad = |why: &str| Error::pubsub_msg(NAME, format!("invalid url {shown}: {why}"));
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| bad("expected mqtt://host[:port]"))?;
+    match scheme {
+        "mqtt" | "tcp" => {}
+        "mqtts" | "ssl" | "ws" | "wss" => {
+            return Err(bad("only plain TCP (mqtt://) is compiled into this build"));
+        }
+        _ => return Err(bad("expected mqtt://host[:port]")),
+    }
+    let (auth, hostport) = match rest.rsplit_once('@') {
+        Some((a, h)) => (Some(a), h),
+        None => (None, rest),
+    };
+    let hostport = hostport.trim_end_matches('/');
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    if host.is_empty() || hostport.contains('/') {
+        return Err(bad("expected mqtt://host[:port]"));
+    }
+    let port = match port {
+        Some(p) => p.parse().map_err(|_| bad("invalid port"))?,
+        None => 1883,
+    };
+    let (username, password) = match auth {
+        Some(a) => match a.split_once(':') {
+            Some((u, p)) => (Some(u.to_string()), Some(p.to_string())),
+            None => (Some(a.to_string()), None),
+        },
+        None => (None, None),
+    };
+    Ok(Broker {
+        host: host.to_string(),
+        port,
+        username,
+        password,
+        shown,
+    })
+}
+
+/// FNV-1a: a short, stable (across builds and versions) fingerprint of a topic for client ids.
+fn fingerprint(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A topic we can publish to and subscribe to exactly (no wildcards, no `$` topics).
+fn check_topic(topic: &str) -> Result<()> {
+    if topic.is_empty()
+        || topic.starts_with('$')
+        || topic.contains(['+', '#', '\0'])
+        || topic.len() > u16::MAX as usize
+    {
+        return Err(Error::pubsub_msg(
+            NAME,
+            format!(
+                "invalid topic {topic:?}: MQTT topics must be non-empty, without '+', '#' or a leading '$'"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name.contains(['/', '+', '#', '\0']) {
+        return Err(Error::Config(format!(
+            "mqtt {what} {name:?}: must be non-empty, without '/', '+' or '#'"
+        )));
+    }
+    Ok(())
+}
+
+/// The MQTT 5 user properties that carry a message's uuid and metadata.
+fn envelope(msg: &Message) -> PublishProperties {
+    let mut user_properties = Vec::with_capacity(msg.metadata.len() + 1);
+    user_properties.push((UUID_PROPERTY.to_string(), msg.uuid.clone()));
+    for (k, v) in msg.metadata.iter().filter(|(k, _)| *k != UUID_PROPERTY) {
+        user_properties.push((k.to_string(), v.to_string()));
+    }
+    PublishProperties {
+        user_properties,
+        ..PublishProperties::default()
+    }
+}
+
+/// The message a PUBLISH carries.
+fn open_envelope(publish: &Publish) -> Message {
+    let mut uuid = None;
+    let mut metadata = Metadata::new();
+    if let Some(props) = &publish.properties {
+        for (k, v) in &props.user_properties {
+            if k == UUID_PROPERTY {
+                uuid = Some(v.clone());
+            } else {
+                metadata.set(k.clone(), v.clone());
+            }
+        }
+    }
+    let mut msg = Message::with_uuid(
+        uuid.unwrap_or_else(crate::message::new_uuid),
+        publish.payload.clone(),
+    );
+    msg.metadata = metadata;
+    msg
+}
+
+fn reason_of(e: &ConnectionError) -> Option<DisconnectReasonCode> {
+    match e {
+        ConnectionError::MqttState(StateError::ServerDisconnect { reason_code, .. }) => {
+            Some(*reason_code)
+        }
+        _ => None,
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+type Polled = std::result::Result<Event, ConnectionError>;
+
+/// Drives one connection's event loop until it fails, forwarding everything. The event loop is
+/// never cancelled mid-poll (that could lose a packet it already took from its queue).
+fn spawn_poller(mut eventloop: EventLoop) -> (mpsc::UnboundedReceiver<Polled>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            let polled = eventloop.poll().await;
+            let failed = polled.is_err();
+            if tx.send(polled).is_err() || failed {
+                return;
+            }
+        }
+    });
+    (rx, task)
+}
+
+/// The connection options shared by every client of a backend.
+fn base_options(broker: &Broker, config: &MqttConfig, client_id: String) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    o.set_keep_alive(config.keep_alive.max(Duration::from_secs(5)))
+        .set_connection_timeout(config.connect_timeout.as_secs().max(1))
+        .set_max_packet_size(Some(MAX_PACKET_SIZE));
+    if let Some(user) = &broker.username {
+        o.set_credentials(user.clone(), broker.password.clone().unwrap_or_default());
+    }
+    o
+}
+
+// ---------------------------------------------------------------------------------------------
+// Publisher side
+
+type Waiter = oneshot::Sender<std::result::Result<(), String>>;
+
+/// Who waits for which PUBACK on one connection.
+#[derive(Default)]
+struct Waiters {
+    /// The connection is gone: nothing more may be fed to it.
+    dead: bool,
+    /// Fed to the client, packet id not known yet (in feeding order).
+    unassigned: VecDeque<Waiter>,
+    /// Sent with this packet id (a queue: a collision reuses an id still in flight).
+    inflight: HashMap<u16, VecDeque<Waiter>>,
+    /// A publish the client holds back because its packet id collided.
+    collided: Option<u16>,
+}
+
+impl Waiters {
+    fn fail_all(&mut self, why: &str) {
+        self.dead = true;
+        let inflight = self.inflight.drain().flat_map(|(_, q)| q);
+        for w in self.unassigned.drain(..).chain(inflight) {
+            let _ = w.send(Err(why.to_string()));
+        }
+    }
+}
+
+/// One connection of the publisher.
+struct PubConn {
+    client: AsyncClient,
+    /// Held while feeding a call's messages, so that the queue order is the waiters' order.
+    feed: tokio::sync::Mutex<()>,
+    waiters: Mutex<Waiters>,
+    /// A caller gave up while handing a message over: end this connection.
+    broken: CancellationToken,
+}
+
+impl PubConn {
+    fn waiters(&self) -> MutexGuard<'_, Waiters> {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sent(&self, pkid: u16, held_back: bool) {
+        let mut w = self.waiters();
+        if !held_back && w.collided == Some(pkid) {
+            // The held-back publish is out now; it was assigned when it collided.
+            w.collided = None;
+            return;
+        }
+        if held_back {
+            w.collided = Some(pkid);
+        }
+        if let Some(waiter) = w.unassigned.pop_front() {
+            w.inflight.entry(pkid).or_default().push_back(waiter);
+        }
+    }
+
+    fn acked(&self, ack: &PubAck) {
+        let mut w = self.waiters();
+        let Some(queue) = w.inflight.get_mut(&ack.pkid) else {
+            return;
+        };
+        let waiter = queue.pop_front();
+        if queue.is_empty() {
+            w.inflight.remove(&ack.pkid);
+        }
+        let result = match ack.reason {
+            PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Ok(()),
+            other => Err(format!("the broker refused the message ({other:?})")),
+        };
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(result);
+        }
+    }
+}
+
+/// The publisher's connection, kept up by a task of its own.
+struct PubLink {
+    /// The connection publishes go to, when there is one.
+    current: watch::Sender<Option<Arc<PubConn>>>,
+    /// Why the last connection attempt failed.
+    last_error: Mutex<String>,
+}
+
+impl PubLink {
+    fn set_error(&self, e: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+
+    fn error(&self) -> String {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Keeps the publisher connected until `stop`; a fresh client per connection.
+async fn run_publisher(
+    link: Arc<PubLink>,
+    options: MqttOptions,
+    config: Arc<MqttConfig>,
+    shown: String,
+    stop: CancellationToken,
+) {
+    let mut backoff = MIN_BACKOFF;
+    let mut was_connected = false;
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let (client, eventloop) = AsyncClient::new(options.clone(), REQUEST_QUEUE);
+        let conn = Arc::new(PubConn {
+            client,
+            feed: tokio::sync::Mutex::new(()),
+            waiters: Mutex::new(Waiters::default()),
+            broken: CancellationToken::new(),
+        });
+        let (mut events, poller) = spawn_poller(eventloop);
+        let mut resume_at = None;
+        let mut connected = false;
+        let mut leave_by = None;
+        let failure: Option<String> = loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                        connected = true;
+                        backoff = MIN_BACKOFF;
+                        if was_connected {
+                            resume_at = Some(Instant::now() + config.resume_delay);
+                        } else {
+                            link.current.send_replace(Some(conn.clone()));
+                        }
+                        was_connected = true;
+                    }
+                    Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => conn.sent(pkid, false),
+                    Some(Ok(Event::Outgoing(Outgoing::AwaitAck(pkid)))) => conn.sent(pkid, true),
+                    Some(Ok(Event::Incoming(Packet::PubAck(ack)))) => conn.acked(&ack),
+                    Some(Ok(Event::Outgoing(Outgoing::Disconnect))) => break None,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break Some(e.to_string()),
+                    None => break Some("the client's event loop ended".into()),
+                },
+                _ = stop.cancelled(), if leave_by.is_none() => {
+                    leave_by = Some(Instant::now() + Duration::from_secs(2));
+                    if !connected || conn.client.try_disconnect().is_err() {
+                        break None;
+                    }
+                }
+                _ = sleep_until_opt(leave_by) => break None,
+                _ = conn.broken.cancelled() => {
+                    break Some("a publish gave up while handing a message over".into());
+                }
+                _ = sleep_until_opt(resume_at) => {
+                    resume_at = None;
+                    link.current.send_replace(Some(conn.clone()));
+                }
+            }
+        };
+        link.current.send_if_modified(|c| {
+            let mine = c.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn));
+            if mine {
+                *c = None;
+            }
+            mine
+        });
+        conn.waiters()
+            .fail_all(failure.as_deref().unwrap_or("the publisher was closed"));
+        poller.abort();
+        let Some(why) = failure else { return };
+        if connected {
+            tracing::warn!(url = %shown, "mqtt publisher: connection lost: {why}; reconnecting");
+        } else {
+            tracing::debug!(url = %shown, "mqtt publisher: connect failed: {why}");
+        }
+        link.set_error(why);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(config.reconnect_max_delay.max(MIN_BACKOFF));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscriber side: sessions
+
+/// What a subscription session is, for the process-wide registry.
+#[derive(Clone)]
+struct SessionSpec {
+    /// Registry key: broker and client id.
+    key: String,
+    options: MqttOptions,
+    /// The subscription's topic filter.
+    filter: String,
+    /// A persistent session (or a clean one, for tails).
+    persistent: bool,
+    shown: String,
+    reconnect_max: Duration,
+}
+
+/// A request to a session.
+struct Attach {
+    /// A consumer, or none (`subscribe_initialize`: only wait until subscribed).
+    consumer: Option<NewConsumer>,
+    /// Answered once the session's subscription is confirmed by the broker.
+    ready: oneshot::Sender<Result<()>>,
+}
+
+struct NewConsumer {
+    sender: SubscriptionSender,
+    max_in_flight: usize,
+    /// Cancelled once the session let go of this consumer (acks flushed).
+    detached: CancellationToken,
+}
+
+/// A session's handle in the registry.
+struct SessionShared {
+    requests: mpsc::UnboundedSender<Attach>,
+    /// Cleared (under the registry lock) when the session decided to end.
+    accepting: AtomicBool,
+    /// Cancelled once the session ended and disconnected.
+    done: CancellationToken,
+}
+
+/// The sessions of this process, by broker and client id: subscriptions of one (topic, group)
+/// share one session rather than taking it over from each other.
+static SESSIONS: LazyLock<Mutex<HashMap<String, Arc<SessionShared>>>> =
+    LazyLock::new(Default::default);
+
+fn sessions() -> MutexGuard<'static, HashMap<String, Arc<SessionShared>>> {
+    SESSIONS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Hands `consumer` to the session of `spec`, starting it if needed; the receiver answers once
+/// the session is subscribed.
+async fn attach(
+    spec: &SessionSpec,
+    consumer: Option<NewConsumer>,
+) -> oneshot::Receiver<Result<()>> {
+    let (ready, answer) = oneshot::channel();
+    let mut request = Attach { consumer, ready };
+    loop {
+        let ending = {
+            let mut map = sessions();
+            match map.get(&spec.key) {
+                Some(s) if s.accepting.load(Ordering::SeqCst) => {
+                    match s.requests.send(request) {
+                        Ok(()) => return answer,
+                        Err(mpsc::error::SendError(back)) => {
+                            // Its task is gone (its runtime shut down): replace it.
+                            request = back;
+                            map.remove(&spec.key);
+                            continue;
+                        }
+                    }
+                }
+                Some(s) => s.clone(),
+                None => {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let shared = Arc::new(SessionShared {
+                        requests: tx,
+                        accepting: AtomicBool::new(true),
+                        done: CancellationToken::new(),
+                    });
+                    let _ = shared.requests.send(request);
+                    map.insert(spec.key.clone(), shared.clone());
+                    tokio::spawn(Session::new(spec.clone(), shared, rx).run());
+                    return answer;
+                }
+            }
+        };
+        // The session is ending: wait until it disconnected, so that its last acks are in.
+        if tokio::time::timeout(Duration::from_secs(5), ending.done.cancelled())
+            .await
+            .is_err()
+        {
+            let mut map = sessions();
+            if map.get(&spec.key).is_some_and(|s| Arc::ptr_eq(s, &ending)) {
+                map.remove(&spec.key);
+            }
+        }
+    }
+}
+
+struct Consumer {
+    id: u64,
+    sender: SubscriptionSender,
+    max_in_flight: usize,
+    in_flight: usize,
+    gone: bool,
+    detached: CancellationToken,
+}
+
+enum EntryState {
+    /// To deliver (not before the instant, after a nack with a delay).
+    Waiting(Option<Instant>),
+    InFlight,
+    Acked,
+}
+
+/// A message received on the current connection, not PUBACKed yet.
+struct Entry {
+    seq: u64,
+    publish: Publish,
+    msg: Message,
+    state: EntryState,
+}
+
+/// A delivery that was acked or nacked.
+struct Settled {
+    conn: u64,
+    seq: u64,
+    consumer: u64,
+    state: AckState,
+    delay: Option<Duration>,
+}
+
+/// The session's current connection.
+struct Link {
+    id: u64,
+    client: AsyncClient,
+    events: mpsc::UnboundedReceiver<Polled>,
+    poller: JoinHandle<()>,
+    connected: bool,
+    subscribed: bool,
+}
+
+/// One subscription session: a connection (reconnected as needed), the messages received on
+/// it, and the consumers they go to.
+struct Session {
+    spec: SessionSpec,
+    shared: Arc<SessionShared>,
+    requests: mpsc::UnboundedReceiver<Attach>,
+    consumers: Vec<Consumer>,
+    next_consumer: u64,
+    round_robin: usize,
+    gone: FuturesUnordered<BoxFuture<'static, u64>>,
+    settles: FuturesUnordered<BoxFuture<'static, Settled>>,
+    ready: Vec<oneshot::Sender<Result<()>>>,
+    /// Detached consumers to release when the session ends.
+    released: Vec<CancellationToken>,
+    entries: VecDeque<Entry>,
+    next_seq: u64,
+    conns: u64,
+    link: Option<Link>,
+    reconnect_at: Option<Instant>,
+    backoff: Duration,
+    was_connected: bool,
+}
+
+async fn recv_polled(link: &mut Option<Link>) -> Option<Polled> {
+    match link {
+        Some(l) => l.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    fn new(
+        spec: SessionSpec,
+        shared: Arc<SessionShared>,
+        requests: mpsc::UnboundedReceiver<Attach>,
+    ) -> Session {
+        Session {
+            spec,
+            shared,
+            requests,
+            consumers: Vec::new(),
+            next_consumer: 0,
+            round_robin: 0,
+            gone: FuturesUnordered::new(),
+            settles: FuturesUnordered::new(),
+            ready: Vec::new(),
+            released: Vec::new(),
+            entries: VecDeque::new(),
+            next_seq: 0,
+            conns: 0,
+            link: None,
+            reconnect_at: Some(Instant::now()),
+            backoff: MIN_BACKOFF,
+            was_connected: false,
+        }
+    }
+
+    async fn run(mut self) {
+        while let Ok(request) = self.requests.try_recv() {
+            self.take(request);
+        }
+        loop {
+            if self.idle() && self.retiring() {
+                break;
+            }
+            if self.link.is_none() && self.reconnect_at.is_some_and(|t| t <= Instant::now()) {
+                self.connect();
+            }
+            self.pump().await;
+            let timer = self.next_wakeup();
+            tokio::select! {
+                request = self.requests.recv() => {
+                    if let Some(request) = request {
+                        self.take(request);
+                    }
+                }
+                Some(id) = self.gone.next(), if !self.gone.is_empty() => self.consumer_gone(id),
+                Some(s) = self.settles.next(), if !self.settles.is_empty() => self.settled(s).await,
+                polled = recv_polled(&mut self.link) => self.on_polled(polled).await,
+                _ = sleep_until_opt(timer) => {}
+            }
+        }
+        self.retire().await;
+    }
+
+    /// Registers a consumer and/or a wait for the subscription.
+    fn take(&mut self, request: Attach) {
+        if let Some(c) = request.consumer {
+            let id = self.next_consumer;
+            self.next_consumer += 1;
+            let sender = c.sender.clone();
+            self.gone.push(
+                async move {
+                    sender.closed().await;
+                    id
+                }
+                .boxed(),
+            );
+            self.consumers.push(Consumer {
+                id,
+                sender: c.sender,
+                max_in_flight: c.max_in_flight.max(1),
+                in_flight: 0,
+                gone: false,
+                detached: c.detached,
+            });
+        }
+        if self.link.as_ref().is_some_and(|l| l.subscribed) {
+            let _ = request.ready.send(Ok(()));
+        } else {
+            self.ready.push(request.ready);
+        }
+    }
+
+    /// No consumer left and nobody waiting for the subscription.
+    fn idle(&mut self) -> bool {
+        self.ready.retain(|r| !r.is_closed());
+        self.ready.is_empty() && self.consumers.iter().all(|c| c.gone)
+    }
+
+    /// Decides to end, under the registry lock, unless a request slipped in.
+    fn retiring(&mut self) -> bool {
+        let _map = sessions();
+        while let Ok(request) = self.requests.try_recv() {
+            self.take(request);
+        }
+        if !self.idle() {
+            return false;
+        }
+        self.shared.accepting.store(false, Ordering::SeqCst);
+        true
+    }
+
+    /// When the loop must wake up by itself: to reconnect, or when the next message to
+    /// deliver is due after a delayed nack (a due one waits for a consumer to have room, which
+    /// a settlement signals).
+    fn next_wakeup(&self) -> Option<Instant> {
+        if self.link.is_none() {
+            return self.reconnect_at;
+        }
+        let due = self.entries.iter().find_map(|e| match e.state {
+            EntryState::Waiting(at) => Some(at),
+            _ => None,
+        })??;
+        (due > Instant::now()).then_some(due)
+    }
+
+    fn connect(&mut self) {
+        self.conns += 1;
+        let (client, eventloop) = AsyncClient::new(self.spec.options.clone(), REQUEST_QUEUE);
+        let (events, poller) = spawn_poller(eventloop);
+        self.link = Some(Link {
+            id: self.conns,
+            client,
+            events,
+            poller,
+            connected: false,
+            subscribed: false,
+        });
+        self.reconnect_at = None;
+    }
+
+    /// Forgets the connection (and what it delivered) and schedules the next one.
+    fn lose(&mut self, why: &str, taken_over: bool) {
+        let Some(link) = self.link.take() else { return };
+        link.poller.abort();
+        self.entries.clear();
+        let client_id = self.spec.options.client_id();
+        let delay = if taken_over {
+            tracing::warn!(url = %self.spec.shown, client_id, "mqtt: another client took this session over (give each host its own client_id); retrying in {TAKEN_OVER_BACKOFF:?}");
+            TAKEN_OVER_BACKOFF
+        } else {
+            if link.connected {
+                tracing::warn!(url = %self.spec.shown, client_id, "mqtt subscription: connection lost: {why}; reconnecting");
+            } else {
+                tracing::debug!(url = %self.spec.shown, client_id, "mqtt subscription: connect failed: {why}");
+            }
+            self.backoff
+        };
+        self.backoff = (self.backoff * 2).min(self.spec.reconnect_max.max(MIN_BACKOFF));
+        self.reconnect_at = Some(Instant::now() + delay);
+    }
+
+    async fn on_polled(&mut self, polled: Option<Polled>) {
+        match polled {
+            Some(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                self.backoff = MIN_BACKOFF;
+                if self.spec.persistent && self.was_connected && !ack.session_present {
+                    tracing::warn!(url = %self.spec.shown, client_id = self.spec.options.client_id(), "mqtt: the broker had lost this session; messages published meanwhile are lost");
+                }
+                self.was_connected = true;
+                let Some(link) = self.link.as_mut() else {
+                    return;
+                };
+                link.connected = true;
+                // Always (re)subscribe: harmless when the session kept the subscription.
+                if let Err(e) = link
+                    .client
+                    .subscribe(self.spec.filter.clone(), QoS::AtLeastOnce)
+                    .await
+                {
+                    self.lose(&e.to_string(), false);
+                }
+            }
+            Some(Ok(Event::Incoming(Packet::SubAck(ack)))) => {
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .find(|c| !matches!(c, SubscribeReasonCode::Success(_)));
+                if let Some(code) = refused {
+                    let why = format!("subscribe {}: refused ({code:?})", self.spec.filter);
+                    for r in self.ready.drain(..) {
+                        let _ = r.send(Err(Error::pubsub_msg(NAME, why.clone())));
+                    }
+                    self.lose(&why, false);
+                    return;
+                }
+                if let Some(link) = self.link.as_mut() {
+                    link.subscribed = true;
+                }
+                for r in self.ready.drain(..) {
+                    let _ = r.send(Ok(()));
+                }
+            }
+            Some(Ok(Event::Incoming(Packet::Publish(publish)))) => {
+                let msg = open_envelope(&publish);
+                self.entries.push_back(Entry {
+                    seq: self.next_seq,
+                    publish,
+                    msg,
+                    state: EntryState::Waiting(None),
+                });
+                self.next_seq += 1;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                let taken_over = reason_of(&e) == Some(DisconnectReasonCode::SessionTakenOver);
+                self.lose(&e.to_string(), taken_over);
+            }
+            None => self.lose("the client's event loop ended", false),
+        }
+    }
+
+    fn pick_consumer(&mut self) -> Option<usize> {
+        let n = self.consumers.len();
+        for k in 0..n {
+            let i = (self.round_robin + k) % n;
+            let c = &mut self.consumers[i];
+            if !c.gone && c.sender.is_closed() {
+                c.gone = true;
+            }
+            if !c.gone && c.in_flight < c.max_in_flight {
+                self.round_robin = (i + 1) % n;
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Hands waiting messages, in order, to consumers with room.
+    async fn pump(&mut self) {
+        let Some(conn) = self.link.as_ref().map(|l| l.id) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.entries.len() {
+            match self.entries[i].state {
+                EntryState::Waiting(Some(at)) if at > now => break,
+                EntryState::Waiting(_) => {}
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            }
+            let Some(ci) = self.pick_consumer() else {
+                break;
+            };
+            let msg = self.entries[i].msg.copy();
+            let consumer = &mut self.consumers[ci];
+            // The consumer has room (its channel holds at most its in-flight messages).
+            if consumer.sender.send(msg.clone()).await.is_err() {
+                consumer.gone = true;
+                continue;
+            }
+            consumer.in_flight += 1;
+            let (sender, consumer_id, seq) =
+                (consumer.sender.clone(), consumer.id, self.entries[i].seq);
+            self.entries[i].state = EntryState::InFlight;
+            self.settles.push(
+                async move {
+                    let state = wait_settled(&msg, &sender).await;
+                    Settled {
+                        conn,
+                        seq,
+                        consumer: consumer_id,
+                        state,
+                        delay: msg.redelivery_delay(),
+                    }
+                }
+                .boxed(),
+            );
+            i += 1;
+        }
+    }
+
+    fn consumer_gone(&mut self, id: u64) {
+        if let Some(c) = self.consumers.iter_mut().find(|c| c.id == id) {
+            c.gone = true;
+        }
+        self.release_gone();
+    }
+
+    /// Drops consumers that left and have nothing in flight any more.
+    fn release_gone(&mut self) {
+        let live = self.consumers.iter().any(|c| !c.gone);
+        let released = &mut self.released;
+        self.consumers.retain(|c| {
+            if !(c.gone && c.in_flight == 0) {
+                return true;
+            }
+            if live {
+                c.detached.cancel();
+            } else {
+                released.push(c.detached.clone());
+            }
+            false
+        });
+    }
+
+    async fn settled(&mut self, s: Settled) {
+        if let Some(c) = self.consumers.iter_mut().find(|c| c.id == s.consumer) {
+            c.in_flight = c.in_flight.saturating_sub(1);
+        }
+        self.release_gone();
+        let Some(link) = self.link.as_ref().filter(|l| l.id == s.conn) else {
+            // Delivered on a dead connection: the broker redelivers it.
+            return;
+        };
+        let Some(front) = self.entries.front().map(|e| e.seq) else {
+            return;
+        };
+        let Some(entry) = s
+            .seq
+            .checked_sub(front)
+            .and_then(|i| self.entries.get_mut(i as usize))
+        else {
+            return;
+        };
+        match s.state {
+            AckState::Acked => {
+                entry.state = EntryState::Acked;
+                // PUBACK in the order the broker sent them.
+                while self
+                    .entries
+                    .front()
+                    .is_some_and(|e| matches!(e.state, EntryState::Acked))
+                {
+                    let Some(e) = self.entries.pop_front() else {
+                        break;
+                    };
+                    if link.client.ack(&e.publish).await.is_err() {
+                        // The connection is gone; its failure arrives as an event.
+                        break;
+                    }
+                }
+            }
+            _ => entry.state = EntryState::Waiting(s.delay.map(|d| Instant::now() + d)),
+        }
+    }
+
+    /// Flushes the acks of the consumers that left, disconnects, and leaves the registry.
+    async fn retire(mut self) {
+        while let Some(Some(s)) = self.settles.next().now_or_never() {
+            self.settled(s).await;
+        }
+        if let Some(mut link) = self.link.take() {
+            if link.connected && link.client.disconnect().await.is_ok() {
+                // The poller ends when the broker closes the connection after DISCONNECT.
+                let _ = tokio::time::timeout(Duration::from_secs(2), &mut link.poller).await;
+            }
+            link.poller.abort();
+        }
+        {
+            let mut map = sessions();
+            if map
+                .get(&self.spec.key)
+                .is_some_and(|s| Arc::ptr_eq(s, &self.shared))
+            {
+                map.remove(&self.spec.key);
+            }
+        }
+        self.shared.done.cancel();
+        for t in self.released.drain(..) {
+            t.cancel();
+        }
+        for c in &self.consumers {
+            c.detached.cancel();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The backend
+
+/// The MQTT pub/sub; publisher and subscriber in one.
+#[derive(Clone)]
+pub struct MqttPubSub {
+    config: Arc<MqttConfig>,
+    broker: Arc<Broker>,
+    publisher: Arc<PubLink>,
+    closed: CancellationToken,
+    /// A tail: clean sessions on the plain topic.
+    tail: bool,
+    /// Consumers attached through this value, released once their session let them go.
+    detached: Arc<Mutex<Vec<CancellationToken>>>,
+    /// Stops the publisher when the last clone is dropped.
+    _publisher_guard: Arc<DropGuard>,
+}
+
+impl MqttPubSub {
+    /// Connects the publisher to the broker at `config.url` (retrying for up to
+    /// `connect_timeout`); subscriptions open connections of their own.
+    pub async fn connect(config: MqttConfig) -> Result<Self> {
+        let broker = parse_url(&config.url)?;
+        check_name("client_id", &config.client_id)?;
+        if let Some(g) = &config.consumer_group {
+            check_name("consumer_group", g)?;
+        }
+        if config.receive_maximum == 0 {
+            return Err(Error::Config(
+                "mqtt receive_maximum: must be 1 to 65535".into(),
+            ));
+        }
+        if config.session_expiry < Duration::from_secs(1) {
+            return Err(Error::Config(
+                "mqtt session_expiry: must be at least 1s (sessions must outlive a disconnect)"
+                    .into(),
+            ));
+        }
+        let config = Arc::new(config);
+        let closed = CancellationToken::new();
+        let publisher_stop = closed.child_token();
+        let publisher = Arc::new(PubLink {
+            current: watch::Sender::new(None),
+            last_error: Mutex::new("not connected yet".into()),
+        });
+        let client_id = format!("{}-pub-{}", config.client_id, uuid::Uuid::new_v4().simple());
+        let mut options = base_options(&broker, &config, client_id);
+        options
+            .set_clean_start(true)
+            .set_outgoing_inflight_upper_limit(1024);
+        tokio::spawn(run_publisher(
+            publisher.clone(),
+            options,
+            config.clone(),
+            broker.shown.clone(),
+            publisher_stop.clone(),
+        ));
+        let mut current = publisher.current.subscribe();
+        let up = matches!(
+            tokio::time::timeout(config.connect_timeout, current.wait_for(|c| c.is_some())).await,
+            Ok(Ok(_))
+        );
+        if !up {
+            closed.cancel();
+            return Err(Error::pubsub_msg(
+                NAME,
+                format!(
+                    "connect {}: {} (gave up after {:?})",
+                    broker.shown,
+                    publisher.error(),
+                    config.connect_timeout
+                ),
+            ));
+        }
+        Ok(MqttPubSub {
+            config,
+            broker: Arc::new(broker),
+            publisher,
+            closed,
+            tail: false,
+            detached: Arc::default(),
+            _publisher_guard: Arc::new(publisher_stop.drop_guard()),
+        })
+    }
+
+    /// A subscriber that reads every message of a topic without taking any from the consumer
+    /// groups (a clean session with a fresh client id on the plain topic). Closing it leaves
+    /// this backend open.
+    pub fn tail_subscriber(&self) -> MqttPubSub {
+        MqttPubSub {
+            closed: self.closed.child_token(),
+            tail: true,
+            detached: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    fn group(&self) -> &str {
+        self.config.consumer_group.as_deref().unwrap_or("wasmill")
+    }
+
+    /// The client id of the session of `topic` in this backend's consumer group.
+    fn session_client_id(&self, topic: &str) -> String {
+        format!(
+            "{}-{}-{:016x}",
+            self.config.client_id,
+            self.group(),
+            fingerprint(topic)
+        )
+    }
+
+    fn session_spec(&self, topic: &str) -> SessionSpec {
+        let (client_id, filter) = if self.tail {
+            let id = format!(
+                "{}-tail-{}",
+                self.config.client_id,
+                uuid::Uuid::new_v4().simple()
+            );
+            (id, topic.to_string())
+        } else if self.config.shared_subscription {
+            let filter = format!("$share/{}/{topic}", self.group());
+            (self.session_client_id(topic), filter)
+        } else {
+            (self.session_client_id(topic), topic.to_string())
+        };
+        let mut options = base_options(&self.broker, &self.config, client_id.clone());
+        options
+            .set_manual_acks(true)
+            .set_receive_maximum(Some(self.config.receive_maximum))
+            // Subscriptions publish nothing: keep the client's publish table tiny.
+            .set_outgoing_inflight_upper_limit(1);
+        if self.tail {
+            options.set_clean_start(true);
+        } else {
+            let expiry = self
+                .config
+                .session_expiry
+                .as_secs()
+                .min(u64::from(u32::MAX)) as u32;
+            options
+                .set_clean_start(false)
+                .set_session_expiry_interval(Some(expiry));
+        }
+        SessionSpec {
+            key: format!("{}:{}|{client_id}", self.broker.host, self.broker.port),
+            options,
+            filter,
+            persistent: !self.tail,
+            shown: self.broker.shown.clone(),
+            reconnect_max: self.config.reconnect_max_delay,
+        }
+    }
+
+    async fn confirmed(&self, topic: &str, answer: oneshot::Receiver<Result<()>>) -> Result<()> {
+        match tokio::time::timeout(self.config.connect_timeout, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Error::pubsub_msg(
+                NAME,
+                format!("subscribe {topic}: the session ended"),
+            )),
+            Err(_) => Err(Error::pubsub_msg(
+                NAME,
+                format!(
+                    "subscribe {topic} on {}: no confirmation from the broker within {:?}",
+                    self.broker.shown, self.config.connect_timeout
+                ),
+            )),
+        }
+    }
+
+    /// The publisher's connection, waiting for it until `deadline`.
+    async fn publisher_conn(&self, deadline: Instant) -> Result<Arc<PubConn>> {
+        let mut current = self.publisher.current.subscribe();
+        let waited = tokio::select! {
+            r = tokio::time::timeout_at(deadline, current.wait_for(|c| c.is_some())) => r,
+            _ = self.closed.cancelled() => return Err(closed(NAME)),
+        };
+        match waited {
+            Ok(Ok(c)) => c.clone().ok_or_else(|| closed(NAME)),
+            Ok(Err(_)) => Err(closed(NAME)),
+            Err(_) => Err(Error::pubsub_msg(
+                NAME,
+                format!(
+                    "publish: not connected to {} ({})",
+                    self.broker.shown,
+                    self.publisher.error()
+                ),
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl Publisher for MqttPubSub {
+    async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
+        if self.closed.is_cancelled() {
+            return Err(closed(NAME));
+        }
+        check_topic(topic)?;
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.config.publish_timeout;
+        let conn = self.publisher_conn(deadline).await?;
+        let lost = || Error::pubsub_msg(NAME, format!("publish to {topic}: connection lost"));
+        let mut acks = Vec::with_capacity(messages.len());
+        let feed = async {
+            let _turn = conn.feed.lock().await;
+            for m in &messages {
+                let (tx, rx) = oneshot::channel();
+                {
+                    let mut w = conn.waiters();
+                    if w.dead {
+                        return Err(lost());
+                    }
+                    w.unassigned.push_back(tx);
+                }
+                let sent = conn
+                    .client
+                    .publish_with_properties(
+                        topic,
+                        QoS::AtLeastOnce,
+                        false,
+                        m.payload.clone(),
+                        envelope(m),
+                    )
+                    .await;
+                if sent.is_err() {
+                    let mut w = conn.waiters();
+                    if !w.dead {
+                        w.unassigned.pop_back();
+                    }
+                    return Err(lost());
+                }
+                acks.push(rx);
+            }
+            Ok(())
+        };
+        match tokio::time::timeout_at(deadline, feed).await {
+            Ok(r) => r?,
+            Err(_) => {
+                // A message may or may not be in the client's queue: start afresh.
+                conn.broken.cancel();
+                return Err(Error::pubsub_msg(
+                    NAME,
+                    format!("publish to {topic}: timed out handing messages to the client"),
+                ));
+            }
+        }
+        for ack in acks {
+            match tokio::time::timeout_at(deadline, ack).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(why))) => {
+                    return Err(Error::pubsub_msg(
+                        NAME,
+                        format!("publish to {topic}: {why}"),
+                    ));
+                }
+                Ok(Err(_)) => return Err(lost()),
+                Err(_) => {
+                    return Err(Error::pubsub_msg(
+                        NAME,
+                        format!(
+                            "publish to {topic}: no PUBACK within {:?}",
+                            self.config.publish_timeout
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.cancel();
+        let detached =
+            std::mem::take(&mut *self.detached.lock().unwrap_or_else(|p| p.into_inner()));
+        // Let the sessions flush the acks of this value's consumers and disconnect.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            for t in detached {
+                t.cancelled().await;
+            }
+        })
+        .await;
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+}
+
+#[async_trait]
+impl Subscriber for MqttPubSub {
+    async fn subscribe_initialize(&self, topic: &str) -> Result<()> {
+        if self.closed.is_cancelled() {
+            return Err(closed(NAME));
+        }
+        check_topic(topic)?;
+        if self.tail {
+            return Ok(());
+        }
+        let answer = attach(&self.session_spec(topic), None).await;
+        self.confirmed(topic, answer).await
+    }
+
+    async fn subscribe_with(&self, topic: &str, options: SubscribeOptions) -> Result<Subscription> {
+        if self.closed.is_cancelled() {
+            return Err(closed(NAME));
+        }
+        check_topic(topic)?;
+        let max_in_flight = options.max_in_flight.max(1);
+        let (sub, sender) = Subscription::channel(max_in_flight, &self.closed);
+        let detached = CancellationToken::new();
+        {
+            let mut list = self.detached.lock().unwrap_or_else(|p| p.into_inner());
+            list.retain(|t| !t.is_cancelled());
+            list.push(detached.clone());
+        }
+        let consumer = NewConsumer {
+            sender,
+            max_in_flight,
+            detached,
+        };
+        let answer = attach(&self.session_spec(topic), Some(consumer)).await;
+        self.confirmed(topic, answer).await?;
+        Ok(sub)
+    }
+
+    async fn close(&self) -> Result<()> {
+        Publisher::close(self).await
+    }
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw client benchmark
+
+/// Bytes per publish-then-consume round of [`raw_bench`]. While the consumer does not read,
+/// what the socket buffers cannot hold waits in Mosquitto's per-client packet queue, which
+/// holds at most `max_queued_messages` (1000) packets and drops the rest; a round must fit.
+const BENCH_ROUND_BYTES: usize = 1 << 20;
+
+fn bench_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::pubsub_msg(NAME, format!("raw bench: {what}: {e}"))
+}
+
+/// Polls `eventloop` until `done` says so, for at most `limit`.
+async fn bench_poll(
+    eventloop: &mut EventLoop,
+    limit: Duration,
+    mut done: impl FnMut(&Event) -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(ev)) => {
+                if done(&ev) {
+                    return Ok(());
+                }
+            }
+            Ok(Err(e)) => return Err(bench_err("connection", e)),
+            Err(_) => return Err(bench_err("poll", "timed out")),
+        }
+    }
+}
+
+/// The raw client's throughput: QoS 1 publishes until every PUBACK is in, then a consumer
+/// (subscribed before, not reading meanwhile) reads and PUBACKs them; in rounds of about
+/// 1 MiB of messages.
+pub async fn raw_bench(
+    url: &str,
+    messages: usize,
+    payload_size: usize,
+) -> Result<super::RawBenchFigures> {
+    let broker = parse_url(url)?;
+    let config = MqttConfig::default();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let topic = format!("raw_bench_{id}");
+    let limit = Duration::from_secs(60);
+    let round = (BENCH_ROUND_BYTES / (payload_size + 64)).clamp(100, 50_000);
+
+    let mut options = base_options(&broker, &config, format!("wasmill-raw-sub-{id}"));
+    options
+        .set_manual_acks(true)
+        .set_receive_maximum(Some(u16::MAX))
+        .set_outgoing_inflight_upper_limit(1);
+    let (consumer, mut consumer_loop) = AsyncClient::new(options, round + 16);
+    consumer
+        .subscribe(topic.clone(), QoS::AtLeastOnce)
+        .await
+        .map_err(|e| bench_err("subscribe", e))?;
+    bench_poll(&mut consumer_loop, limit, |ev| {
+        matches!(ev, Event::Incoming(Packet::SubAck(_)))
+    })
+    .await?;
+
+    let options = base_options(&broker, &config, format!("wasmill-raw-pub-{id}"));
+    let (producer, mut producer_loop) = AsyncClient::new(options, REQUEST_QUEUE);
+    let payload = bytes::Bytes::from(vec![b'x'; payload_size]);
+    let (mut publish_time, mut consume_time) = (Duration::ZERO, Duration::ZERO);
+    let mut consumed = 0;
+    let mut left = messages;
+    while left > 0 {
+        let n = left.min(round);
+        left -= n;
+        let start = std::time::Instant::now();
+        let feeder = {
+            let (producer, topic, payload) = (producer.clone(), topic.clone(), payload.clone());
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    if producer
+                        .publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            })
+        };
+        let mut acked = 0;
+        let published = bench_poll(&mut producer_loop, limit, |ev| {
+            if matches!(ev, Event::Incoming(Packet::PubAck(_))) {
+                acked += 1;
+            }
+            acked == n
+        })
+        .await;
+        feeder.abort();
+        published?;
+        publish_time += start.elapsed();
+
+        let start = std::time::Instant::now();
+        let (mut got, mut acked) = (0, 0);
+        let mut ack_failed = None;
+        bench_poll(&mut consumer_loop, limit, |ev| {
+            match ev {
+                Event::Incoming(Packet::Publish(p)) => {
+                    got += 1;
+                    if let Err(e) = consumer.try_ack(p) {
+                        ack_failed = Some(e.to_string());
+                        return true;
+                    }
+                }
+                Event::Outgoing(Outgoing::PubAck(_)) => acked += 1,
+                _ => {}
+            }
+            acked == n
+        })
+        .await?;
+        if let Some(e) = ack_failed {
+            return Err(bench_err("ack", e));
+        }
+        consumed += got;
+        consume_time += start.elapsed();
+    }
+    // Leave (both sessions are clean: nothing stays on the broker).
+    let _ = consumer.try_disconnect();
+    let _ = bench_poll(&mut consumer_loop, Duration::from_secs(2), |ev| {
+        matches!(ev, Event::Outgoing(Outgoing::Disconnect))
+    })
+    .await;
+    let _ = producer.try_disconnect();
+    let _ = bench_poll(&mut producer_loop, Duration::from_secs(2), |ev| {
+        matches!(ev, Event::Outgoing(Outgoing::Disconnect))
+    })
+    .await;
+    Ok(super::RawBenchFigures {
+        publish_per_sec: messages as f64 / publish_time.as_secs_f64().max(1e-9),
+        consume_per_sec: consumed as f64 / consume_time.as_secs_f64().max(1e-9),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pubsub::conformance::{Features, Harness, server};
+    use crate::pubsub::{DynPublisher, DynSubscriber};
+
+    fn url() -> String {
+        std::env::var("WASMILL_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
+    }
+
+    struct MqttHarness {
+        group: String,
+    }
+
+    impl MqttHarness {
+        fn new() -> Self {
+            MqttHarness {
+                group: crate::pubsub::conformance::unique_group(),
+            }
+        }
+
+        fn config(&self, group: &str) -> MqttConfig {
+            MqttConfig {
+                url: url(),
+                consumer_group: Some(group.to_string()),
+                client_id: "wasmill-test".into(),
+                // Test sessions must not pile up on the broker.
+                session_expiry: Duration::from_secs(600),
+                connect_timeout: Duration::from_secs(5),
+                reconnect_max_delay: Duration::from_millis(200),
+                ..MqttConfig::default()
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Harness for MqttHarness {
+        fn features(&self) -> Features {
+            // Not promised: exactly_once (QoS 1 redelivers after a reconnect); guaranteed_order
+            // across subscribers (several subscriptions of a group split the messages);
+            // new_subscriber_receives_old_messages (a group whose session did not exist yet
+            // gets nothing published before: MQTT keeps messages only for existing sessions).
+            Features {
+                consumer_groups: true,
+                guaranteed_order_with_single_subscriber: true,
+                persistent: true,
+                restart_server: true,
+                ..Features::default()
+            }
+        }
+
+        async fn pubsub(&self) -> Result<(DynPublisher, DynSubscriber)> {
+            let ps = MqttPubSub::connect(self.config(&self.group)).await?;
+            Ok(crate::pubsub::conformance::pair(ps))
+        }
+
+        async fn subscriber_in_group(&self, group: &str) -> Result<DynSubscriber> {
+            Ok(Arc::new(MqttPubSub::connect(self.config(group)).await?))
+        }
+
+        async fn restart_server(&self) -> Result<()> {
+            // SIGTERM: Mosquitto writes its persistence file (sessions, queued messages).
+            let _ = server::sh("pid=$(cat /run/mosquitto/mosquitto.pid 2>/dev/null) && kill -TERM $pid && \
+                for i in $(seq 200); do kill -0 $pid 2>/dev/null || exit 0; sleep 0.05; done; exit 1")
+                .await;
+            server::sh("mosquitto -d -c /etc/mosquitto/mosquitto.conf").await?;
+            server::wait_for_port(1883, Duration::from_secs(10)).await
+        }
+
+        fn server_name(&self) -> &'static str {
+            NAME
+        }
+    }
+
+    crate::conformance_tests!(MqttHarness::new());
+
+    #[test]
+    fn urls_parse_and_redact() {
+        let b = parse_url("mqtt://user:secret@broker.example:1884/").unwrap();
+        assert_eq!((b.host.as_str(), b.port), ("broker.example", 1884));
+        assert_eq!(b.username.as_deref(), Some("user"));
+        assert_eq!(b.password.as_deref(), Some("secret"));
+        assert_eq!(b.shown, "mqtt://user:***@broker.example:1884/");
+        let b = parse_url("tcp://[::1]").unwrap();
+        assert_eq!((b.host.as_str(), b.port), ("::1", 1883));
+        assert_eq!(redacted("mqtt://127.0.0.1:1883"), "mqtt://127.0.0.1:1883");
+        let err = parse_url("mqtts://u:pw@h").unwrap_err().to_string();
+        assert!(err.contains("mqtt") && !err.contains("pw"), "{err}");
+        assert!(parse_url("mqtt://h:notaport").is_err());
+        assert!(parse_url("redis://h").is_err());
+    }
+
+    #[test]
+    fn config_parses_with_defaults_and_rejects_unknown_keys() {
+        let c: MqttConfig = toml::from_str(
+            "url = \"mqtt://10.0.0.1\"\nconsumer_group = \"billing\"\nsession_expiry = \"1h\"\nresume_delay = \"250ms\"",
+        )
+        .unwrap();
+        assert_eq!(c.session_expiry, Duration::from_secs(3600));
+        assert_eq!(c.resume_delay, Duration::from_millis(250));
+        assert_eq!(c.receive_maximum, u16::MAX);
+        assert_eq!(c.client_id, "wasmill");
+        assert!(toml::from_str::<MqttConfig>("qos = 2").is_err());
+    }
+
+    #[test]
+    fn envelope_round_trips_and_ids_are_stable() {
+        let msg = Message::with_uuid("u-1", "body").with_metadata("k", "v");
+        let p = Publish::new(
+            "t",
+            QoS::AtLeastOnce,
+            msg.payload.clone(),
+            Some(envelope(&msg)),
+        );
+        let back = open_envelope(&p);
+        assert_eq!(back.uuid, "u-1");
+        assert_eq!(back.metadata, msg.metadata);
+        assert_eq!(back.payload, msg.payload);
+        let foreign = open_envelope(&Publish::new("t", QoS::AtLeastOnce, "x", None));
+        assert!(!foreign.uuid.is_empty());
+        assert_eq!(fingerprint("orders"), fingerprint("orders"));
+        assert_ne!(fingerprint("orders"), fingerprint("orders2"));
+        assert!(check_topic("a/b.c").is_ok());
+        assert!(check_topic("a/+").is_err() && check_topic("$SYS/x").is_err());
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_a_clear_error() {
+        let err = MqttPubSub::connect(MqttConfig {
+            url: "mqtt://user:secret@127.0.0.1:1".into(),
+            connect_timeout: Duration::from_secs(1),
+            ..MqttConfig::default()
+        })
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("mqtt") && err.contains("127.0.0.1:1"), "{err}");
+        assert!(!err.contains("secret"), "password leaked: {err}");
+    }
+
+    #[tokio::test]
+    async fn tail_sees_messages_and_closes_alone() {
+        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
+        let h = MqttHarness::new();
+        let ps = MqttPubSub::connect(h.config(&h.group)).await.unwrap();
+        let topic = crate::pubsub::conformance::unique_topic("tail");
+        let tail = ps.tail_subscriber();
+        let mut sub = tail.subscribe(&topic).await.unwrap();
+        ps.publish(&topic, vec![Message::new("hello")])
+            .await
+            .unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&m.payload[..], b"hello");
+        m.ack();
+        Subscriber::close(&tail).await.unwrap();
+        assert!(sub.recv().await.is_none());
+        ps.publish(&topic, vec![Message::new("still open")])
+            .await
+            .unwrap();
+        Publisher::close(&ps).await.unwrap();
+    }
+
+    /// Far more than Mosquitto's 20 in flight + 1000 queued pile up behind an unacked
+    /// message: the session buffers them (Receive Maximum), the broker drops none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_consumer_loses_nothing() {
+        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
+        let h = MqttHarness::new();
+        let ps = MqttPubSub::connect(h.config(&h.group)).await.unwrap();
+        let topic = crate::pubsub::conformance::unique_topic("stalled");
+        ps.subscribe_initialize(&topic).await.unwrap();
+        let mut sub = ps.subscribe(&topic).await.unwrap();
+        let msgs: Vec<Message> = (0..5000).map(|i| Message::new(format!("m{i}"))).collect();
+        ps.publish(&topic, msgs[..1].iter().map(Message::copy).collect())
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        // Everything else is published while the first message stays unacked.
+        ps.publish(&topic, msgs[1..].iter().map(Message::copy).collect())
+            .await
+            .unwrap();
+        first.ack();
+        let rest = crate::pubsub::conformance::bulk_read(
+            &mut sub,
+            msgs.len() - 1,
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(rest.len(), msgs.len() - 1, "messages were dropped");
+        drop(sub);
+        Publisher::close(&ps).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn shared_subscription_splits_a_group_between_client_ids() {
+        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
+        let h = MqttHarness::new();
+        let topic = crate::pubsub::conformance::unique_topic("shared");
+        let mut members = Vec::new();
+        let mut subs = Vec::new();
+        for prefix in ["host-a", "host-b"] {
+            let ps = MqttPubSub::connect(MqttConfig {
+                client_id: prefix.into(),
+                shared_subscription: true,
+                ..h.config(&h.group)
+            })
+            .await
+            .unwrap();
+            ps.subscribe_initialize(&topic).await.unwrap();
+            subs.push(ps.subscribe(&topic).await.unwrap());
+            members.push(ps);
+        }
+        let msgs: Vec<Message> = (0..20).map(|i| Message::new(format!("m{i}"))).collect();
+        members[0]
+            .publish(&topic, msgs.iter().map(Message::copy).collect())
+            .await
+            .unwrap();
+        let mut seen = std::collections::HashSet::new();
+        let mut per_member = [0; 2];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen.len() < msgs.len() {
+            let (a, b) = subs.split_at_mut(1);
+            let (member, m) = tokio::select! {
+                m = a[0].recv() => (0, m),
+                m = b[0].recv() => (1, m),
+                _ = tokio::time::sleep_until(deadline) => (0, None),
+            };
+            let m = m.expect("a message");
+            m.ack();
+            per_member[member] += 1;
+            seen.insert(m.uuid.clone());
+        }
+        assert!(
+            per_member.iter().all(|&n| n > 0),
+            "not shared: {per_member:?}"
+        );
+        assert!(msgs.iter().all(|m| seen.contains(&m.uuid)));
+        drop(subs);
+        for ps in members {
+            Publisher::close(&ps).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn raw_bench_reports_positive_figures() {
+        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
+        let f = raw_bench(&url(), 500, 100).await.unwrap();
+        assert!(f.publish_per_sec > 0.0 && f.consume_per_sec > 0.0);
+    }
+}
