@@ -31,6 +31,14 @@ pub struct BenchOptions {
     pub handler_label: String,
     /// A label for the backend.
     pub pubsub_label: String,
+    /// Consume only: the handler's output is dropped instead of published, so the run
+    /// measures the consume path (receive, handle, ack) alone, the same work as the raw
+    /// client's consume-and-ack loop.
+    pub consume_only: bool,
+    /// Publish every message before the router starts, then time the router draining the
+    /// backlog: the publish and consume loops each run alone, as the raw client's do (a
+    /// durable backend keeps the backlog; the in-memory one drops what nobody subscribed to).
+    pub backlog: bool,
 }
 
 impl Default for BenchOptions {
@@ -42,6 +50,8 @@ impl Default for BenchOptions {
             concurrency: 1,
             handler_label: "native".into(),
             pubsub_label: "memory".into(),
+            consume_only: false,
+            backlog: false,
         }
     }
 }
@@ -59,10 +69,13 @@ pub struct BenchReport {
     pub payload_size: usize,
     /// Handler concurrency.
     pub concurrency: usize,
+    /// `relay` (the handler's output is published to an output topic and read back) or
+    /// `consume-only` (the output is dropped).
+    pub mode: &'static str,
     /// Messages published per second (publish loop alone).
     pub publish_per_sec: f64,
-    /// Messages handled and delivered to the output topic per second, first publish to last
-    /// output.
+    /// Messages handled per second, first publish to the last output read back (relay) or
+    /// the last message handled and acked (consume-only).
     pub end_to_end_per_sec: f64,
     /// Median publish-to-output latency in microseconds.
     pub latency_p50_us: f64,
@@ -85,7 +98,9 @@ pub struct RawComparison {
     pub consume_per_sec: f64,
     /// Wasmill publish / raw publish.
     pub publish_ratio: f64,
-    /// Wasmill end-to-end (consume, handle, publish, ack) / raw consume.
+    /// Wasmill end-to-end / raw consume. Like for like in consume-only mode (consume, handle,
+    /// ack against consume, ack); in relay mode Wasmill also publishes every output and reads
+    /// it back, twice the broker work of the raw loop.
     pub end_to_end_ratio: f64,
 }
 
@@ -105,8 +120,13 @@ impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "wasmill bench: {} messages x {} B, handler {}, pub/sub {}, concurrency {}",
-            self.messages, self.payload_size, self.handler, self.pubsub, self.concurrency
+            "wasmill bench: {} messages x {} B, handler {}, pub/sub {}, concurrency {}, {}",
+            self.messages,
+            self.payload_size,
+            self.handler,
+            self.pubsub,
+            self.concurrency,
+            self.mode
         )?;
         writeln!(f, "  publish      {:>12.0} msgs/s", self.publish_per_sec)?;
         writeln!(f, "  end-to-end   {:>12.0} msgs/s", self.end_to_end_per_sec)?;
@@ -150,6 +170,12 @@ const SENT_AT: &str = "bench_sent_ns";
 /// Messages the bench's output reader may hold unacked.
 const READER_IN_FLIGHT: usize = 256;
 
+/// The bench's publish loop: finished before the router started, or running beside it.
+enum Publishing {
+    Done(Duration),
+    Running(tokio::task::JoinHandle<Result<Duration>>),
+}
+
 /// Runs the benchmark with `handler` between `publisher`/`subscriber` topics.
 pub async fn run(
     publisher: DynPublisher,
@@ -160,37 +186,60 @@ pub async fn run(
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let input = format!("bench_in_{run_id}");
     let output = format!("bench_out_{run_id}");
-    subscriber.subscribe_initialize(&input).await?;
-    subscriber.subscribe_initialize(&output).await?;
-    // The bench's reader acks at once and only counts: it takes as many in flight as the
-    // backend allows, like the raw client's consume loop, so it is not what limits the run.
-    let mut out_sub = subscriber
-        .subscribe_with(
-            &output,
-            crate::pubsub::SubscribeOptions {
-                max_in_flight: READER_IN_FLIGHT,
-            },
-        )
-        .await?;
-
-    let router = Router::new(RouterConfig::default());
-    let h = router.add(
-        HandlerSpec::new("bench", input.clone(), subscriber.clone(), handler)
-            .publish_to(output.clone(), publisher.clone())
-            .concurrency(options.concurrency),
-    )?;
-    let r = router.clone();
-    let running = tokio::spawn(async move { r.run().await });
-    router.running().await;
-    h.started().await;
-
     let epoch = Instant::now();
+    // Every handled message reports its publish-to-done latency here.
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let sent_at = |m: &Message| m.metadata.get(SENT_AT).parse::<u128>().unwrap_or(0);
+    let since = move |sent: u128| epoch.elapsed().as_nanos().saturating_sub(sent) as u64;
+    subscriber.subscribe_initialize(&input).await?;
+    let (spec, reader) = if options.consume_only {
+        let tx = done_tx.clone();
+        let counted = handler_fn(move |msg: Message| {
+            let handler = handler.clone();
+            let tx = tx.clone();
+            let sent = sent_at(&msg);
+            async move {
+                handler.handle(msg).await?;
+                let _ = tx.send(since(sent));
+                Ok(Vec::new())
+            }
+        });
+        let spec = HandlerSpec::new("bench", input.clone(), subscriber.clone(), counted);
+        (spec, None)
+    } else {
+        subscriber.subscribe_initialize(&output).await?;
+        // The bench's reader acks at once and only counts: it takes as many in flight as the
+        // backend allows, like the raw client's consume loop, so it is not what limits the run.
+        let mut out_sub = subscriber
+            .subscribe_with(
+                &output,
+                crate::pubsub::SubscribeOptions {
+                    max_in_flight: READER_IN_FLIGHT,
+                },
+            )
+            .await?;
+        let tx = done_tx.clone();
+        let reader = tokio::spawn(async move {
+            while let Some(m) = out_sub.recv().await {
+                m.ack();
+                if tx.send(since(sent_at(&m))).is_err() {
+                    break;
+                }
+            }
+        });
+        let spec = HandlerSpec::new("bench", input.clone(), subscriber.clone(), handler)
+            .publish_to(output.clone(), publisher.clone());
+        (spec, Some(reader))
+    };
+    drop(done_tx);
+
     let payload = bytes::Bytes::from(vec![b'x'; options.payload_size]);
     let total = options.messages;
     let batch = options.batch.max(1);
-    let pub_task = {
+    let publish_all = || {
         let publisher = publisher.clone();
         let input = input.clone();
+        let payload = payload.clone();
         tokio::spawn(async move {
             let start = Instant::now();
             let mut sent = 0;
@@ -206,12 +255,34 @@ pub async fn run(
             Ok::<Duration, Error>(start.elapsed())
         })
     };
+    let joined = |r: std::result::Result<Result<Duration>, tokio::task::JoinError>| {
+        r.map_err(|e| Error::Other(format!("bench publisher: {e}")))?
+    };
+    // With a backlog, the publish loop runs alone first, as the raw client's does.
+    let published_first = if options.backlog {
+        Some(joined(publish_all().await)?)
+    } else {
+        None
+    };
+
+    let router = Router::new(RouterConfig::default());
+    let h = router.add(spec.concurrency(options.concurrency))?;
+    let r = router.clone();
+    let running = tokio::spawn(async move { r.run().await });
+    router.running().await;
+    h.started().await;
+
+    let start = Instant::now();
+    let publishing = match published_first {
+        Some(took) => Publishing::Done(took),
+        None => Publishing::Running(publish_all()),
+    };
 
     let mut latencies = Vec::with_capacity(total);
     let idle_limit = Duration::from_secs(30);
     while latencies.len() < total {
-        let m = match tokio::time::timeout(idle_limit, out_sub.recv()).await {
-            Ok(Some(m)) => m,
+        match tokio::time::timeout(idle_limit, done.recv()).await {
+            Ok(Some(took)) => latencies.push(took),
             Ok(None) => return Err(Error::Other("bench: output subscription ended".into())),
             Err(_) => {
                 return Err(Error::Other(format!(
@@ -220,20 +291,16 @@ pub async fn run(
                     h.stats().last_error().unwrap_or_default()
                 )));
             }
-        };
-        m.ack();
-        if let Ok(sent) = m.metadata.get(SENT_AT).parse::<u128>() {
-            let now = epoch.elapsed().as_nanos();
-            latencies.push(now.saturating_sub(sent) as u64);
-        } else {
-            latencies.push(0);
         }
     }
-    let elapsed = epoch.elapsed();
-    let publish_time = pub_task
-        .await
-        .map_err(|e| Error::Other(format!("bench publisher: {e}")))??;
-    drop(out_sub);
+    let elapsed = start.elapsed();
+    let publish_time = match publishing {
+        Publishing::Done(took) => took,
+        Publishing::Running(task) => joined(task.await)?,
+    };
+    if let Some(reader) = reader {
+        reader.abort();
+    }
     router.close().await?;
     let _ = running.await;
 
@@ -248,6 +315,11 @@ pub async fn run(
         messages: total,
         payload_size: options.payload_size,
         concurrency: options.concurrency,
+        mode: if options.consume_only {
+            "consume-only"
+        } else {
+            "relay"
+        },
         publish_per_sec: total as f64 / publish_time.as_secs_f64(),
         end_to_end_per_sec: total as f64 / elapsed.as_secs_f64(),
         latency_p50_us: pct(0.50),
@@ -293,5 +365,28 @@ mod tests {
         assert!(report.latency_p99_us >= report.latency_p50_us);
         assert!(report.peak_rss_mib.unwrap_or(1.0) > 0.0);
         assert!(report.to_string().contains("msgs/s"));
+        assert_eq!(report.mode, "relay");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn consume_only_runs_the_handler_on_every_message_and_publishes_nothing() {
+        let ps = MemoryPubSub::default();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = calls.clone();
+        let handler = handler_fn(move |msg: Message| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { Ok(vec![msg]) }
+        });
+        let opts = BenchOptions {
+            messages: 1_000,
+            consume_only: true,
+            ..BenchOptions::default()
+        };
+        let report = run(Arc::new(ps.clone()), Arc::new(ps), handler, &opts)
+            .await
+            .unwrap();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1_000);
+        assert_eq!(report.mode, "consume-only");
+        assert!(report.to_string().contains("consume-only"));
     }
 }

@@ -352,6 +352,10 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Drop the handler's output instead of publishing it: measures the consume path
+    /// (receive, handle, ack), the same work as the raw client's consume-and-ack loop.
+    #[arg(long)]
+    consume_only: bool,
     /// Skip the run of the broker's own client (by default a network or SQL backend's figures
     /// are compared with its raw client on the same server, as a ratio).
     #[arg(long)]
@@ -393,7 +397,13 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
         payload_size: size,
         concurrency: a.concurrency,
         handler_label: a.handler.clone(),
-        pubsub_label: kind,
+        pubsub_label: kind.clone(),
+        consume_only: a.consume_only,
+        // Against a durable broker with its raw client beside, publish first and then drain
+        // the backlog, the raw client's order, so each loop runs alone in both. Not on memory
+        // (it keeps nothing for absent subscribers) nor MQTT (brokers cap what they queue
+        // for an offline session: Mosquitto's max_queued_messages is 1000).
+        backlog: !a.no_raw && !matches!(kind.as_str(), "memory" | "mqtt"),
         ..BenchOptions::default()
     };
     let mut report = run(
