@@ -9,10 +9,12 @@
 //!   returns once the broker confirmed every message (a nack is an error). The uuid travels in
 //!   the `_watermill_message_uuid` header (Watermill's name) and in `message_id` when it fits,
 //!   metadata in headers of their own names, the payload as the body.
-//! - Consume: `basic.qos(prefetch = max_in_flight)`; ack = `basic.ack`; nack = `basic.nack`
-//!   with requeue, after `nack_requeue_delay` (or the message's own redelivery delay) so that a
-//!   poisoned message does not spin a core. RabbitMQ puts a requeued message back in its place,
-//!   so one subscriber with one message in flight reads in publish order.
+//! - Consume: `basic.qos(prefetch)` (default 128, at least `max_in_flight`), messages handed
+//!   over `max_in_flight` at a time; ack = `basic.ack`. A nacked message is delivered again by
+//!   the subscription itself after `nack_requeue_delay` (or the message's own redelivery
+//!   delay, so that a poisoned message does not spin a core): requeued, it would come back
+//!   behind the messages the channel already holds, so one in flight keeps publish order.
+//!   When the subscription ends, the broker requeues whatever it held unacked.
 //! - Reconnect: the publisher and the subscriptions each use a connection that is reopened
 //!   when found dead. While the broker is away `publish` fails (the caller retries; the next
 //!   call reconnects). A dead channel's unacked messages are requeued by the broker and each
@@ -30,7 +32,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
@@ -54,6 +56,9 @@ use crate::message::{AckState, Message, Metadata};
 const NAME: &str = "amqp";
 /// The header carrying the message uuid (the name Watermill's AMQP marshaler uses).
 const UUID_HEADER: &str = "_watermill_message_uuid";
+
+/// Default prefetch: messages the broker pushes ahead of the acks.
+const READ_AHEAD: usize = 128;
 
 /// The exchange type of the topics' exchanges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -91,15 +96,17 @@ pub struct AmqpConfig {
     pub exchange_type: ExchangeType,
     /// Durable exchanges and queues and persistent messages (they survive a broker restart).
     pub durable: bool,
-    /// Prefetch count of a subscription's channel. Unset: the subscription's `max_in_flight`
-    /// (keeps order with one in flight). A larger value lets the broker push ahead, but a
-    /// nacked message may then come back after later ones.
+    /// Prefetch count of a subscription's channel: how many messages the broker pushes
+    /// ahead of the acks. Unset: 128, or the subscription's `max_in_flight` if larger. The
+    /// subscription still hands them over `max_in_flight` at a time, and a nacked message is
+    /// delivered again by the subscription itself, so one in flight keeps publish order.
+    /// Lower it to spread a group's messages more finely across its subscribers.
     pub prefetch: Option<u16>,
     /// Delete a group's queue after it has had no consumer for this long (RabbitMQ's
     /// `x-expires`); its messages go with it. Unset: queues live until deleted.
     #[serde(deserialize_with = "optional_duration")]
     pub queue_expires: Option<Duration>,
-    /// Wait before requeueing a nacked message, unless the message asks for its own delay.
+    /// Wait before delivering a nacked message again, unless the message asks for its own delay.
     #[serde(with = "crate::config::duration")]
     pub nack_requeue_delay: Duration,
     /// Bound on opening a connection.
@@ -433,7 +440,7 @@ impl AmqpPubSub {
         let prefetch = self
             .config
             .prefetch
-            .unwrap_or_else(|| u16::try_from(max_in_flight).unwrap_or(u16::MAX))
+            .unwrap_or_else(|| u16::try_from(max_in_flight.max(READ_AHEAD)).unwrap_or(u16::MAX))
             .max(1);
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
@@ -646,26 +653,29 @@ fn to_message(properties: &BasicProperties, data: Vec<u8>) -> Message {
 /// Acks or nacks (requeue) one delivery once the consumer has settled it. If the subscription
 /// ended first, nothing is sent: closing the channel requeues the message.
 async fn settle(acker: Acker, msg: Message, sender: SubscriptionSender, nack_delay: Duration) {
-    let sent = match wait_settled(&msg, &sender).await {
-        AckState::Acked => acker.ack(BasicAckOptions::default()).await,
-        _ => {
-            if sender.is_closed() {
-                return;
-            }
-            let delay = msg.redelivery_delay().unwrap_or(nack_delay);
-            if !delay.is_zero() {
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = sender.closed() => return,
-                }
-            }
-            acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
+    let mut msg = msg;
+    let sent = loop {
+        if let AckState::Acked = wait_settled(&msg, &sender).await {
+            break acker.ack(BasicAckOptions::default()).await;
         }
+        if sender.is_closed() {
+            // The channel closes with the subscription; the broker requeues the message.
+            return;
+        }
+        let delay = msg.redelivery_delay().unwrap_or(nack_delay);
+        if !delay.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = sender.closed() => return,
+            }
+        }
+        // Delivered again from here rather than requeued: the broker would put it back
+        // behind the messages this channel already holds (read-ahead), out of order.
+        let again = msg.copy();
+        if sender.send(again.clone()).await.is_err() {
+            return;
+        }
+        msg = again;
     };
     match sent {
         Ok(true) => {}
@@ -755,6 +765,7 @@ impl AmqpPubSub {
         consumer: &mut Consumer,
         sender: &SubscriptionSender,
     ) -> bool {
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
         loop {
             let next = tokio::select! {
                 biased;
@@ -779,6 +790,11 @@ impl AmqpPubSub {
                 ..
             } = delivery;
             let msg = to_message(&properties, data);
+            // The broker pushes up to `prefetch` ahead; at most `max_in_flight` of them are
+            // handed over and unsettled at once.
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return true;
+            };
             if sender.send(msg.clone()).await.is_err() {
                 return true;
             }
@@ -786,7 +802,10 @@ impl AmqpPubSub {
             if max_in_flight <= 1 {
                 settled.await;
             } else {
-                tokio::spawn(settled);
+                tokio::spawn(async move {
+                    settled.await;
+                    drop(permit);
+                });
             }
         }
     }
@@ -1065,6 +1084,43 @@ mod tests {
             Box::pin(async {
                 let f = raw_bench(&url(), 300, 100).await.unwrap();
                 assert!(f.publish_per_sec > 0.0 && f.consume_per_sec > 0.0);
+                Outcome::Passed
+            })
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_read_ahead_a_nacked_message_comes_back_before_later_ones() {
+        conformance::run(&AmqpHarness::new(), "read_ahead_order", |h| {
+            Box::pin(async move {
+                let ps = AmqpPubSub::connect(h.config(&h.group)).await.unwrap();
+                let topic = conformance::unique_topic("read_ahead");
+                ps.subscribe_initialize(&topic).await.unwrap();
+                let msgs: Vec<Message> = (0..6).map(|i| Message::new(format!("r{i}"))).collect();
+                ps.publish(&topic, msgs.iter().map(Message::copy).collect())
+                    .await
+                    .unwrap();
+                // Default prefetch: the broker pushes all six ahead of the acks.
+                let mut sub = ps.subscribe(&topic).await.unwrap();
+                let recv = async |sub: &mut Subscription| {
+                    tokio::time::timeout(Duration::from_secs(10), sub.recv())
+                        .await
+                        .expect("a message")
+                        .expect("stream ended")
+                };
+                for (i, expected) in msgs.iter().enumerate() {
+                    if i % 2 == 0 {
+                        let first = recv(&mut sub).await;
+                        assert_eq!(first.uuid, expected.uuid);
+                        first.nack();
+                    }
+                    let m = recv(&mut sub).await;
+                    assert_eq!(m.uuid, expected.uuid, "message {i} out of order");
+                    m.ack();
+                }
+                drop(sub);
+                Publisher::close(&ps).await.unwrap();
                 Outcome::Passed
             })
         })

@@ -78,7 +78,8 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@stamp $harness;
             publish_subscribe, concurrent_subscribe, concurrent_subscribe_multiple_topics,
             resend_on_error, no_ack, continue_after_subscribe_close, concurrent_close,
-            continue_after_errors, publish_subscribe_in_order, publisher_close, topic,
+            continue_after_errors, publish_subscribe_in_order, nack_keeps_order, publisher_close,
+            topic,
             message_ctx, subscribe_ctx, new_subscriber_receives_old_messages, consumer_groups,
             reconnect);
     };
@@ -566,6 +567,40 @@ pub async fn publish_subscribe_in_order<H: Harness>(h: &H) -> Outcome {
     let got_ids: Vec<&str> = got.iter().map(|m| m.uuid.as_str()).collect();
     let want_ids: Vec<&str> = msgs.iter().map(|m| m.uuid.as_str()).collect();
     assert_eq!(got_ids, want_ids, "messages out of order");
+    drop(sub);
+    close_both(&publisher, &subscriber).await;
+    Outcome::Passed
+}
+
+/// With one message in flight, a nacked message comes back before any later one, however
+/// far the backend reads ahead.
+pub async fn nack_keeps_order<H: Harness>(h: &H) -> Outcome {
+    let f = h.features();
+    if !(f.guaranteed_order || f.guaranteed_order_with_single_subscriber) {
+        return Outcome::Skipped("no guaranteed order");
+    }
+    let (publisher, subscriber) = pubsub(h).await;
+    let topic = unique_topic("nack_order");
+    let msgs = messages(20, "nack_order");
+    let mut sub = subscribe_and_publish(&publisher, &subscriber, &topic, &msgs, f.persistent).await;
+    for (i, expected) in msgs.iter().enumerate() {
+        let nacks = if i % 3 == 0 { 2 } else { 0 };
+        for attempt in 0..=nacks {
+            let m = tokio::time::timeout(TIMEOUT, sub.recv())
+                .await
+                .unwrap_or_else(|_| panic!("timeout waiting for message {i}"))
+                .expect("stream ended");
+            assert_eq!(
+                m.uuid, expected.uuid,
+                "message {i} (attempt {attempt}) out of order"
+            );
+            if attempt < nacks {
+                m.nack();
+            } else {
+                m.ack();
+            }
+        }
+    }
     drop(sub);
     close_both(&publisher, &subscriber).await;
     Outcome::Passed

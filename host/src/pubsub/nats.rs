@@ -6,12 +6,16 @@
 //! - Publish waits for JetStream's ack (a publisher confirm). The uuid travels in the
 //!   `Wasmill-Uuid` header and metadata in headers of their own names.
 //! - Consumer group: a durable consumer named after the group (default `wasmill`),
-//!   `DeliverPolicy::All` so a new group reads earlier messages, `max_ack_pending` = the
-//!   subscription's `max_in_flight` (1 keeps order).
-//! - Ack = `Ack`; nack = `Nak(delay)` with the message's redelivery delay.
-//! - Delivery: bounded pull batches (`max_in_flight` messages, 1 s expiry), each read to its end,
-//!   so a subscription that ends leaves no pull request behind and gives back at once what
-//!   it still receives.
+//!   `DeliverPolicy::All` so a new group reads earlier messages, `max_ack_pending` = 128 (or
+//!   the largest `max_in_flight` of its subscriptions): the server pushes that many ahead of
+//!   the acks, shared by the group's subscriptions.
+//! - Delivery: bounded pull batches (1 s expiry), each read to its end, so a subscription
+//!   that ends leaves no pull request behind and gives back (`Nak`) at once what it still
+//!   receives. Messages are handed over `max_in_flight` at a time from memory.
+//! - Ack = `Ack`. A nacked message is delivered again by the subscription itself after its
+//!   redelivery delay (with an `InProgress` to the server, which restarts its `ack_wait`), so
+//!   one in flight keeps the stream's order; one held so long that its `ack_wait` could run
+//!   out (half of it) is given back with `Nak` instead.
 //! - Reconnect: the client reconnects by itself; the pull loop re-creates its pull requests
 //!   (and the consumer) after an error, with backoff, logging the URL.
 
@@ -170,7 +174,7 @@ impl NatsPubSub {
             durable_name: Some(group.clone()),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: self.config.ack_wait,
-            max_ack_pending: max_in_flight.max(1) as i64,
+            max_ack_pending: max_in_flight.max(READ_AHEAD) as i64,
             deliver_policy: if self.only_new {
                 jetstream::consumer::DeliverPolicy::New
             } else {
@@ -320,11 +324,11 @@ fn to_message(m: &jetstream::Message) -> Message {
 /// that message, and with one in flight the whole consumer, until `ack_wait` ran out).
 const PULL_EXPIRY: Duration = Duration::from_secs(1);
 
-/// How many messages one pull request asks for. The consumer's `max_ack_pending` (the
-/// subscription's `max_in_flight`) still bounds how many are unacked at once: with one in
-/// flight the server sends the next message as soon as the previous ack arrives, within the
-/// same pull, instead of waiting for a pull request per message.
-const PULL_BATCH: usize = 128;
+/// How many messages the server pushes ahead of the acks (the consumer's `max_ack_pending`,
+/// unless a subscription asks for more in flight) and one pull request asks for. A
+/// subscription hands them over `max_in_flight` at a time, from memory, with no round trip
+/// each, and delivers a nacked one again itself, so one in flight keeps the stream's order.
+const READ_AHEAD: usize = 128;
 
 /// How long a flush of the connection may take (the server may be away).
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -338,10 +342,14 @@ impl NatsPubSub {
         sender: SubscriptionSender,
     ) {
         let mut backoff = Duration::from_millis(100);
+        // The server pushes up to `READ_AHEAD` ahead; at most `max_in_flight` are handed over
+        // and unsettled at once.
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
         while !sender.is_closed() {
+            let requested = std::time::Instant::now();
             let batch = consumer
                 .batch()
-                .max_messages(PULL_BATCH.max(max_in_flight))
+                .max_messages(READ_AHEAD.max(max_in_flight))
                 .expires(PULL_EXPIRY)
                 .messages()
                 .await;
@@ -373,30 +381,31 @@ impl NatsPubSub {
                     }
                 };
                 backoff = Duration::from_millis(100);
+                // Messages pushed ahead wait here. Once the batch is half of `ack_wait` old,
+                // the rest go back rather than risk the server redelivering one of them
+                // while it is still handled here.
+                if requested.elapsed() > self.config.ack_wait / 2 {
+                    give_back(&js_msg, None).await;
+                    continue;
+                }
+                let permit = if max_in_flight > 1 {
+                    tokio::select! {
+                        p = in_flight.clone().acquire_owned() => p.ok(),
+                        _ = sender.closed() => None,
+                    }
+                } else {
+                    None
+                };
                 let msg = to_message(&js_msg);
-                if sender.send(msg.clone()).await.is_err() {
+                if sender.is_closed() || sender.send(msg.clone()).await.is_err() {
                     give_back(&js_msg, None).await;
                     flush(&js_msg).await;
                     continue;
                 }
                 let sender = sender.clone();
                 let settle = async move {
-                    match wait_settled(&msg, &sender).await {
-                        AckState::Acked => {
-                            if let Err(e) = js_msg.ack_with(AckKind::Ack).await {
-                                tracing::warn!(
-                                    "nats: ack failed (the message will be redelivered): {e}"
-                                );
-                            }
-                        }
-                        _ => give_back(&js_msg, msg.redelivery_delay()).await,
-                    }
-                    if sender.is_closed() {
-                        // The subscription ended: its last acks must reach the server before
-                        // the connection may go with it, or the consumer stays blocked on
-                        // them until `ack_wait`.
-                        flush(&js_msg).await;
-                    }
+                    settle(js_msg, msg, &sender).await;
+                    drop(permit);
                 };
                 if max_in_flight <= 1 {
                     settle.await;
@@ -405,6 +414,44 @@ impl NatsPubSub {
                 }
             }
         }
+    }
+}
+
+/// Waits until `msg` (delivered as `js_msg`) is settled and tells the server. A nacked message
+/// is delivered again from here, after its redelivery delay (the server is told it is still
+/// in progress, so its `ack_wait` starts over): given back, it would come after the messages
+/// already pushed ahead.
+async fn settle(js_msg: jetstream::Message, msg: Message, sender: &SubscriptionSender) {
+    let mut msg = msg;
+    loop {
+        if let AckState::Acked = wait_settled(&msg, sender).await {
+            if let Err(e) = js_msg.ack_with(AckKind::Ack).await {
+                tracing::warn!("nats: ack failed (the message will be redelivered): {e}");
+            }
+            break;
+        }
+        if sender.is_closed() {
+            give_back(&js_msg, None).await;
+            break;
+        }
+        let _ = js_msg.ack_with(AckKind::Progress).await;
+        if let Some(delay) = msg.redelivery_delay() {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = sender.closed() => {}
+            }
+        }
+        let again = msg.copy();
+        if sender.is_closed() || sender.send(again.clone()).await.is_err() {
+            give_back(&js_msg, None).await;
+            break;
+        }
+        msg = again;
+    }
+    if sender.is_closed() {
+        // The subscription ended: its last acks must reach the server before the connection
+        // may go with it, or the consumer stays blocked on them until `ack_wait`.
+        flush(&js_msg).await;
     }
 }
 
@@ -529,9 +576,10 @@ mod tests {
     #[async_trait]
     impl Harness for NatsHarness {
         fn features(&self) -> Features {
+            // Not promised: guaranteed_order across subscribers (the group's subscriptions share
+            // the messages the server pushes ahead).
             Features {
                 consumer_groups: true,
-                guaranteed_order: true,
                 guaranteed_order_with_single_subscriber: true,
                 persistent: true,
                 new_subscriber_receives_old_messages: true,
