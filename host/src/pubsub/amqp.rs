@@ -48,10 +48,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Publisher, RawBenchFigures, SubscribeOptions, Subscriber, Subscription, SubscriptionSender,
-    closed, wait_settled,
+    closed, settle_redelivering,
 };
 use crate::error::{Error, Result};
-use crate::message::{AckState, Message, Metadata};
+use crate::message::{Message, Metadata};
 
 const NAME: &str = "amqp";
 /// The header carrying the message uuid (the name Watermill's AMQP marshaler uses).
@@ -653,39 +653,23 @@ fn to_message(properties: &BasicProperties, data: Vec<u8>) -> Message {
 /// Acks or nacks (requeue) one delivery once the consumer has settled it. If the subscription
 /// ended first, nothing is sent: closing the channel requeues the message.
 async fn settle(acker: Acker, msg: Message, sender: SubscriptionSender, nack_delay: Duration) {
-    let mut msg = msg;
-    let sent = loop {
-        if let AckState::Acked = wait_settled(&msg, &sender).await {
-            break acker.ack(BasicAckOptions::default()).await;
-        }
-        if sender.is_closed() {
-            // The channel closes with the subscription; the broker requeues the message.
-            return;
-        }
-        let delay = msg.redelivery_delay().unwrap_or(nack_delay);
-        if !delay.is_zero() {
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = sender.closed() => return,
-            }
-        }
-        // Delivered again from here rather than requeued: the broker would put it back
-        // behind the messages this channel already holds (read-ahead), out of order.
-        let again = msg.copy();
-        if sender.send(again.clone()).await.is_err() {
-            return;
-        }
-        msg = again;
-    };
+    let uuid = msg.uuid.clone();
+    // A nack is delivered again from here rather than requeued: the broker would put it back
+    // behind the messages this channel already holds (read-ahead), out of order.
+    if !settle_redelivering(msg, &sender, nack_delay, || async {}).await {
+        // The channel closes with the subscription; the broker requeues the message.
+        return;
+    }
+    let sent = acker.ack(BasicAckOptions::default()).await;
     match sent {
         Ok(true) => {}
         Ok(false) => tracing::debug!(
-            uuid = %msg.uuid,
+            uuid = %uuid,
             "amqp: channel gone before the ack/nack; the broker redelivers the message"
         ),
         Err(e) => tracing::warn!(
-            uuid = %msg.uuid,
-            "amqp: ack/nack failed (the broker redelivers the message): {e}"
+            uuid = %uuid,
+            "amqp: ack failed (the broker redelivers the message): {e}"
         ),
     }
 }

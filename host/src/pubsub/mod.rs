@@ -269,6 +269,46 @@ pub async fn wait_settled(msg: &Message, sender: &SubscriptionSender) -> crate::
     }
 }
 
+/// Waits until `sent` (already handed to the subscription) is acked. A nack is answered by the
+/// backend itself: after the message's redelivery delay (or `default_delay`) a fresh copy is
+/// sent again, so that messages the backend read ahead cannot overtake it (a requeue on the
+/// broker would put it behind them). `on_nack` runs at each nack, before the wait (NATS tells
+/// the server the message is still in progress). Returns `true` once acked, `false` if the
+/// subscription ended first; the message is then not acked and the broker redelivers it.
+pub async fn settle_redelivering<F, Fut>(
+    sent: Message,
+    sender: &SubscriptionSender,
+    default_delay: std::time::Duration,
+    mut on_nack: F,
+) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future,
+{
+    let mut msg = sent;
+    loop {
+        if let crate::message::AckState::Acked = wait_settled(&msg, sender).await {
+            return true;
+        }
+        if sender.is_closed() {
+            return false;
+        }
+        on_nack().await;
+        let delay = msg.redelivery_delay().unwrap_or(default_delay);
+        if !delay.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = sender.closed() => return false,
+            }
+        }
+        let again = msg.copy();
+        if sender.send(again.clone()).await.is_err() {
+            return false;
+        }
+        msg = again;
+    }
+}
+
 /// Throughput of a broker's own client, measured without Wasmill in between, so that
 /// `wasmill bench` can quote Wasmill's figures as a ratio of the raw client's.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -282,4 +322,49 @@ pub struct RawBenchFigures {
 /// The error for an operation on a closed backend.
 pub fn closed(backend: &'static str) -> Error {
     Error::Closed(backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn settle_redelivering_sends_a_nacked_message_again_until_it_is_acked() {
+        let (mut sub, sender) = Subscription::channel(1, &CancellationToken::new());
+        let first = Message::new("m");
+        sender.send(first.clone()).await.unwrap();
+        let nacks = Arc::new(AtomicUsize::new(0));
+        let counted = nacks.clone();
+        let settled = tokio::spawn(async move {
+            settle_redelivering(first, &sender, Duration::from_millis(5), || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async {}
+            })
+            .await
+        });
+        for _ in 0..2 {
+            let m = sub.recv().await.unwrap();
+            assert_eq!(m.payload, "m");
+            m.nack();
+        }
+        let m = sub.recv().await.unwrap();
+        m.ack();
+        assert!(settled.await.unwrap(), "acked");
+        assert_eq!(nacks.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn settle_redelivering_gives_up_when_the_subscription_ends() {
+        let (mut sub, sender) = Subscription::channel(1, &CancellationToken::new());
+        let first = Message::new("m");
+        sender.send(first.clone()).await.unwrap();
+        let settled = tokio::spawn(async move {
+            settle_redelivering(first, &sender, Duration::ZERO, || async {}).await
+        });
+        let _held = sub.recv().await.unwrap();
+        drop(sub);
+        assert!(!settled.await.unwrap(), "not acked");
+    }
 }

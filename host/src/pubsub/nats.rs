@@ -31,10 +31,11 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionSender, closed, wait_settled,
+    Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionSender, closed,
+    settle_redelivering,
 };
 use crate::error::{Error, Result};
-use crate::message::{AckState, Message};
+use crate::message::Message;
 
 const NAME: &str = "nats";
 const UUID_HEADER: &str = "Wasmill-Uuid";
@@ -422,31 +423,13 @@ impl NatsPubSub {
 /// in progress, so its `ack_wait` starts over): given back, it would come after the messages
 /// already pushed ahead.
 async fn settle(js_msg: jetstream::Message, msg: Message, sender: &SubscriptionSender) {
-    let mut msg = msg;
-    loop {
-        if let AckState::Acked = wait_settled(&msg, sender).await {
-            if let Err(e) = js_msg.ack_with(AckKind::Ack).await {
-                tracing::warn!("nats: ack failed (the message will be redelivered): {e}");
-            }
-            break;
+    let progress = || js_msg.ack_with(AckKind::Progress);
+    if settle_redelivering(msg, sender, Duration::ZERO, progress).await {
+        if let Err(e) = js_msg.ack_with(AckKind::Ack).await {
+            tracing::warn!("nats: ack failed (the message will be redelivered): {e}");
         }
-        if sender.is_closed() {
-            give_back(&js_msg, None).await;
-            break;
-        }
-        let _ = js_msg.ack_with(AckKind::Progress).await;
-        if let Some(delay) = msg.redelivery_delay() {
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = sender.closed() => {}
-            }
-        }
-        let again = msg.copy();
-        if sender.is_closed() || sender.send(again.clone()).await.is_err() {
-            give_back(&js_msg, None).await;
-            break;
-        }
-        msg = again;
+    } else {
+        give_back(&js_msg, None).await;
     }
     if sender.is_closed() {
         // The subscription ended: its last acks must reach the server before the connection

@@ -29,10 +29,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::ack_batcher::AckBatcher;
 use super::{
-    Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionSender, closed, wait_settled,
+    Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionSender, closed,
+    settle_redelivering,
 };
 use crate::error::{Error, Result};
-use crate::message::{AckState, Message};
+use crate::message::Message;
 
 const NAME: &str = "redis";
 
@@ -512,30 +513,15 @@ impl RedisPubSub {
         if tokio::time::Instant::now() >= hand_back_at {
             return false;
         }
-        loop {
-            if sender.is_closed() {
-                return false;
-            }
-            let msg = entry.msg.copy();
-            if sender.send(msg.clone()).await.is_err() {
-                return false;
-            }
-            match wait_settled(&msg, sender).await {
-                AckState::Acked => {
-                    acks.push(entry.id.clone());
-                    return true;
-                }
-                _ if sender.is_closed() => return false,
-                _ => {
-                    if let Some(d) = msg.redelivery_delay() {
-                        tokio::select! {
-                            _ = tokio::time::sleep(d) => {}
-                            _ = sender.closed() => return false,
-                        }
-                    }
-                }
-            }
+        let msg = entry.msg.copy();
+        if sender.send(msg.clone()).await.is_err() {
+            return false;
         }
+        let acked = settle_redelivering(msg, sender, Duration::ZERO, || async {}).await;
+        if acked {
+            acks.push(entry.id.clone());
+        }
+        acked
     }
 }
 
