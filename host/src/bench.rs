@@ -7,6 +7,7 @@
 //! arrival (the send time travels in metadata). Publishing and consuming overlap, so the
 //! end-to-end rate is the router's sustained rate.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -46,7 +47,7 @@ impl Default for BenchOptions {
         BenchOptions {
             messages: 100_000,
             payload_size: 100,
-            batch: 100,
+            batch: crate::pubsub::RAW_PUBLISH_WINDOW,
             concurrency: 1,
             handler_label: "native".into(),
             pubsub_label: "memory".into(),
@@ -176,6 +177,41 @@ enum Publishing {
     Running(tokio::task::JoinHandle<Result<Duration>>),
 }
 
+/// The latencies of the messages handled so far. The bench's main task is woken once, when
+/// the last one is in, rather than once per message: the measuring costs the run little.
+struct Tally {
+    latencies: std::sync::Mutex<Vec<u64>>,
+    total: usize,
+    all_in: tokio::sync::Notify,
+}
+
+impl Tally {
+    fn new(total: usize) -> Self {
+        Tally {
+            latencies: std::sync::Mutex::new(Vec::with_capacity(total)),
+            total,
+            all_in: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Records one message's publish-to-done latency in nanoseconds.
+    fn record(&self, latency_ns: u64) {
+        let mut l = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
+        l.push(latency_ns);
+        if l.len() == self.total {
+            self.all_in.notify_one();
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.latencies.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    fn take(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.latencies.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// Runs the benchmark with `handler` between `publisher`/`subscriber` topics.
 pub async fn run(
     publisher: DynPublisher,
@@ -188,19 +224,19 @@ pub async fn run(
     let output = format!("bench_out_{run_id}");
     let epoch = Instant::now();
     // Every handled message reports its publish-to-done latency here.
-    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let tally = Arc::new(Tally::new(options.messages));
     let sent_at = |m: &Message| m.metadata.get(SENT_AT).parse::<u128>().unwrap_or(0);
     let since = move |sent: u128| epoch.elapsed().as_nanos().saturating_sub(sent) as u64;
     subscriber.subscribe_initialize(&input).await?;
     let (spec, reader) = if options.consume_only {
-        let tx = done_tx.clone();
+        let tally = tally.clone();
         let counted = handler_fn(move |msg: Message| {
             let handler = handler.clone();
-            let tx = tx.clone();
+            let tally = tally.clone();
             let sent = sent_at(&msg);
             async move {
                 handler.handle(msg).await?;
-                let _ = tx.send(since(sent));
+                tally.record(since(sent));
                 Ok(Vec::new())
             }
         });
@@ -218,20 +254,17 @@ pub async fn run(
                 },
             )
             .await?;
-        let tx = done_tx.clone();
+        let tally = tally.clone();
         let reader = tokio::spawn(async move {
             while let Some(m) = out_sub.recv().await {
                 m.ack();
-                if tx.send(since(sent_at(&m))).is_err() {
-                    break;
-                }
+                tally.record(since(sent_at(&m)));
             }
         });
         let spec = HandlerSpec::new("bench", input.clone(), subscriber.clone(), handler)
             .publish_to(output.clone(), publisher.clone());
         (spec, Some(reader))
     };
-    drop(done_tx);
 
     let payload = bytes::Bytes::from(vec![b'x'; options.payload_size]);
     let total = options.messages;
@@ -278,22 +311,31 @@ pub async fn run(
         None => Publishing::Running(publish_all()),
     };
 
-    let mut latencies = Vec::with_capacity(total);
     let idle_limit = Duration::from_secs(30);
-    while latencies.len() < total {
-        match tokio::time::timeout(idle_limit, done.recv()).await {
-            Ok(Some(took)) => latencies.push(took),
-            Ok(None) => return Err(Error::Other("bench: output subscription ended".into())),
-            Err(_) => {
-                return Err(Error::Other(format!(
-                    "bench: no output for {idle_limit:?} after {} of {total} messages (handler last error: {})",
-                    latencies.len(),
-                    h.stats().last_error().unwrap_or_default()
-                )));
-            }
+    let (mut seen, mut progressed) = (0, Instant::now());
+    loop {
+        let count = tally.count();
+        if count >= total {
+            break;
+        }
+        if count > seen {
+            (seen, progressed) = (count, Instant::now());
+        } else if progressed.elapsed() > idle_limit {
+            return Err(Error::Other(format!(
+                "bench: no output for {idle_limit:?} after {count} of {total} messages (handler last error: {})",
+                h.stats().last_error().unwrap_or_default()
+            )));
+        }
+        if reader.as_ref().is_some_and(|r| r.is_finished()) {
+            return Err(Error::Other("bench: output subscription ended".into()));
+        }
+        tokio::select! {
+            _ = tally.all_in.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
     let elapsed = start.elapsed();
+    let mut latencies = tally.take();
     let publish_time = match publishing {
         Publishing::Done(took) => took,
         Publishing::Running(task) => joined(task.await)?,
@@ -342,7 +384,6 @@ pub fn peak_rss_mib() -> Option<f64> {
 mod tests {
     use super::*;
     use crate::pubsub::memory::MemoryPubSub;
-    use std::sync::Arc;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bench_pushes_every_message_through() {

@@ -117,6 +117,9 @@ struct Delivery {
     redelivery_delay: std::sync::Mutex<Option<Duration>>,
     /// Ended when the message is acked or nacked (or by whoever owns the delivery).
     done: CancellationToken,
+    /// Told when the message is settled, if the subscription that delivered it asked
+    /// ([`Message::notify_settled`]).
+    settled_notify: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
 }
 
 impl Delivery {
@@ -125,6 +128,7 @@ impl Delivery {
             state: watch::Sender::new(AckState::Pending),
             redelivery_delay: std::sync::Mutex::new(None),
             done: CancellationToken::new(),
+            settled_notify: std::sync::OnceLock::new(),
         })
     }
 
@@ -142,6 +146,9 @@ impl Delivery {
         });
         if result {
             self.done.cancel();
+            if let Some(n) = self.settled_notify.get() {
+                n.notify_one();
+            }
         }
         result
     }
@@ -334,7 +341,14 @@ impl Message {
         self.delivery.redelivery_delay.lock().ok().and_then(|d| *d)
     }
 
-    /// Where the delivery stands.
+    /// Has `notify` told (`notify_one`) when this delivery is acked or nacked: a subscription
+    /// that holds many deliveries waits on one `Notify` instead of a future per message.
+    /// Only the first call per delivery counts.
+    pub fn notify_settled(&self, notify: &Arc<tokio::sync::Notify>) {
+        let _ = self.delivery.settled_notify.set(notify.clone());
+    }
+
+    /// Where this delivery stands.
     pub fn ack_state(&self) -> AckState {
         *self.delivery.state.borrow()
     }

@@ -796,7 +796,7 @@ impl AmqpPubSub {
 }
 
 /// The raw client's throughput: persistent messages to a durable fanout exchange with
-/// publisher confirms (awaited 256 at a time), then consume (prefetch 256) and ack each.
+/// publisher confirms (awaited [`super::RAW_PUBLISH_WINDOW`] at a time), then consume (prefetch 256) and ack each.
 pub async fn raw_bench(url: &str, messages: usize, payload_size: usize) -> Result<RawBenchFigures> {
     let uri = parse_uri(url)?;
     let conn = open_connection(&uri, url, Duration::from_secs(10)).await?;
@@ -847,7 +847,7 @@ pub async fn raw_bench(url: &str, messages: usize, payload_size: usize) -> Resul
     let payload = vec![b'x'; payload_size];
     let props = BasicProperties::default().with_delivery_mode(2);
     let start = std::time::Instant::now();
-    let mut confirms = Vec::with_capacity(256);
+    let mut confirms = Vec::with_capacity(super::RAW_PUBLISH_WINDOW);
     for i in 0..messages {
         confirms.push(
             channel
@@ -861,7 +861,7 @@ pub async fn raw_bench(url: &str, messages: usize, payload_size: usize) -> Resul
                 .await
                 .map_err(|e| lerr("publish", e))?,
         );
-        if confirms.len() == 256 || i + 1 == messages {
+        if confirms.len() == super::RAW_PUBLISH_WINDOW || i + 1 == messages {
             for c in confirms.drain(..) {
                 if let Confirmation::Nack(_) = c.await.map_err(|e| lerr("publish confirm", e))? {
                     return Err(Error::pubsub_msg(

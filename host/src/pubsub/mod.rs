@@ -41,6 +41,7 @@ pub mod mysql;
 pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod read_ahead;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod registry;
@@ -308,6 +309,10 @@ where
         msg = again;
     }
 }
+
+/// How many messages the raw clients' publish loops send before waiting for their confirms:
+/// the batch `wasmill bench` publishes per call, so both publish loops wait equally often.
+pub const RAW_PUBLISH_WINDOW: usize = 100;
 
 /// Throughput of a broker's own client, measured without Wasmill in between, so that
 /// `wasmill bench` can quote Wasmill's figures as a ratio of the raw client's.

@@ -15,8 +15,9 @@
 //! - Consume: a delivery transaction claims the group's offset row with
 //!   `SELECT … FOR UPDATE SKIP LOCKED` (another subscriber of the group holding it means
 //!   "busy, poll later"), reads up to `batch_size` rows after the offset and hands them over
-//!   one at a time; the offset advances past acked messages when the transaction commits.
-//!   A nack ends the batch (the message is read again, after the redelivery delay).
+//!   one at a time from the consumer's own task ([`super::read_ahead`]); once all are
+//!   settled the offset advances past the acked ones and the transaction commits. A nacked
+//!   message is delivered again, after the redelivery delay, before any later one.
 //!   One message of a group is in flight at a time, so order holds across subscribers.
 //! - Wake-ups: consumers poll every `poll_interval`; a publish through this process wakes the
 //!   topic's consumers in this process at once.
@@ -39,11 +40,10 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionSender, closed, wait_settled,
-};
+use super::read_ahead::{Fetched, Fetcher, ReadAhead, ReadAheadOptions};
+use super::{Publisher, SubscribeOptions, Subscriber, Subscription, closed};
 use crate::error::{Error, Result};
-use crate::message::{AckState, Message};
+use crate::message::Message;
 
 const NAME: &str = "mysql";
 /// Prefix of the per-topic tables.
@@ -129,16 +129,6 @@ pub struct MysqlPubSub {
     closed: CancellationToken,
     /// Whether closing this value closes the pool (false for tails, which borrow it).
     owns_pool: bool,
-}
-
-/// What one delivery attempt found.
-enum Step {
-    /// It delivered (or tried to deliver) messages; look again at once.
-    Delivered,
-    /// Nothing new for the group.
-    Empty,
-    /// Another subscriber of the group holds its offset row.
-    Busy,
 }
 
 fn db_err(what: impl std::fmt::Display, e: sqlx::Error) -> Error {
@@ -473,50 +463,62 @@ impl MysqlPubSub {
         }
         result
     }
+}
 
-    /// The delivery loop of one subscription; database errors (a restart) are retried.
-    async fn deliver(&self, table: &str, sender: &SubscriptionSender) {
-        let wake = waker(&self.config.url, table);
-        let mut backoff = Duration::from_millis(100);
-        while !sender.is_closed() {
-            let woken = wake.notified();
-            let pause = match self.deliver_batch(table, sender).await {
-                Ok(Step::Delivered) => {
-                    backoff = Duration::from_millis(100);
-                    continue;
-                }
-                Ok(Step::Empty) => {
-                    tokio::select! {
-                        _ = woken => {}
-                        _ = tokio::time::sleep(self.config.poll_interval) => {}
-                        _ = sender.closed() => {}
-                    }
-                    continue;
-                }
-                Ok(Step::Busy) => self.config.poll_interval,
-                Err(e) => {
-                    tracing::warn!(
-                        table,
-                        url = %redacted(&self.config.url),
-                        "mysql subscription: {e}; retrying in {backoff:?}"
-                    );
-                    let b = backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    b
-                }
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = sender.closed() => {}
-            }
+/// A delivery transaction: it holds the group's offset row (`FOR UPDATE`), so one
+/// subscriber of the group delivers at a time and the offset moves in order.
+struct Claim {
+    tx: sqlx::Transaction<'static, MySql>,
+    /// The group's offset when the row was claimed.
+    stored: i64,
+    /// The offset of the last message acked since.
+    acked: i64,
+}
+
+/// How a subscription reads its topic table: a delivery transaction claims the group's
+/// offset row and reads up to `batch_size` rows after it; when they are all settled (the
+/// next fetch, or the end of the subscription), the offset of the last acked one is stored
+/// and the transaction commits.
+struct MysqlFetch {
+    pubsub: MysqlPubSub,
+    table: String,
+    claim: Option<Claim>,
+    backoff: Duration,
+}
+
+impl MysqlFetch {
+    /// Stores the claim's acked offset (if it moved) and releases the group's row.
+    async fn settle(pubsub: &MysqlPubSub, table: &str, claim: Claim) -> Result<()> {
+        let Claim {
+            mut tx,
+            stored,
+            acked,
+        } = claim;
+        if acked <= stored {
+            let _ = tx.rollback().await;
+            return Ok(());
         }
+        let group = pubsub.group();
+        sqlx::query(
+            "UPDATE wasmill_offsets SET acked = ? WHERE topic_table = ? AND consumer_group = ?",
+        )
+        .bind(acked)
+        .bind(table)
+        .bind(group)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_err(format!("ack offset {acked} of {table}"), e))?;
+        tx.commit()
+            .await
+            .map_err(|e| db_err(format!("ack offset {acked} of {table}"), e))
     }
 
-    /// Claims the group's offset row, delivers the rows after it one at a time and commits
-    /// the offset of the last acked one.
-    async fn deliver_batch(&self, table: &str, sender: &SubscriptionSender) -> Result<Step> {
-        let group = self.group();
-        let mut tx = self.pool.begin().await.map_err(|e| db_err("begin", e))?;
+    /// Claims the group's offset row and reads the rows after it; `None` (and no claim) when
+    /// another subscriber of the group holds the row.
+    async fn read(&mut self, max: usize) -> Result<Option<Vec<(Message, i64)>>> {
+        let ps = &self.pubsub;
+        let (table, group) = (&self.table, ps.group());
+        let mut tx = ps.pool.begin().await.map_err(|e| db_err("begin", e))?;
         let acked: Option<i64> = sqlx::query_scalar(
             "SELECT acked FROM wasmill_offsets WHERE topic_table = ? AND consumer_group = ?
              FOR UPDATE SKIP LOCKED",
@@ -529,11 +531,11 @@ impl MysqlPubSub {
         let Some(start) = acked else {
             let _ = tx.rollback().await;
             // Held by another subscriber, or the row is gone (then create it again).
-            if self.group_exists(table).await? {
-                return Ok(Step::Busy);
+            if ps.group_exists(table).await? {
+                return Ok(None);
             }
-            self.ensure_group(table).await?;
-            return Ok(Step::Delivered);
+            ps.ensure_group(table).await?;
+            return Ok(Some(Vec::new()));
         };
         let sql = format!(
             "SELECT `offset`, uuid, metadata, payload FROM `{table}`
@@ -541,60 +543,104 @@ impl MysqlPubSub {
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(start)
-            .bind(self.config.batch_size.max(1))
+            .bind(max as u64)
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| {
                 if errno(&e) == Some(1146) {
-                    self.forget_table(table);
+                    ps.forget_table(table);
                 }
                 db_err(format!("read {table}"), e)
             })?;
         if rows.is_empty() {
             let _ = tx.rollback().await;
-            return Ok(Step::Empty);
+            return Ok(Some(Vec::new()));
         }
-        let mut done = start;
-        let mut nacked = None;
-        for row in &rows {
-            let (offset, msg) = decode(row)?;
-            if sender.send(msg.clone()).await.is_err() {
-                break;
+        let messages = rows
+            .iter()
+            .map(|row| decode(row).map(|(offset, msg)| (msg, offset)))
+            .collect::<Result<Vec<_>>>()?;
+        self.claim = Some(Claim {
+            tx,
+            stored: start,
+            acked: start,
+        });
+        Ok(Some(messages))
+    }
+}
+
+#[async_trait]
+impl Fetcher for MysqlFetch {
+    type Receipt = i64;
+
+    async fn fetch(&mut self, max: usize) -> Fetched<i64> {
+        let since = Instant::now().into();
+        // Everything read before is settled: store the offset, let the group's row go.
+        if let Some(claim) = self.claim.take()
+            && let Err(e) = Self::settle(&self.pubsub, &self.table, claim).await
+        {
+            tracing::warn!(table = %self.table, "mysql: {e} (the messages are delivered again)");
+        }
+        let wake = waker(&self.pubsub.config.url, &self.table);
+        let woken = wake.notified();
+        let poll = self.pubsub.config.poll_interval;
+        let pause = match self.read(max).await {
+            Ok(Some(messages)) if !messages.is_empty() => {
+                self.backoff = Duration::from_millis(100);
+                return Fetched { since, messages };
             }
-            match wait_settled(&msg, sender).await {
-                AckState::Acked => done = offset,
-                _ => {
-                    nacked = Some(
-                        msg.redelivery_delay()
-                            .unwrap_or(self.config.redelivery_delay),
-                    );
-                    break;
+            Ok(Some(_)) => {
+                // Nothing new: a publish through this process wakes us before the poll.
+                tokio::select! {
+                    _ = woken => {}
+                    _ = tokio::time::sleep(poll) => {}
                 }
+                Duration::ZERO
             }
-        }
-        if done > start {
-            sqlx::query(
-                "UPDATE wasmill_offsets SET acked = ? WHERE topic_table = ? AND consumer_group = ?",
-            )
-            .bind(done)
-            .bind(table)
-            .bind(group)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_err(format!("ack offset {done} of {table}"), e))?;
-            tx.commit()
-                .await
-                .map_err(|e| db_err(format!("ack offset {done} of {table}"), e))?;
-        } else {
-            let _ = tx.rollback().await;
-        }
-        if let Some(delay) = nacked.filter(|d| !d.is_zero()) {
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = sender.closed() => {}
+            Ok(None) => poll,
+            Err(e) => {
+                tracing::warn!(
+                    table = %self.table,
+                    url = %redacted(&self.pubsub.config.url),
+                    "mysql subscription: {e}; retrying in {:?}", self.backoff
+                );
+                let b = self.backoff;
+                self.backoff = (b * 2).min(Duration::from_secs(2));
+                b
             }
+        };
+        tokio::time::sleep(pause).await;
+        Fetched {
+            since,
+            messages: Vec::new(),
         }
-        Ok(Step::Delivered)
+    }
+
+    fn ack(&mut self, offsets: Vec<i64>) {
+        // One in flight at a time, in order: the offsets come in increasing order.
+        if let (Some(claim), Some(last)) = (&mut self.claim, offsets.into_iter().max()) {
+            claim.acked = claim.acked.max(last);
+        }
+    }
+
+    /// The group's offset never passes a message that was not acked: given back, it is read
+    /// again by the next delivery transaction.
+    fn give_back(&mut self, _offsets: Vec<i64>) {}
+
+    fn finish(self, _give_back: Vec<i64>) {
+        let MysqlFetch {
+            pubsub,
+            table,
+            claim,
+            ..
+        } = self;
+        if let Some(claim) = claim {
+            tokio::spawn(async move {
+                if let Err(e) = Self::settle(&pubsub, &table, claim).await {
+                    tracing::warn!(table, "mysql: {e} (the messages are delivered again)");
+                }
+            });
+        }
     }
 }
 
@@ -659,10 +705,23 @@ impl Subscriber for MysqlPubSub {
         }
         let table = self.ensure_topic(topic).await?;
         self.ensure_group(&table).await?;
-        let (sub, sender) = Subscription::channel(1, &self.closed);
-        let this = self.clone();
-        tokio::spawn(async move { this.deliver(&table, &sender).await });
-        Ok(sub)
+        let fetcher = MysqlFetch {
+            pubsub: self.clone(),
+            table,
+            claim: None,
+            backoff: Duration::from_millis(100),
+        };
+        let options = ReadAheadOptions {
+            max_in_flight: 1,
+            read_count: self.config.batch_size.max(1) as usize,
+            // Nobody else can take a message while this subscription holds the group's row.
+            max_wait: Duration::MAX,
+            redelivery_delay: self.config.redelivery_delay,
+        };
+        Ok(Subscription::pull(
+            ReadAhead::new(fetcher, options),
+            &self.closed,
+        ))
     }
 
     async fn close(&self) -> Result<()> {

@@ -11,8 +11,9 @@
 //!   the acks, shared by the group's subscriptions.
 //! - Delivery: bounded pull batches (1 s expiry), each read to its end, so a subscription
 //!   that ends leaves no pull request behind and gives back (`Nak`) at once what it still
-//!   receives. Messages are handed over `max_in_flight` at a time from memory.
-//! - Ack = `Ack`. A nacked message is delivered again by the subscription itself after its
+//!   receives. Messages are handed over `max_in_flight` at a time from memory, by the
+//!   consumer's own task ([`super::read_ahead`]).
+//! - Ack = `Ack`, sent in the background. A nacked message is delivered again by the subscription itself after its
 //!   redelivery delay (with an `InProgress` to the server, which restarts its `ack_wait`), so
 //!   one in flight keeps the stream's order; one held so long that its `ack_wait` could run
 //!   out (half of it) is given back with `Nak` instead.
@@ -26,14 +27,14 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::{
-    Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionSender, closed,
-    settle_redelivering,
-};
+use super::ack_batcher::AckBatcher;
+use super::read_ahead::{Fetched, Fetcher, ReadAhead, ReadAheadOptions};
+use super::{Publisher, SubscribeOptions, Subscriber, Subscription, closed};
 use crate::error::{Error, Result};
 use crate::message::Message;
 
@@ -73,6 +74,8 @@ pub struct NatsPubSub {
     js: jetstream::Context,
     config: Arc<NatsConfig>,
     closed: CancellationToken,
+    /// Background work of ended subscriptions (their last acks), awaited by `close`.
+    tasks: TaskTracker,
     only_new: bool,
     /// Topics whose stream this process already created or found, so publishing costs no
     /// extra round trip per call.
@@ -115,6 +118,7 @@ impl NatsPubSub {
             js,
             config: Arc::new(config),
             closed: CancellationToken::new(),
+            tasks: TaskTracker::new(),
             only_new: false,
             known_streams: Arc::default(),
         })
@@ -136,6 +140,7 @@ impl NatsPubSub {
             only_new,
             // Closing it leaves this backend open; closing this backend closes it.
             closed: self.closed.child_token(),
+            tasks: TaskTracker::new(),
             ..self.clone()
         }
     }
@@ -258,7 +263,10 @@ impl Publisher for NatsPubSub {
 
     async fn close(&self) -> Result<()> {
         self.closed.cancel();
-        // Acks and publishes already handed to the client reach the server before close returns.
+        // The last acks of ended subscriptions are handed to the client, and everything the
+        // client holds reaches the server, before close returns.
+        self.tasks.close();
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, self.tasks.wait()).await;
         let flushed = tokio::time::timeout(FLUSH_TIMEOUT, self.js.client().flush()).await;
         if !matches!(flushed, Ok(Ok(()))) {
             tracing::debug!("nats: flush on close did not complete: {flushed:?}");
@@ -282,12 +290,19 @@ impl Subscriber for NatsPubSub {
             return Err(closed(NAME));
         }
         let consumer = self.consumer(topic, options.max_in_flight).await?;
-        let (sub, sender) = Subscription::channel(options.max_in_flight, &self.closed);
-        let this = self.clone();
-        let topic = topic.to_string();
-        let max = options.max_in_flight;
-        tokio::spawn(async move { this.consume(&topic, consumer, max, sender).await });
-        Ok(sub)
+        let max = options.max_in_flight.max(1);
+        let fetcher = NatsFetch::new(self.clone(), topic, consumer, max);
+        let options = ReadAheadOptions {
+            max_in_flight: max,
+            read_count: READ_AHEAD.max(max),
+            // Soon the server would redeliver them while they are still held here.
+            max_wait: self.config.ack_wait / 2,
+            redelivery_delay: Duration::ZERO,
+        };
+        Ok(Subscription::pull(
+            ReadAhead::new(fetcher, options),
+            &self.closed,
+        ))
     }
 
     async fn close(&self) -> Result<()> {
@@ -331,117 +346,169 @@ const PULL_EXPIRY: Duration = Duration::from_secs(1);
 /// each, and delivers a nacked one again itself, so one in flight keeps the stream's order.
 const READ_AHEAD: usize = 128;
 
+/// Most acks one background batch carries.
+const ACK_BATCH: usize = 256;
+
 /// How long a flush of the connection may take (the server may be away).
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-impl NatsPubSub {
-    async fn consume(
-        &self,
+/// How a subscription reads its durable consumer: pull requests of `READ_AHEAD` messages
+/// (or `max_in_flight`, if larger) that expire after `PULL_EXPIRY`, one after the other;
+/// acks, progress and naks go out in the background.
+struct NatsFetch {
+    pubsub: NatsPubSub,
+    topic: String,
+    consumer: jetstream::consumer::PullConsumer,
+    max_in_flight: usize,
+    /// The pull request being read, and when it was made.
+    batch: Option<(tokio::time::Instant, jetstream::consumer::pull::Batch)>,
+    backoff: Duration,
+    acks: AckBatcher<(jetstream::Message, AckKind)>,
+}
+
+impl NatsFetch {
+    fn new(
+        pubsub: NatsPubSub,
         topic: &str,
-        mut consumer: jetstream::consumer::PullConsumer,
+        consumer: jetstream::consumer::PullConsumer,
         max_in_flight: usize,
-        sender: SubscriptionSender,
-    ) {
-        let mut backoff = Duration::from_millis(100);
-        // The server pushes up to `READ_AHEAD` ahead; at most `max_in_flight` are handed over
-        // and unsettled at once.
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
-        while !sender.is_closed() {
-            let requested = std::time::Instant::now();
-            let batch = consumer
+    ) -> Self {
+        let acks = AckBatcher::spawn(
+            ACK_BATCH,
+            |batch: Vec<(jetstream::Message, AckKind)>| async move {
+                for (m, kind) in batch {
+                    if let Err(e) = m.ack_with(kind).await {
+                        tracing::warn!(
+                            "nats: {kind:?} failed (the message is redelivered after ack_wait): {e}"
+                        );
+                    }
+                }
+            },
+        );
+        NatsFetch {
+            pubsub,
+            topic: topic.to_string(),
+            consumer,
+            max_in_flight,
+            batch: None,
+            backoff: Duration::from_millis(100),
+            acks,
+        }
+    }
+
+    /// Logs `error`, waits the backoff and doubles it.
+    async fn back_off(&mut self, error: impl std::fmt::Display) {
+        tracing::warn!(topic = %self.topic, url = %self.pubsub.config.url, "nats: {error}; retrying in {:?}", self.backoff);
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[async_trait]
+impl Fetcher for NatsFetch {
+    type Receipt = jetstream::Message;
+
+    async fn fetch(&mut self, max: usize) -> Fetched<jetstream::Message> {
+        let mut messages = Vec::new();
+        if self.batch.is_none() {
+            let requested = tokio::time::Instant::now();
+            let pulled = self
+                .consumer
                 .batch()
-                .max_messages(READ_AHEAD.max(max_in_flight))
+                .max_messages(READ_AHEAD.max(self.max_in_flight))
                 .expires(PULL_EXPIRY)
                 .messages()
                 .await;
-            let mut batch = match batch {
-                Ok(b) => b,
+            match pulled {
+                Ok(b) => self.batch = Some((requested, b)),
                 Err(e) => {
-                    tracing::warn!(topic, url = %self.config.url, "nats: pull failed: {e}; retrying in {backoff:?}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = sender.closed() => return,
+                    self.back_off(format!("pull failed: {e}")).await;
+                    if let Ok(c) = self.pubsub.consumer(&self.topic, self.max_in_flight).await {
+                        self.consumer = c;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    if let Ok(c) = self.consumer(topic, max_in_flight).await {
-                        consumer = c;
-                    }
-                    continue;
-                }
-            };
-            // The batch is read to its end even after the subscription ended: what the server
-            // still hands to it is given back at once.
-            while let Some(next) = batch.next().await {
-                let js_msg = match next {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(topic, url = %self.config.url, "nats: message stream error: {e}");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        break;
-                    }
-                };
-                backoff = Duration::from_millis(100);
-                // Messages pushed ahead wait here. Once the batch is half of `ack_wait` old,
-                // the rest go back rather than risk the server redelivering one of them
-                // while it is still handled here.
-                if requested.elapsed() > self.config.ack_wait / 2 {
-                    give_back(&js_msg, None).await;
-                    continue;
-                }
-                let permit = if max_in_flight > 1 {
-                    tokio::select! {
-                        p = in_flight.clone().acquire_owned() => p.ok(),
-                        _ = sender.closed() => None,
-                    }
-                } else {
-                    None
-                };
-                let msg = to_message(&js_msg);
-                if sender.is_closed() || sender.send(msg.clone()).await.is_err() {
-                    give_back(&js_msg, None).await;
-                    flush(&js_msg).await;
-                    continue;
-                }
-                let sender = sender.clone();
-                let settle = async move {
-                    settle(js_msg, msg, &sender).await;
-                    drop(permit);
-                };
-                if max_in_flight <= 1 {
-                    settle.await;
-                } else {
-                    tokio::spawn(settle);
+                    return Fetched {
+                        since: requested,
+                        messages,
+                    };
                 }
             }
         }
-    }
-}
-
-/// Waits until `msg` (delivered as `js_msg`) is settled and tells the server. A nacked message
-/// is delivered again from here, after its redelivery delay (the server is told it is still
-/// in progress, so its `ack_wait` starts over): given back, it would come after the messages
-/// already pushed ahead.
-async fn settle(js_msg: jetstream::Message, msg: Message, sender: &SubscriptionSender) {
-    let progress = || js_msg.ack_with(AckKind::Progress);
-    if settle_redelivering(msg, sender, Duration::ZERO, progress).await {
-        if let Err(e) = js_msg.ack_with(AckKind::Ack).await {
-            tracing::warn!("nats: ack failed (the message will be redelivered): {e}");
+        let Some((since, batch)) = &mut self.batch else {
+            unreachable!("a batch was just set")
+        };
+        let since = *since;
+        // Wait for the first message, then take what already arrived.
+        let (mut ended, mut error) = (false, None);
+        let mut next = Some(batch.next().await);
+        while let Some(item) = next.take() {
+            match item {
+                Some(Ok(m)) => {
+                    messages.push((to_message(&m), m));
+                    if messages.len() < max {
+                        next = batch.next().now_or_never();
+                    }
+                }
+                None => ended = true,
+                Some(Err(e)) => error = Some(e),
+            }
         }
-    } else {
-        give_back(&js_msg, None).await;
+        if ended || error.is_some() {
+            self.batch = None;
+        }
+        match error {
+            Some(e) => self.back_off(format!("message stream error: {e}")).await,
+            None => self.backoff = Duration::from_millis(100),
+        }
+        Fetched { since, messages }
     }
-    if sender.is_closed() {
-        // The subscription ended: its last acks must reach the server before the connection
-        // may go with it, or the consumer stays blocked on them until `ack_wait`.
-        flush(&js_msg).await;
+
+    fn ack(&mut self, receipts: Vec<jetstream::Message>) {
+        for m in receipts {
+            self.acks.push((m, AckKind::Ack));
+        }
+    }
+
+    fn nacked(&mut self, receipt: &jetstream::Message) {
+        // Redelivered from here: restart the server's ack_wait instead of giving it back.
+        self.acks.push((receipt.clone(), AckKind::Progress));
+    }
+
+    fn give_back(&mut self, receipts: Vec<jetstream::Message>) {
+        for m in receipts {
+            self.acks.push((m, AckKind::Nak(None)));
+        }
+    }
+
+    fn finish(mut self, unsettled: Vec<jetstream::Message>) {
+        self.give_back(unsettled);
+        let client = self.pubsub.js.client();
+        let NatsFetch {
+            pubsub,
+            batch,
+            acks,
+            ..
+        } = self;
+        let flushed = client.clone();
+        pubsub.tasks.spawn(async move {
+            acks.finish().await;
+            // The last acks must reach the server before the connection may go, or the
+            // consumer stays blocked on them until `ack_wait`.
+            flush(&flushed).await;
+        });
+        // What the server still sends to the pull request goes back at once.
+        if let Some((_, mut batch)) = batch {
+            tokio::spawn(async move {
+                while let Some(Ok(m)) = batch.next().await {
+                    give_back(&m, None).await;
+                }
+                flush(&client).await;
+            });
+        }
     }
 }
 
-/// Waits until everything the connection that delivered `js_msg` has queued (acks, naks)
-/// was written to the server.
-async fn flush(js_msg: &jetstream::Message) {
-    let client = js_msg.context.client();
+/// Waits until everything the connection has queued (acks, naks) was written to the server.
+async fn flush(client: &async_nats::Client) {
     match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -458,7 +525,8 @@ async fn give_back(js_msg: &jetstream::Message, delay: Option<Duration>) {
     }
 }
 
-/// The raw client's throughput: publish with acks, then pull and ack.
+/// The raw client's throughput: publish, waiting for the acks of each window of
+/// [`super::RAW_PUBLISH_WINDOW`], then pull and ack.
 pub async fn raw_bench(
     url: &str,
     messages: usize,
@@ -479,14 +547,14 @@ pub async fn raw_bench(
         .map_err(|e| nerr("create stream", e))?;
     let payload = Bytes::from(vec![b'x'; payload_size]);
     let start = std::time::Instant::now();
-    let mut acks = Vec::with_capacity(256);
+    let mut acks = Vec::with_capacity(super::RAW_PUBLISH_WINDOW);
     for _ in 0..messages {
         acks.push(
             js.publish(topic.clone(), payload.clone())
                 .await
                 .map_err(|e| nerr("publish", e))?,
         );
-        if acks.len() == 256 {
+        if acks.len() == super::RAW_PUBLISH_WINDOW {
             for a in acks.drain(..) {
                 a.await.map_err(|e| nerr("publish ack", e))?;
             }

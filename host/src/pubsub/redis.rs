@@ -4,9 +4,10 @@
 //! - Subscribe: `XGROUP CREATE topic group 0 MKSTREAM` (a new group reads the stream from
 //!   the start), then `XREADGROUP … COUNT read_count BLOCK` on a connection of its own (a
 //!   blocking read on the shared connection would stall every other command). The entries
-//!   read are delivered from memory, `max_in_flight` unacked at a time; entries read but not
-//!   delivered when the subscription ends are handed back to the group (`XCLAIM … IDLE`) for
-//!   the next `XAUTOCLAIM`. Ack = `XACK`, sent in the background, many ids per command.
+//!   read are delivered from memory by the consumer's own task ([`super::read_ahead`]),
+//!   `max_in_flight` unacked at a time; entries read but not delivered when the subscription
+//!   ends are handed back to the group (`XCLAIM … IDLE`) for the next `XAUTOCLAIM`.
+//!   Ack = `XACK`, sent in the background, many ids per command.
 //! - Nack: the entry stays pending for this consumer and is delivered again (after the
 //!   message's redelivery delay, if it asked for one).
 //! - Entries left pending by a consumer that died are claimed with `XAUTOCLAIM` once idle for
@@ -21,17 +22,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
 use redis::Value;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::ack_batcher::AckBatcher;
-use super::{
-    Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionSender, closed,
-    settle_redelivering,
-};
+use super::read_ahead::{Fetched, Fetcher, ReadAhead, ReadAheadOptions};
+use super::{Publisher, SubscribeOptions, Subscriber, Subscription, closed};
 use crate::error::{Error, Result};
 use crate::message::Message;
 
@@ -90,6 +89,8 @@ pub struct RedisPubSub {
     commands: ConnectionManager,
     config: Arc<RedisConfig>,
     closed: CancellationToken,
+    /// Background work of ended subscriptions (their last acks), awaited by `close`.
+    tasks: TaskTracker,
     /// Where a new group starts: `0` (the whole stream) or `$` (only new entries, for tails).
     group_start: &'static str,
 }
@@ -124,6 +125,7 @@ impl RedisPubSub {
             commands,
             config: Arc::new(config),
             closed: CancellationToken::new(),
+            tasks: TaskTracker::new(),
             group_start: "0",
         })
     }
@@ -142,6 +144,7 @@ impl RedisPubSub {
             group_start: if only_new { "$" } else { "0" },
             // Closing it leaves this backend open; closing this backend closes it.
             closed: self.closed.child_token(),
+            tasks: TaskTracker::new(),
             ..self.clone()
         }
     }
@@ -203,6 +206,14 @@ impl Publisher for RedisPubSub {
 
     async fn close(&self) -> Result<()> {
         self.closed.cancel();
+        // The last acks of ended subscriptions reach the server before close returns.
+        self.tasks.close();
+        if tokio::time::timeout(self.config.command_timeout, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("redis: acks still unsent at close (they are redelivered)");
+        }
         Ok(())
     }
 
@@ -223,12 +234,15 @@ impl Subscriber for RedisPubSub {
             return Err(closed(NAME));
         }
         self.subscribe_initialize(topic).await?;
-        let in_flight = options.max_in_flight.max(1);
-        let (sub, sender) = Subscription::channel(in_flight, &self.closed);
-        let this = self.clone();
-        let topic = topic.to_string();
-        tokio::spawn(async move { this.consume(&topic, sender, in_flight).await });
-        Ok(sub)
+        let options = ReadAheadOptions {
+            max_in_flight: options.max_in_flight,
+            read_count: self.config.read_count,
+            // Soon another consumer could claim them while this one still holds them.
+            max_wait: self.config.claim_idle / 2,
+            redelivery_delay: Duration::ZERO,
+        };
+        let source = ReadAhead::new(RedisFetch::new(self.clone(), topic), options);
+        Ok(Subscription::pull(source, &self.closed))
     }
 
     async fn close(&self) -> Result<()> {
@@ -307,27 +321,6 @@ impl RedisPubSub {
             .map_err(|e| rerr(format!("connect {}", redacted(&self.config.url)), e))
     }
 
-    /// Reads, delivers and acks until the subscription ends; survives server restarts.
-    ///
-    /// Reads up to `read_count` entries at a time (at least `in_flight`) and delivers them
-    /// with up to `in_flight` unacked at once; the next read waits until the batch is settled.
-    /// Acks go out in the background, many per `XACK` ([`AckBatcher`]); the last ones are
-    /// sent before this returns.
-    async fn consume(&self, topic: &str, sender: SubscriptionSender, in_flight: usize) {
-        let acks = {
-            let this = self.clone();
-            let topic = topic.to_string();
-            AckBatcher::spawn(ACK_BATCH, move |ids: Vec<String>| {
-                let this = this.clone();
-                let topic = topic.clone();
-                async move { this.ack(&topic, &ids).await }
-            })
-        };
-        self.consume_until_closed(topic, &sender, in_flight, &acks)
-            .await;
-        acks.finish().await;
-    }
-
     /// Acks `ids` with one `XACK`; a failure leaves them pending, to be claimed again.
     async fn ack(&self, topic: &str, ids: &[String]) {
         let mut con = self.commands.clone();
@@ -354,7 +347,7 @@ impl RedisPubSub {
 
     /// Hands entries this consumer read but will not deliver back to the group: their idle
     /// time is set to `claim_idle`, so the next `XAUTOCLAIM` of any consumer takes them.
-    async fn release(&self, topic: &str, consumer: &str, ids: &[&str]) {
+    async fn release(&self, topic: &str, consumer: &str, ids: &[String]) {
         if ids.is_empty() {
             return;
         }
@@ -381,147 +374,168 @@ impl RedisPubSub {
             );
         }
     }
+}
 
-    async fn consume_until_closed(
-        &self,
-        topic: &str,
-        sender: &SubscriptionSender,
-        in_flight: usize,
-        acks: &AckBatcher<String>,
-    ) {
-        let consumer = format!("c-{}", uuid::Uuid::new_v4().simple());
-        let read_count = self.config.read_count.max(in_flight);
-        let mut backoff = Duration::from_millis(100);
-        // A new subscription looks for abandoned entries at once (a subscription that ended
-        // before delivering all it read released them).
-        let mut last_claim: Option<tokio::time::Instant> = None;
-        loop {
-            if sender.is_closed() {
-                return;
+/// How a subscription reads its topic: `XAUTOCLAIM` of abandoned entries every
+/// `claim_interval` (at once for a new subscription), else `XREADGROUP … >` with `BLOCK`, on
+/// a connection of its own, reconnecting with backoff. Acks go out in the background.
+struct RedisFetch {
+    pubsub: RedisPubSub,
+    topic: String,
+    /// This subscription's consumer name in the group.
+    consumer: String,
+    con: Option<MultiplexedConnection>,
+    backoff: Duration,
+    last_claim: Option<tokio::time::Instant>,
+    acks: AckBatcher<String>,
+}
+
+impl RedisFetch {
+    fn new(pubsub: RedisPubSub, topic: &str) -> Self {
+        let acks = {
+            let this = pubsub.clone();
+            let topic = topic.to_string();
+            AckBatcher::spawn(ACK_BATCH, move |ids: Vec<String>| {
+                let this = this.clone();
+                let topic = topic.clone();
+                async move { this.ack(&topic, &ids).await }
+            })
+        };
+        RedisFetch {
+            pubsub,
+            topic: topic.to_string(),
+            consumer: format!("c-{}", uuid::Uuid::new_v4().simple()),
+            con: None,
+            backoff: Duration::from_millis(100),
+            last_claim: None,
+            acks,
+        }
+    }
+
+    /// The reader connection, (re)connected and with the group in place; `None` after a
+    /// failure, once the backoff has passed.
+    async fn connection(&mut self) -> Option<MultiplexedConnection> {
+        if let Some(con) = &self.con {
+            return Some(con.clone());
+        }
+        let ps = &self.pubsub;
+        match ps.reader().await {
+            Ok(mut con) => {
+                // After a restart the group may be gone with the stream; recreate it.
+                if let Err(e) = ps.create_group(&mut con, &self.topic, ps.group_start).await {
+                    tracing::warn!(topic = %self.topic, "redis: {e}");
+                }
+                self.backoff = Duration::from_millis(100);
+                self.con = Some(con.clone());
+                Some(con)
             }
-            let mut con = match self.reader().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(topic, "redis reader: {e}; retrying in {backoff:?}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = sender.closed() => return,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            // After a restart the group may be gone with the stream; recreate it.
-            if let Err(e) = self.create_group(&mut con, topic, self.group_start).await {
-                tracing::warn!(topic, "redis: {e}");
-            }
-            backoff = Duration::from_millis(100);
-            // First this consumer's own pending entries (id 0), then new ones (>).
-            let mut from_pending = true;
-            loop {
-                if sender.is_closed() {
-                    return;
-                }
-                let mut entries = Vec::new();
-                if last_claim.is_none_or(|t| t.elapsed() >= self.config.claim_interval) {
-                    last_claim = Some(tokio::time::Instant::now());
-                    let claimed: redis::RedisResult<Value> = redis::cmd("XAUTOCLAIM")
-                        .arg(topic)
-                        .arg(self.group())
-                        .arg(&consumer)
-                        .arg(self.config.claim_idle.as_millis() as u64)
-                        .arg("0-0")
-                        .arg("COUNT")
-                        .arg(read_count)
-                        .query_async(&mut con)
-                        .await;
-                    if let Ok(Value::Array(parts)) = &claimed
-                        && let Some(Value::Array(list)) = parts.get(1)
-                    {
-                        entries.extend(list.iter().filter_map(parse_entry));
-                    }
-                }
-                if entries.is_empty() {
-                    let id = if from_pending { "0" } else { ">" };
-                    let mut cmd = redis::cmd("XREADGROUP");
-                    cmd.arg("GROUP")
-                        .arg(self.group())
-                        .arg(&consumer)
-                        .arg("COUNT")
-                        .arg(read_count);
-                    if !from_pending {
-                        cmd.arg("BLOCK").arg(self.config.block.as_millis() as u64);
-                    }
-                    cmd.arg("STREAMS").arg(topic).arg(id);
-                    let read = tokio::select! {
-                        r = cmd.query_async::<Value>(&mut con) => r,
-                        _ = sender.closed() => return,
-                    };
-                    match read {
-                        Ok(v) => entries = parse_read(&v),
-                        Err(e) => {
-                            if e.to_string().contains("NOGROUP") {
-                                let _ = self.create_group(&mut con, topic, self.group_start).await;
-                                continue;
-                            }
-                            tracing::warn!(topic, url = %redacted(&self.config.url), "redis read failed: {e}; reconnecting");
-                            break;
-                        }
-                    }
-                    if entries.is_empty() && from_pending {
-                        from_pending = false;
-                        continue;
-                    }
-                }
-                // Entries that waited here half of `claim_idle` are handed back rather than
-                // delivered: soon another consumer could claim them while this one still
-                // holds them, and both would deliver them.
-                let hand_back_at = tokio::time::Instant::now() + self.config.claim_idle / 2;
-                let entries = &entries;
-                // By index: a closure over `&Entry` trips the compiler's higher-ranked
-                // lifetime check once the future is spawned.
-                let delivered: Vec<bool> = futures::stream::iter(0..entries.len())
-                    .map(|i| self.deliver(&entries[i], sender, acks, hand_back_at))
-                    .buffered(in_flight)
-                    .collect()
-                    .await;
-                let undelivered: Vec<&str> = entries
-                    .iter()
-                    .zip(&delivered)
-                    .filter(|(_, acked)| !**acked)
-                    .map(|(e, _)| e.id.as_str())
-                    .collect();
-                self.release(topic, &consumer, &undelivered).await;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = sender.closed() => return,
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, "redis reader: {e}; retrying in {:?}", self.backoff);
+                tokio::time::sleep(self.backoff).await;
+                self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+                None
             }
         }
     }
 
-    /// Delivers one entry until it is acked (nack = deliver again) and queues its ack.
-    /// Returns `false` if the subscription ended first, or if it is `hand_back_at` before the
-    /// entry is first delivered (the entry is then not acked).
-    async fn deliver(
-        &self,
-        entry: &Entry,
-        sender: &SubscriptionSender,
-        acks: &AckBatcher<String>,
-        hand_back_at: tokio::time::Instant,
-    ) -> bool {
-        if tokio::time::Instant::now() >= hand_back_at {
-            return false;
+    async fn read(&mut self, con: &mut MultiplexedConnection, max: usize) -> Vec<Entry> {
+        let ps = &self.pubsub;
+        let config = &ps.config;
+        if self
+            .last_claim
+            .is_none_or(|t| t.elapsed() >= config.claim_interval)
+        {
+            self.last_claim = Some(tokio::time::Instant::now());
+            let claimed: redis::RedisResult<Value> = redis::cmd("XAUTOCLAIM")
+                .arg(&self.topic)
+                .arg(ps.group())
+                .arg(&self.consumer)
+                .arg(config.claim_idle.as_millis() as u64)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(max)
+                .query_async(con)
+                .await;
+            if let Ok(Value::Array(parts)) = &claimed
+                && let Some(Value::Array(list)) = parts.get(1)
+            {
+                let entries: Vec<Entry> = list.iter().filter_map(parse_entry).collect();
+                if !entries.is_empty() {
+                    return entries;
+                }
+            }
         }
-        let msg = entry.msg.copy();
-        if sender.send(msg.clone()).await.is_err() {
-            return false;
+        let read = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(ps.group())
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(max)
+            .arg("BLOCK")
+            .arg(config.block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.topic)
+            .arg(">")
+            .query_async::<Value>(con)
+            .await;
+        match read {
+            Ok(v) => parse_read(&v),
+            Err(e) => {
+                if e.to_string().contains("NOGROUP") {
+                    let _ = ps.create_group(con, &self.topic, ps.group_start).await;
+                } else {
+                    tracing::warn!(topic = %self.topic, url = %redacted(&config.url), "redis read failed: {e}; reconnecting");
+                    self.con = None;
+                }
+                Vec::new()
+            }
         }
-        let acked = settle_redelivering(msg, sender, Duration::ZERO, || async {}).await;
-        if acked {
-            acks.push(entry.id.clone());
+    }
+}
+
+#[async_trait]
+impl Fetcher for RedisFetch {
+    type Receipt = String;
+
+    async fn fetch(&mut self, max: usize) -> Fetched<String> {
+        let since = tokio::time::Instant::now();
+        let messages = match self.connection().await {
+            Some(mut con) => self.read(&mut con, max).await,
+            None => Vec::new(),
+        };
+        Fetched {
+            since,
+            messages: messages.into_iter().map(|e| (e.msg, e.id)).collect(),
         }
-        acked
+    }
+
+    fn ack(&mut self, ids: Vec<String>) {
+        for id in ids {
+            self.acks.push(id);
+        }
+    }
+
+    fn give_back(&mut self, ids: Vec<String>) {
+        let ps = self.pubsub.clone();
+        let (topic, consumer) = (self.topic.clone(), self.consumer.clone());
+        self.pubsub
+            .tasks
+            .spawn(async move { ps.release(&topic, &consumer, &ids).await });
+    }
+
+    fn finish(self, give_back: Vec<String>) {
+        let RedisFetch {
+            pubsub,
+            topic,
+            consumer,
+            acks,
+            ..
+        } = self;
+        let tasks = pubsub.tasks.clone();
+        tasks.spawn(async move {
+            pubsub.release(&topic, &consumer, &give_back).await;
+            acks.finish().await;
+        });
     }
 }
 
