@@ -378,16 +378,28 @@ impl RedisPubSub {
 
 /// How a subscription reads its topic: `XAUTOCLAIM` of abandoned entries every
 /// `claim_interval` (at once for a new subscription), else `XREADGROUP … >` with `BLOCK`, on
-/// a connection of its own, reconnecting with backoff. Acks go out in the background.
+/// a connection of its own, reconnecting with backoff. After a full batch the next read is
+/// sent at once, in a task of its own, so the reply travels and is parsed while this batch
+/// is delivered. Acks go out in the background.
 struct RedisFetch {
     pubsub: RedisPubSub,
-    topic: String,
+    topic: Arc<str>,
     /// This subscription's consumer name in the group.
-    consumer: String,
+    consumer: Arc<str>,
     con: Option<MultiplexedConnection>,
     backoff: Duration,
     last_claim: Option<tokio::time::Instant>,
+    /// The read sent ahead, if any.
+    next: Option<tokio::task::JoinHandle<Read>>,
     acks: AckBatcher<String>,
+}
+
+/// What one read brought.
+struct Read {
+    since: tokio::time::Instant,
+    entries: Vec<Entry>,
+    /// The connection failed: reconnect before the next read.
+    broken: bool,
 }
 
 impl RedisFetch {
@@ -403,11 +415,12 @@ impl RedisFetch {
         };
         RedisFetch {
             pubsub,
-            topic: topic.to_string(),
-            consumer: format!("c-{}", uuid::Uuid::new_v4().simple()),
+            topic: topic.into(),
+            consumer: format!("c-{}", uuid::Uuid::new_v4().simple()).into(),
             con: None,
             backoff: Duration::from_millis(100),
             last_claim: None,
+            next: None,
             acks,
         }
     }
@@ -438,57 +451,84 @@ impl RedisFetch {
         }
     }
 
-    async fn read(&mut self, con: &mut MultiplexedConnection, max: usize) -> Vec<Entry> {
-        let ps = &self.pubsub;
-        let config = &ps.config;
-        if self
+    /// Sends a read of up to `max` entries in a task of its own.
+    fn send_read(&mut self, con: MultiplexedConnection, max: usize) {
+        let claim = self
             .last_claim
-            .is_none_or(|t| t.elapsed() >= config.claim_interval)
-        {
+            .is_none_or(|t| t.elapsed() >= self.pubsub.config.claim_interval);
+        if claim {
             self.last_claim = Some(tokio::time::Instant::now());
-            let claimed: redis::RedisResult<Value> = redis::cmd("XAUTOCLAIM")
-                .arg(&self.topic)
-                .arg(ps.group())
-                .arg(&self.consumer)
-                .arg(config.claim_idle.as_millis() as u64)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(max)
-                .query_async(con)
-                .await;
-            if let Ok(Value::Array(parts)) = &claimed
-                && let Some(Value::Array(list)) = parts.get(1)
-            {
-                let entries: Vec<Entry> = list.iter().filter_map(parse_entry).collect();
-                if !entries.is_empty() {
-                    return entries;
-                }
-            }
         }
-        let read = redis::cmd("XREADGROUP")
-            .arg("GROUP")
+        let (ps, topic, consumer) = (
+            self.pubsub.clone(),
+            self.topic.clone(),
+            self.consumer.clone(),
+        );
+        self.next = Some(tokio::spawn(async move {
+            read(ps, con, &topic, &consumer, max, claim).await
+        }));
+    }
+}
+
+/// One read for `consumer`: abandoned entries first when `claim` (`XAUTOCLAIM`), else new
+/// ones (`XREADGROUP … BLOCK`).
+async fn read(
+    ps: RedisPubSub,
+    mut con: MultiplexedConnection,
+    topic: &str,
+    consumer: &str,
+    max: usize,
+    claim: bool,
+) -> Read {
+    let since = tokio::time::Instant::now();
+    let config = &ps.config;
+    let read = |entries, broken| Read {
+        since,
+        entries,
+        broken,
+    };
+    if claim {
+        let claimed: redis::RedisResult<Value> = redis::cmd("XAUTOCLAIM")
+            .arg(topic)
             .arg(ps.group())
-            .arg(&self.consumer)
+            .arg(consumer)
+            .arg(config.claim_idle.as_millis() as u64)
+            .arg("0-0")
             .arg("COUNT")
             .arg(max)
-            .arg("BLOCK")
-            .arg(config.block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&self.topic)
-            .arg(">")
-            .query_async::<Value>(con)
+            .query_async(&mut con)
             .await;
-        match read {
-            Ok(v) => parse_read(&v),
-            Err(e) => {
-                if e.to_string().contains("NOGROUP") {
-                    let _ = ps.create_group(con, &self.topic, ps.group_start).await;
-                } else {
-                    tracing::warn!(topic = %self.topic, url = %redacted(&config.url), "redis read failed: {e}; reconnecting");
-                    self.con = None;
-                }
-                Vec::new()
+        if let Ok(Value::Array(parts)) = &claimed
+            && let Some(Value::Array(list)) = parts.get(1)
+        {
+            let entries: Vec<Entry> = list.iter().filter_map(parse_entry).collect();
+            if !entries.is_empty() {
+                return read(entries, false);
             }
+        }
+    }
+    let result = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(ps.group())
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(max)
+        .arg("BLOCK")
+        .arg(config.block.as_millis() as u64)
+        .arg("STREAMS")
+        .arg(topic)
+        .arg(">")
+        .query_async::<Value>(&mut con)
+        .await;
+    match result {
+        Ok(v) => read(parse_read(&v), false),
+        Err(e) if e.to_string().contains("NOGROUP") => {
+            let _ = ps.create_group(&mut con, topic, ps.group_start).await;
+            read(Vec::new(), false)
+        }
+        Err(e) => {
+            tracing::warn!(topic, url = %redacted(&config.url), "redis read failed: {e}; reconnecting");
+            read(Vec::new(), true)
         }
     }
 }
@@ -498,14 +538,39 @@ impl Fetcher for RedisFetch {
     type Receipt = String;
 
     async fn fetch(&mut self, max: usize) -> Fetched<String> {
-        let since = tokio::time::Instant::now();
-        let messages = match self.connection().await {
-            Some(mut con) => self.read(&mut con, max).await,
-            None => Vec::new(),
+        if self.next.is_none() {
+            match self.connection().await {
+                Some(con) => self.send_read(con, max),
+                None => {
+                    return Fetched {
+                        since: tokio::time::Instant::now(),
+                        messages: Vec::new(),
+                    };
+                }
+            }
+        }
+        let Some(task) = &mut self.next else {
+            unreachable!("a read was just sent")
         };
+        // Awaited by reference: if the consumer stops waiting, the read stays here.
+        let done = task.await;
+        self.next = None;
+        let read = done.unwrap_or_else(|e| Read {
+            since: tokio::time::Instant::now(),
+            entries: Vec::new(),
+            broken: !e.is_cancelled(),
+        });
+        if read.broken {
+            self.con = None;
+        } else if read.entries.len() >= max
+            && let Some(con) = self.con.clone()
+        {
+            // Probably more waiting: ask now, deliver this batch meanwhile.
+            self.send_read(con, max);
+        }
         Fetched {
-            since,
-            messages: messages.into_iter().map(|e| (e.msg, e.id)).collect(),
+            since: read.since,
+            messages: read.entries.into_iter().map(|e| (e.msg, e.id)).collect(),
         }
     }
 
@@ -523,16 +588,23 @@ impl Fetcher for RedisFetch {
             .spawn(async move { ps.release(&topic, &consumer, &ids).await });
     }
 
-    fn finish(self, give_back: Vec<String>) {
+    fn finish(self, mut give_back: Vec<String>) {
         let RedisFetch {
             pubsub,
             topic,
             consumer,
             acks,
+            next,
             ..
         } = self;
         let tasks = pubsub.tasks.clone();
         tasks.spawn(async move {
+            // A read sent ahead goes back whole.
+            if let Some(task) = next
+                && let Ok(read) = task.await
+            {
+                give_back.extend(read.entries.into_iter().map(|e| e.id));
+            }
             pubsub.release(&topic, &consumer, &give_back).await;
             acks.finish().await;
         });
