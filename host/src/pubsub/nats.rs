@@ -20,6 +20,7 @@
 //! - Reconnect: the client reconnects by itself; the pull loop re-creates its pull requests
 //!   (and the consumer) after an error, with backoff, logging the URL.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -180,7 +181,7 @@ impl NatsPubSub {
             durable_name: Some(group.clone()),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: self.config.ack_wait,
-            max_ack_pending: max_in_flight.max(READ_AHEAD) as i64,
+            max_ack_pending: (2 * max_in_flight.max(READ_AHEAD)) as i64,
             deliver_policy: if self.only_new {
                 jetstream::consumer::DeliverPolicy::New
             } else {
@@ -353,15 +354,21 @@ const ACK_BATCH: usize = 256;
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a subscription reads its durable consumer: pull requests of `READ_AHEAD` messages
-/// (or `max_in_flight`, if larger) that expire after `PULL_EXPIRY`, one after the other;
-/// acks, progress and naks go out in the background.
+/// (or `max_in_flight`, if larger) that expire after `PULL_EXPIRY`. Once half of one
+/// request's messages arrived the next request is sent, so the server streams on while this
+/// one is delivered. Acks, progress and naks go out in the background.
 struct NatsFetch {
     pubsub: NatsPubSub,
     topic: String,
     consumer: jetstream::consumer::PullConsumer,
     max_in_flight: usize,
-    /// The pull request being read, and when it was made.
-    batch: Option<(tokio::time::Instant, jetstream::consumer::pull::Batch)>,
+    /// The pull requests being read, oldest first: when each was made, the messages it
+    /// brought so far.
+    batches: VecDeque<(
+        tokio::time::Instant,
+        jetstream::consumer::pull::Batch,
+        usize,
+    )>,
     backoff: Duration,
     acks: AckBatcher<(jetstream::Message, AckKind)>,
 }
@@ -390,9 +397,38 @@ impl NatsFetch {
             topic: topic.to_string(),
             consumer,
             max_in_flight,
-            batch: None,
+            batches: VecDeque::with_capacity(2),
             backoff: Duration::from_millis(100),
             acks,
+        }
+    }
+
+    fn pull_size(&self) -> usize {
+        READ_AHEAD.max(self.max_in_flight)
+    }
+
+    /// Sends a pull request; on failure backs off and looks the consumer up again.
+    async fn pull(&mut self) -> bool {
+        let requested = tokio::time::Instant::now();
+        let pulled = self
+            .consumer
+            .batch()
+            .max_messages(self.pull_size())
+            .expires(PULL_EXPIRY)
+            .messages()
+            .await;
+        match pulled {
+            Ok(b) => {
+                self.batches.push_back((requested, b, 0));
+                true
+            }
+            Err(e) => {
+                self.back_off(format!("pull failed: {e}")).await;
+                if let Ok(c) = self.pubsub.consumer(&self.topic, self.max_in_flight).await {
+                    self.consumer = c;
+                }
+                false
+            }
         }
     }
 
@@ -410,31 +446,15 @@ impl Fetcher for NatsFetch {
 
     async fn fetch(&mut self, max: usize) -> Fetched<jetstream::Message> {
         let mut messages = Vec::new();
-        if self.batch.is_none() {
-            let requested = tokio::time::Instant::now();
-            let pulled = self
-                .consumer
-                .batch()
-                .max_messages(READ_AHEAD.max(self.max_in_flight))
-                .expires(PULL_EXPIRY)
-                .messages()
-                .await;
-            match pulled {
-                Ok(b) => self.batch = Some((requested, b)),
-                Err(e) => {
-                    self.back_off(format!("pull failed: {e}")).await;
-                    if let Ok(c) = self.pubsub.consumer(&self.topic, self.max_in_flight).await {
-                        self.consumer = c;
-                    }
-                    return Fetched {
-                        since: requested,
-                        messages,
-                    };
-                }
-            }
+        if self.batches.is_empty() && !self.pull().await {
+            return Fetched {
+                since: tokio::time::Instant::now(),
+                messages,
+            };
         }
-        let Some((since, batch)) = &mut self.batch else {
-            unreachable!("a batch was just set")
+        let half = self.pull_size().div_ceil(2);
+        let Some((since, batch, received)) = self.batches.front_mut() else {
+            unreachable!("a pull request was just made")
         };
         let since = *since;
         // Wait for the first message, then take what already arrived.
@@ -444,6 +464,7 @@ impl Fetcher for NatsFetch {
             match item {
                 Some(Ok(m)) => {
                     messages.push((to_message(&m), m));
+                    *received += 1;
                     if messages.len() < max {
                         next = batch.next().now_or_never();
                     }
@@ -452,12 +473,22 @@ impl Fetcher for NatsFetch {
                 Some(Err(e)) => error = Some(e),
             }
         }
+        let ask_next = *received >= half;
         if ended || error.is_some() {
-            self.batch = None;
+            self.batches.pop_front();
         }
         match error {
-            Some(e) => self.back_off(format!("message stream error: {e}")).await,
-            None => self.backoff = Duration::from_millis(100),
+            Some(e) => {
+                // Requests made before the error may be gone with the connection.
+                self.batches.clear();
+                self.back_off(format!("message stream error: {e}")).await;
+            }
+            None => {
+                self.backoff = Duration::from_millis(100);
+                if ask_next && self.batches.len() < 2 {
+                    self.pull().await;
+                }
+            }
         }
         Fetched { since, messages }
     }
@@ -484,7 +515,7 @@ impl Fetcher for NatsFetch {
         let client = self.pubsub.js.client();
         let NatsFetch {
             pubsub,
-            batch,
+            batches,
             acks,
             ..
         } = self;
@@ -495,11 +526,13 @@ impl Fetcher for NatsFetch {
             // consumer stays blocked on them until `ack_wait`.
             flush(&flushed).await;
         });
-        // What the server still sends to the pull request goes back at once.
-        if let Some((_, mut batch)) = batch {
+        // What the server still sends to the pull requests goes back at once.
+        if !batches.is_empty() {
             tokio::spawn(async move {
-                while let Some(Ok(m)) = batch.next().await {
-                    give_back(&m, None).await;
+                for (_, mut batch, _) in batches {
+                    while let Some(Ok(m)) = batch.next().await {
+                        give_back(&m, None).await;
+                    }
                 }
                 flush(&client).await;
             });
