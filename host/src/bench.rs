@@ -36,10 +36,8 @@ pub struct BenchOptions {
     /// measures the consume path (receive, handle, ack) alone, the same work as the raw
     /// client's consume-and-ack loop.
     pub consume_only: bool,
-    /// Publish every message before the router starts, then time the router draining the
-    /// backlog: the publish and consume loops each run alone, as the raw client's do (a
-    /// durable backend keeps the backlog; the in-memory one drops what nobody subscribed to).
-    pub backlog: bool,
+    /// Whether the publish loop runs before the router consumes, or beside it.
+    pub backlog: Backlog,
 }
 
 impl Default for BenchOptions {
@@ -52,9 +50,25 @@ impl Default for BenchOptions {
             handler_label: "native".into(),
             pubsub_label: "memory".into(),
             consume_only: false,
-            backlog: false,
+            backlog: Backlog::None,
         }
     }
+}
+
+/// How the bench's publish loop and the router's consuming relate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backlog {
+    /// Publish while the router consumes: the figure is the router's sustained rate.
+    None,
+    /// Publish every message before the router starts, then time the router draining the
+    /// backlog: the publish and consume loops each run alone, as the raw client's do (a
+    /// durable backend keeps the backlog; the in-memory one drops what nobody subscribed to).
+    Stored,
+    /// As `Stored`, but the router starts first with its handler held until every message was
+    /// published: for brokers that keep little for a subscriber that is away (Mosquitto's
+    /// `max_queued_messages`), the subscription stays connected and takes the messages in as
+    /// they come, as the raw MQTT client's subscribed, not yet reading, consumer does.
+    Held,
 }
 
 /// The figures of one run.
@@ -228,6 +242,14 @@ pub async fn run(
     let sent_at = |m: &Message| m.metadata.get(SENT_AT).parse::<u128>().unwrap_or(0);
     let since = move |sent: u128| epoch.elapsed().as_nanos().saturating_sub(sent) as u64;
     subscriber.subscribe_initialize(&input).await?;
+    // With a held backlog the handler waits here until every message was published.
+    let gate = tokio_util::sync::CancellationToken::new();
+    let handler = if options.backlog == Backlog::Held {
+        held(handler, gate.clone())
+    } else {
+        gate.cancel();
+        handler
+    };
     let (spec, reader) = if options.consume_only {
         let tally = tally.clone();
         let counted = handler_fn(move |msg: Message| {
@@ -292,7 +314,7 @@ pub async fn run(
         r.map_err(|e| Error::Other(format!("bench publisher: {e}")))?
     };
     // With a backlog, the publish loop runs alone first, as the raw client's does.
-    let published_first = if options.backlog {
+    let published_first = if options.backlog == Backlog::Stored {
         Some(joined(publish_all().await)?)
     } else {
         None
@@ -305,6 +327,14 @@ pub async fn run(
     router.running().await;
     h.started().await;
 
+    let published_first = match published_first {
+        None if options.backlog == Backlog::Held => {
+            let took = joined(publish_all().await)?;
+            gate.cancel();
+            Some(took)
+        }
+        done => done,
+    };
     let start = Instant::now();
     let publishing = match published_first {
         Some(took) => Publishing::Done(took),
@@ -372,6 +402,18 @@ pub async fn run(
     })
 }
 
+/// `handler`, held until `gate` is cancelled.
+fn held(handler: BoxHandler, gate: tokio_util::sync::CancellationToken) -> BoxHandler {
+    handler_fn(move |msg: Message| {
+        let handler = handler.clone();
+        let gate = gate.clone();
+        async move {
+            gate.cancelled().await;
+            handler.handle(msg).await
+        }
+    })
+}
+
 /// The process's peak resident set size in MiB, read from `/proc/self/status` (Linux).
 pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -429,5 +471,53 @@ mod tests {
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1_000);
         assert_eq!(report.mode, "consume-only");
         assert!(report.to_string().contains("consume-only"));
+    }
+
+    /// Forwards to an in-memory pub/sub and counts what was published.
+    struct Counting(MemoryPubSub, Arc<std::sync::atomic::AtomicUsize>);
+
+    #[async_trait::async_trait]
+    impl crate::pubsub::Publisher for Counting {
+        async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
+            let n = messages.len();
+            self.0.publish(topic, messages).await?;
+            self.1.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+        async fn close(&self) -> Result<()> {
+            crate::pubsub::Publisher::close(&self.0).await
+        }
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_backlog_is_all_published_before_the_handler_runs() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let ps = MemoryPubSub::default();
+        let published = Arc::new(AtomicUsize::new(0));
+        // The fewest messages published at any handler call.
+        let fewest = Arc::new(AtomicUsize::new(usize::MAX));
+        let (count, low) = (published.clone(), fewest.clone());
+        let handler = handler_fn(move |msg: Message| {
+            low.fetch_min(count.load(Ordering::SeqCst), Ordering::SeqCst);
+            async move { Ok(vec![msg]) }
+        });
+        let opts = BenchOptions {
+            messages: 50,
+            batch: 10,
+            consume_only: true,
+            backlog: Backlog::Held,
+            ..BenchOptions::default()
+        };
+        let publisher = Arc::new(Counting(ps.clone(), published));
+        let report = run(publisher, Arc::new(ps), handler, &opts).await.unwrap();
+        assert_eq!(report.messages, 50);
+        assert_eq!(
+            fewest.load(Ordering::SeqCst),
+            50,
+            "handled before all were published"
+        );
     }
 }

@@ -364,7 +364,7 @@ pub struct BenchArgs {
 
 /// `wasmill bench`.
 pub async fn bench(a: BenchArgs) -> Result<()> {
-    use wasmill::bench::{BenchOptions, native_passthrough, run};
+    use wasmill::bench::{Backlog, BenchOptions, native_passthrough, run};
     let size = wasmill::config::size::parse(&a.size).map_err(anyhow::Error::msg)? as usize;
     let (kind, table) = match &a.config {
         Some(path) => {
@@ -399,11 +399,17 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
         handler_label: a.handler.clone(),
         pubsub_label: kind.clone(),
         consume_only: a.consume_only,
-        // Against a durable broker with its raw client beside, publish first and then drain
-        // the backlog, the raw client's order, so each loop runs alone in both. Not on memory
-        // (it keeps nothing for absent subscribers) nor MQTT (brokers cap what they queue
-        // for an offline session: Mosquitto's max_queued_messages is 1000).
-        backlog: !a.no_raw && !matches!(kind.as_str(), "memory" | "mqtt"),
+        // Against a broker with its raw client beside, publish first and then drain the
+        // backlog, the raw client's order, so each loop runs alone in both. Not on memory (it
+        // keeps nothing for absent subscribers); on MQTT with the subscription connected
+        // (brokers cap what they queue for an offline session: Mosquitto's
+        // max_queued_messages is 1000).
+        backlog: match kind.as_str() {
+            _ if a.no_raw => Backlog::None,
+            "memory" => Backlog::None,
+            "mqtt" => Backlog::Held,
+            _ => Backlog::Stored,
+        },
         ..BenchOptions::default()
     };
     let mut report = run(
