@@ -9,10 +9,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -112,45 +113,72 @@ pub enum AckState {
 /// The shared ack/nack cell of one delivery.
 #[derive(Debug)]
 struct Delivery {
-    state: watch::Sender<AckState>,
+    /// An [`AckState`] as a number: settled once, by one compare-and-swap.
+    state: AtomicU8,
+    /// Wakes those waiting in [`Message::settled`].
+    waiters: Notify,
     /// How long the backend should wait before redelivering after a nack, if someone asked.
     redelivery_delay: std::sync::Mutex<Option<Duration>>,
-    /// Ended when the message is acked or nacked (or by whoever owns the delivery).
-    done: CancellationToken,
+    /// Ended when the message is acked or nacked (or by whoever owns the delivery); the
+    /// message context's token.
+    done: Arc<CancellationToken>,
     /// Told when the message is settled, if the subscription that delivered it asked
     /// ([`Message::notify_settled`]).
-    settled_notify: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
+    settled_notify: std::sync::OnceLock<Arc<Notify>>,
+}
+
+impl AckState {
+    fn from_u8(v: u8) -> AckState {
+        match v {
+            1 => AckState::Acked,
+            2 => AckState::Nacked,
+            _ => AckState::Pending,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            AckState::Pending => 0,
+            AckState::Acked => 1,
+            AckState::Nacked => 2,
+        }
+    }
 }
 
 impl Delivery {
     fn new() -> Arc<Self> {
         Arc::new(Delivery {
-            state: watch::Sender::new(AckState::Pending),
+            state: AtomicU8::new(AckState::Pending.as_u8()),
+            waiters: Notify::new(),
             redelivery_delay: std::sync::Mutex::new(None),
-            done: CancellationToken::new(),
+            done: Arc::new(CancellationToken::new()),
             settled_notify: std::sync::OnceLock::new(),
         })
     }
 
+    fn state(&self) -> AckState {
+        AckState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Settles to `to` unless already settled; true if the delivery is (now) in state `to`.
     fn settle(&self, to: AckState) -> bool {
-        let mut result = false;
-        self.state.send_if_modified(|s| {
-            if *s == AckState::Pending {
-                *s = to;
-                result = true;
+        let swapped = self.state.compare_exchange(
+            AckState::Pending.as_u8(),
+            to.as_u8(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        match swapped {
+            Ok(_) => {
+                self.waiters.notify_waiters();
+                self.done.cancel();
+                if let Some(n) = self.settled_notify.get() {
+                    n.notify_one();
+                }
                 true
-            } else {
-                result = *s == to;
-                false
             }
-        });
-        if result {
-            self.done.cancel();
-            if let Some(n) = self.settled_notify.get() {
-                n.notify_one();
-            }
+            Err(current) => current == to.as_u8(),
         }
-        result
     }
 }
 
@@ -161,14 +189,11 @@ impl Delivery {
 /// Watermill #467).
 #[derive(Debug, Clone, Default)]
 pub struct MessageContext {
-    cancel: CancellationToken,
+    /// Shared, so that cloning a message (several times per message on the hot path) is an
+    /// atomic increment rather than a lock of the token's tree.
+    cancel: Arc<CancellationToken>,
     deadline: Option<Instant>,
-    handler: Option<Arc<str>>,
-    subscriber: Option<Arc<str>>,
-    publisher: Option<Arc<str>>,
-    subscribe_topic: Option<Arc<str>>,
-    publish_topic: Option<Arc<str>>,
-    stats: Option<Arc<HandlerStats>>,
+    route: Option<Arc<RouteInfo>>,
 }
 
 impl MessageContext {
@@ -202,50 +227,51 @@ impl MessageContext {
             _ => deadline,
         };
         MessageContext {
-            cancel: self.cancel.child_token(),
+            cancel: Arc::new(self.cancel.child_token()),
             deadline: Some(deadline),
-            ..self.clone()
+            route: self.route.clone(),
         }
     }
 
     /// The name of the handler processing this message.
     pub fn handler_name(&self) -> &str {
-        self.handler.as_deref().unwrap_or("")
+        self.route.as_ref().map_or("", |r| &r.handler)
     }
 
     /// The name (kind) of the subscriber that delivered this message.
     pub fn subscriber_name(&self) -> &str {
-        self.subscriber.as_deref().unwrap_or("")
+        self.route.as_ref().map_or("", |r| &r.subscriber)
     }
 
     /// The name (kind) of the publisher the handler's output goes to.
     pub fn publisher_name(&self) -> &str {
-        self.publisher.as_deref().unwrap_or("")
+        self.route
+            .as_ref()
+            .and_then(|r| r.publisher.as_deref())
+            .unwrap_or("")
     }
 
     /// The topic this message was received from.
     pub fn subscribe_topic(&self) -> &str {
-        self.subscribe_topic.as_deref().unwrap_or("")
+        self.route.as_ref().map_or("", |r| &r.subscribe_topic)
     }
 
     /// The topic the handler's output is published to.
     pub fn publish_topic(&self) -> &str {
-        self.publish_topic.as_deref().unwrap_or("")
+        self.route
+            .as_ref()
+            .and_then(|r| r.publish_topic.as_deref())
+            .unwrap_or("")
     }
 
     /// The counters of the handler processing this message, for middleware to update.
     pub fn stats(&self) -> Option<&Arc<HandlerStats>> {
-        self.stats.as_ref()
+        self.route.as_ref().and_then(|r| r.stats.as_ref())
     }
 
     /// Sets the router's values on the context; used by the router for each message.
-    pub fn set_route(&mut self, route: &RouteInfo) {
-        self.handler = Some(route.handler.clone());
-        self.subscriber = Some(route.subscriber.clone());
-        self.publisher = route.publisher.clone();
-        self.subscribe_topic = Some(route.subscribe_topic.clone());
-        self.publish_topic = route.publish_topic.clone();
-        self.stats = route.stats.clone();
+    pub fn set_route(&mut self, route: &Arc<RouteInfo>) {
+        self.route = Some(route.clone());
     }
 }
 
@@ -290,7 +316,8 @@ impl Message {
         let delivery = Delivery::new();
         let ctx = MessageContext {
             cancel: delivery.done.clone(),
-            ..MessageContext::default()
+            deadline: None,
+            route: None,
         };
         Message {
             uuid: uuid.into(),
@@ -344,22 +371,26 @@ impl Message {
     /// Has `notify` told (`notify_one`) when this delivery is acked or nacked: a subscription
     /// that holds many deliveries waits on one `Notify` instead of a future per message.
     /// Only the first call per delivery counts.
-    pub fn notify_settled(&self, notify: &Arc<tokio::sync::Notify>) {
+    pub fn notify_settled(&self, notify: &Arc<Notify>) {
         let _ = self.delivery.settled_notify.set(notify.clone());
     }
 
     /// Where this delivery stands.
     pub fn ack_state(&self) -> AckState {
-        *self.delivery.state.borrow()
+        self.delivery.state()
     }
 
     /// Waits until the message is acked or nacked, and says which.
     pub async fn settled(&self) -> AckState {
-        let mut rx = self.delivery.state.subscribe();
-        match rx.wait_for(|s| *s != AckState::Pending).await {
-            Ok(s) => *s,
-            // The sender lives in `self.delivery`, which we hold: it cannot be dropped.
-            Err(_) => AckState::Pending,
+        loop {
+            let woken = self.delivery.waiters.notified();
+            tokio::pin!(woken);
+            // Registered before the state is read: a settlement in between still wakes it.
+            woken.as_mut().enable();
+            match self.delivery.state() {
+                AckState::Pending => woken.await,
+                settled => return settled,
+            }
         }
     }
 

@@ -57,6 +57,9 @@ const NAME: &str = "amqp";
 /// The header carrying the message uuid (the name Watermill's AMQP marshaler uses).
 const UUID_HEADER: &str = "_watermill_message_uuid";
 
+/// How often a subscription checks that its channel is still open.
+const CHANNEL_CHECK: Duration = Duration::from_secs(1);
+
 /// Default prefetch: messages the broker pushes ahead of the acks.
 const READ_AHEAD: usize = 128;
 
@@ -426,6 +429,24 @@ impl AmqpPubSub {
     }
 
     /// A channel consuming this subscriber's queue of `topic`.
+    /// [`Self::open_consumer`] within `connect_timeout`: a broker that goes away between the
+    /// requests of the setup would otherwise leave one waiting for a reply forever.
+    async fn open_consumer_bounded(
+        &self,
+        topic: &str,
+        max_in_flight: usize,
+    ) -> Result<(Channel, Consumer)> {
+        let limit = self.config.connect_timeout;
+        tokio::time::timeout(limit, self.open_consumer(topic, max_in_flight))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::pubsub_msg(
+                    NAME,
+                    format!("subscribe to {topic}: no answer within {limit:?}"),
+                ))
+            })
+    }
+
     async fn open_consumer(
         &self,
         topic: &str,
@@ -569,7 +590,7 @@ impl Subscriber for AmqpPubSub {
             return Err(closed(NAME));
         }
         let max_in_flight = options.max_in_flight.max(1);
-        let first = self.open_consumer(topic, max_in_flight).await?;
+        let first = self.open_consumer_bounded(topic, max_in_flight).await?;
         let (sub, sender) = Subscription::channel(max_in_flight, &self.closed);
         let this = self.clone();
         let topic = topic.to_string();
@@ -693,7 +714,7 @@ impl AmqpPubSub {
                     let opened = tokio::select! {
                         biased;
                         _ = sender.closed() => return,
-                        r = self.open_consumer(topic, max_in_flight) => r,
+                        r = self.open_consumer_bounded(topic, max_in_flight) => r,
                     };
                     match opened {
                         Ok(open) => {
@@ -717,7 +738,7 @@ impl AmqpPubSub {
                 }
             };
             let ended = self
-                .pump(topic, max_in_flight, &mut consumer, &sender)
+                .pump(topic, max_in_flight, &channel, &mut consumer, &sender)
                 .await;
             drop(consumer);
             close_channel(&channel).await;
@@ -746,15 +767,26 @@ impl AmqpPubSub {
         &self,
         topic: &str,
         max_in_flight: usize,
+        channel: &Channel,
         consumer: &mut Consumer,
         sender: &SubscriptionSender,
     ) -> bool {
         let in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
+        // A consumer whose channel died is normally ended by lapin; this check makes sure a
+        // subscription never waits on a dead channel.
+        let mut watchdog = tokio::time::interval(CHANNEL_CHECK);
         loop {
             let next = tokio::select! {
                 biased;
                 _ = sender.closed() => return true,
                 n = consumer.next() => n,
+                _ = watchdog.tick() => {
+                    if channel.status().connected() {
+                        continue;
+                    }
+                    tracing::warn!(topic, url = %redacted(&self.config.url), "amqp: channel closed; reconnecting");
+                    return false;
+                }
             };
             let delivery = match next {
                 Some(Ok(d)) => d,

@@ -444,14 +444,14 @@ impl Router {
         let mut middleware = lock(&self.inner.middleware).clone();
         middleware.extend(spec.middleware.iter().cloned());
         let chain = apply_middleware(spec.handler.clone(), &middleware);
-        let route = RouteInfo {
+        let route = Arc::new(RouteInfo {
             handler: name.into(),
             subscriber: spec.subscriber.name().into(),
             publisher: spec.publish.as_ref().map(|(_, p)| p.name().into()),
             subscribe_topic: spec.subscribe_topic.as_str().into(),
             publish_topic: spec.publish.as_ref().map(|(t, _)| t.as_str().into()),
             stats: Some(entry.stats.clone()),
-        };
+        });
         let worker = Arc::new(Worker {
             chain,
             route,
@@ -590,7 +590,7 @@ async fn run_in_lanes(
 /// Runs one message through the chain, publishes the output, acks or nacks.
 struct Worker {
     chain: BoxHandler,
-    route: RouteInfo,
+    route: Arc<RouteInfo>,
     publish: Option<(String, DynPublisher)>,
     stats: Arc<HandlerStats>,
 }

@@ -129,14 +129,14 @@ mod tests {
         let mut poison = ps.subscribe("poison").await.unwrap();
         let pq = PoisonQueue::new(ps.clone(), "poison").unwrap();
         let h = pq.wrap(handler_fn(|_m| async { Err(HandlerError::new("broken")) }));
-        let route = crate::message::RouteInfo {
+        let route = Arc::new(crate::message::RouteInfo {
             handler: "h1".into(),
             subscriber: "memory".into(),
             publisher: None,
             subscribe_topic: "in".into(),
             publish_topic: None,
             stats: Some(Arc::new(HandlerStats::default())),
-        };
+        });
         let mut msg = Message::with_uuid("u", "p");
         msg.context_mut().set_route(&route);
         let out = h.handle(msg).await.unwrap();
@@ -147,7 +147,7 @@ mod tests {
         assert_eq!(p.metadata.get(TOPIC_POISONED), "in");
         assert_eq!(p.metadata.get(HANDLER_POISONED), "h1");
         assert_eq!(p.metadata.get(SUBSCRIBER_POISONED), "memory");
-        assert_eq!(route.stats.unwrap().snapshot().poisoned, 1);
+        assert_eq!(route.stats.as_ref().unwrap().snapshot().poisoned, 1);
     }
 
     #[tokio::test]
