@@ -57,6 +57,9 @@ const NAME: &str = "amqp";
 /// The header carrying the message uuid (the name Watermill's AMQP marshaler uses).
 const UUID_HEADER: &str = "_watermill_message_uuid";
 
+/// How long handing one ack to the connection may take.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How often a subscription checks that its channel is still open.
 const CHANNEL_CHECK: Duration = Duration::from_secs(1);
 
@@ -681,16 +684,22 @@ async fn settle(acker: Acker, msg: Message, sender: SubscriptionSender, nack_del
         // The channel closes with the subscription; the broker requeues the message.
         return;
     }
-    let sent = acker.ack(BasicAckOptions::default()).await;
+    // Bounded: an ack handed to a connection that dies under it may never be answered, and
+    // the subscription must go on to notice the broken consumer and reconnect.
+    let sent = tokio::time::timeout(ACK_TIMEOUT, acker.ack(BasicAckOptions::default())).await;
     match sent {
-        Ok(true) => {}
-        Ok(false) => tracing::debug!(
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => tracing::debug!(
             uuid = %uuid,
             "amqp: channel gone before the ack/nack; the broker redelivers the message"
         ),
-        Err(e) => tracing::warn!(
+        Ok(Err(e)) => tracing::warn!(
             uuid = %uuid,
             "amqp: ack failed (the broker redelivers the message): {e}"
+        ),
+        Err(_) => tracing::warn!(
+            uuid = %uuid,
+            "amqp: ack not sent within {ACK_TIMEOUT:?} (the broker redelivers the message)"
         ),
     }
 }

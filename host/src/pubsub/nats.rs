@@ -181,6 +181,7 @@ impl NatsPubSub {
             durable_name: Some(group.clone()),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: self.config.ack_wait,
+            // Twice the pull size: the next request is served while the last one's acks travel.
             max_ack_pending: (2 * max_in_flight.max(READ_AHEAD)) as i64,
             deliver_policy: if self.only_new {
                 jetstream::consumer::DeliverPolicy::New
@@ -317,21 +318,20 @@ impl Subscriber for NatsPubSub {
 
 fn to_message(m: &jetstream::Message) -> Message {
     let mut uuid = String::new();
-    let mut out_md = Vec::new();
+    let mut metadata = crate::message::Metadata::new();
     if let Some(h) = &m.headers {
         for (k, values) in h.iter() {
             let Some(v) = values.first() else { continue };
             if AsRef::<str>::as_ref(k) == UUID_HEADER {
                 uuid = v.as_str().to_string();
             } else {
-                out_md.push((k.to_string(), v.as_str().to_string()));
+                metadata.set(k.to_string(), v.as_str());
             }
         }
     }
-    let mut msg = Message::with_uuid(uuid, Bytes::copy_from_slice(&m.payload));
-    for (k, v) in out_md {
-        msg.metadata.set(k, v);
-    }
+    // The payload is shared with the client's buffer, not copied.
+    let mut msg = Message::with_uuid(uuid, m.payload.clone());
+    msg.metadata = metadata;
     msg
 }
 
@@ -354,21 +354,17 @@ const ACK_BATCH: usize = 256;
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a subscription reads its durable consumer: pull requests of `READ_AHEAD` messages
-/// (or `max_in_flight`, if larger) that expire after `PULL_EXPIRY`. Once half of one
-/// request's messages arrived the next request is sent, so the server streams on while this
-/// one is delivered. Acks, progress and naks go out in the background.
+/// (or `max_in_flight`, if larger) that expire after `PULL_EXPIRY`, one at a time: the server
+/// shares messages out among a consumer's waiting requests one by one, so two requests of one
+/// subscription (two inboxes) would each get every other message and break the order. Acks,
+/// progress and naks go out in the background.
 struct NatsFetch {
     pubsub: NatsPubSub,
     topic: String,
     consumer: jetstream::consumer::PullConsumer,
     max_in_flight: usize,
-    /// The pull requests being read, oldest first: when each was made, the messages it
-    /// brought so far.
-    batches: VecDeque<(
-        tokio::time::Instant,
-        jetstream::consumer::pull::Batch,
-        usize,
-    )>,
+    /// The pull request being read (at most one), with when it was made.
+    batches: VecDeque<(tokio::time::Instant, jetstream::consumer::pull::Batch)>,
     backoff: Duration,
     acks: AckBatcher<(jetstream::Message, AckKind)>,
 }
@@ -397,7 +393,7 @@ impl NatsFetch {
             topic: topic.to_string(),
             consumer,
             max_in_flight,
-            batches: VecDeque::with_capacity(2),
+            batches: VecDeque::with_capacity(1),
             backoff: Duration::from_millis(100),
             acks,
         }
@@ -419,7 +415,7 @@ impl NatsFetch {
             .await;
         match pulled {
             Ok(b) => {
-                self.batches.push_back((requested, b, 0));
+                self.batches.push_back((requested, b));
                 true
             }
             Err(e) => {
@@ -452,8 +448,7 @@ impl Fetcher for NatsFetch {
                 messages,
             };
         }
-        let half = self.pull_size().div_ceil(2);
-        let Some((since, batch, received)) = self.batches.front_mut() else {
+        let Some((since, batch)) = self.batches.front_mut() else {
             unreachable!("a pull request was just made")
         };
         let since = *since;
@@ -464,7 +459,6 @@ impl Fetcher for NatsFetch {
             match item {
                 Some(Ok(m)) => {
                     messages.push((to_message(&m), m));
-                    *received += 1;
                     if messages.len() < max {
                         next = batch.next().now_or_never();
                     }
@@ -473,7 +467,6 @@ impl Fetcher for NatsFetch {
                 Some(Err(e)) => error = Some(e),
             }
         }
-        let ask_next = *received >= half;
         if ended || error.is_some() {
             self.batches.pop_front();
         }
@@ -483,12 +476,7 @@ impl Fetcher for NatsFetch {
                 self.batches.clear();
                 self.back_off(format!("message stream error: {e}")).await;
             }
-            None => {
-                self.backoff = Duration::from_millis(100);
-                if ask_next && self.batches.len() < 2 {
-                    self.pull().await;
-                }
-            }
+            None => self.backoff = Duration::from_millis(100),
         }
         Fetched { since, messages }
     }
@@ -529,7 +517,7 @@ impl Fetcher for NatsFetch {
         // What the server still sends to the pull requests goes back at once.
         if !batches.is_empty() {
             tokio::spawn(async move {
-                for (_, mut batch, _) in batches {
+                for (_, mut batch) in batches {
                     while let Some(Ok(m)) = batch.next().await {
                         give_back(&m, None).await;
                     }
