@@ -20,7 +20,6 @@
 //! - Reconnect: the client reconnects by itself; the pull loop re-creates its pull requests
 //!   (and the consumer) after an error, with backoff, logging the URL.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -363,8 +362,8 @@ struct NatsFetch {
     topic: String,
     consumer: jetstream::consumer::PullConsumer,
     max_in_flight: usize,
-    /// The pull request being read (at most one), with when it was made.
-    batches: VecDeque<(tokio::time::Instant, jetstream::consumer::pull::Batch)>,
+    /// The pull request being read, with when it was made.
+    batch: Option<(tokio::time::Instant, jetstream::consumer::pull::Batch)>,
     backoff: Duration,
     acks: AckBatcher<(jetstream::Message, AckKind)>,
 }
@@ -393,7 +392,7 @@ impl NatsFetch {
             topic: topic.to_string(),
             consumer,
             max_in_flight,
-            batches: VecDeque::with_capacity(1),
+            batch: None,
             backoff: Duration::from_millis(100),
             acks,
         }
@@ -415,7 +414,7 @@ impl NatsFetch {
             .await;
         match pulled {
             Ok(b) => {
-                self.batches.push_back((requested, b));
+                self.batch = Some((requested, b));
                 true
             }
             Err(e) => {
@@ -442,13 +441,13 @@ impl Fetcher for NatsFetch {
 
     async fn fetch(&mut self, max: usize) -> Fetched<jetstream::Message> {
         let mut messages = Vec::new();
-        if self.batches.is_empty() && !self.pull().await {
+        if self.batch.is_none() && !self.pull().await {
             return Fetched {
                 since: tokio::time::Instant::now(),
                 messages,
             };
         }
-        let Some((since, batch)) = self.batches.front_mut() else {
+        let Some((since, batch)) = &mut self.batch else {
             unreachable!("a pull request was just made")
         };
         let since = *since;
@@ -468,14 +467,10 @@ impl Fetcher for NatsFetch {
             }
         }
         if ended || error.is_some() {
-            self.batches.pop_front();
+            self.batch = None;
         }
         match error {
-            Some(e) => {
-                // Requests made before the error may be gone with the connection.
-                self.batches.clear();
-                self.back_off(format!("message stream error: {e}")).await;
-            }
+            Some(e) => self.back_off(format!("message stream error: {e}")).await,
             None => self.backoff = Duration::from_millis(100),
         }
         Fetched { since, messages }
@@ -503,7 +498,7 @@ impl Fetcher for NatsFetch {
         let client = self.pubsub.js.client();
         let NatsFetch {
             pubsub,
-            batches,
+            batch,
             acks,
             ..
         } = self;
@@ -514,13 +509,11 @@ impl Fetcher for NatsFetch {
             // consumer stays blocked on them until `ack_wait`.
             flush(&flushed).await;
         });
-        // What the server still sends to the pull requests goes back at once.
-        if !batches.is_empty() {
+        // What the server still sends to the pull request goes back at once.
+        if let Some((_, mut batch)) = batch {
             tokio::spawn(async move {
-                for (_, mut batch) in batches {
-                    while let Some(Ok(m)) = batch.next().await {
-                        give_back(&m, None).await;
-                    }
+                while let Some(Ok(m)) = batch.next().await {
+                    give_back(&m, None).await;
                 }
                 flush(&client).await;
             });
