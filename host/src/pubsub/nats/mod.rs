@@ -6,13 +6,14 @@
 //! - Publish waits for JetStream's ack (a publisher confirm). The uuid travels in the
 //!   `Wasmill-Uuid` header and metadata in headers of their own names.
 //! - Consumer group: a durable consumer named after the group (default `wasmill`),
-//!   `DeliverPolicy::All` so a new group reads earlier messages, `max_ack_pending` = 128 (or
-//!   the largest `max_in_flight` of its subscriptions): the server pushes that many ahead of
-//!   the acks, shared by the group's subscriptions.
-//! - Delivery: bounded pull batches (1 s expiry), each read to its end, so a subscription
-//!   that ends leaves no pull request behind and gives back (`Nak`) at once what it still
-//!   receives. Messages are handed over `max_in_flight` at a time from memory, by the
-//!   consumer's own task ([`super::read_ahead`]).
+//!   `DeliverPolicy::All` so a new group reads earlier messages, `max_ack_pending` = 512 (or
+//!   four times the largest `max_in_flight` of its subscriptions), shared by the group's
+//!   subscriptions.
+//! - Delivery: pull requests of 128 with a 1 s expiry, all on one inbox per subscription
+//!   ([`pull`]), the next sent while the last is delivered; a subscription that ends sends no
+//!   more and gives back (`Nak`) at once what its open requests still bring. Messages are
+//!   handed over `max_in_flight` at a time from memory, by the consumer's own task
+//!   ([`super::read_ahead`]).
 //! - Ack = `Ack`, sent in the background. A nacked message is delivered again by the subscription itself after its
 //!   redelivery delay (with an `InProgress` to the server, which restarts its `ack_wait`), so
 //!   one in flight keeps the stream's order; one held so long that its `ack_wait` could run
@@ -27,11 +28,14 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod pull;
+
+use self::pull::{PullInbox, Pulled};
 use super::ack_batcher::AckBatcher;
 use super::read_ahead::{Fetched, Fetcher, ReadAhead, ReadAheadOptions};
 use super::{Publisher, SubscribeOptions, Subscriber, Subscription, closed};
@@ -180,8 +184,8 @@ impl NatsPubSub {
             durable_name: Some(group.clone()),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: self.config.ack_wait,
-            // Twice the pull size: the next request is served while the last one's acks travel.
-            max_ack_pending: (2 * max_in_flight.max(READ_AHEAD)) as i64,
+            // Two open requests and the acks of a third batch still travelling.
+            max_ack_pending: (4 * max_in_flight.max(READ_AHEAD)) as i64,
             deliver_policy: if self.only_new {
                 jetstream::consumer::DeliverPolicy::New
             } else {
@@ -334,14 +338,14 @@ fn to_message(m: &jetstream::Message) -> Message {
     msg
 }
 
-/// How long one pull request waits on the server for messages. A subscription pulls in
-/// bounded batches rather than one endless pull, so that when it ends no pull request of its
-/// own is left on the server to swallow a message into an inbox nobody reads (which would hold
-/// that message, and with one in flight the whole consumer, until `ack_wait` ran out).
+/// How long one pull request waits on the server for messages. Requests are bounded rather
+/// than endless so that one the server lost (a restart) is known to be gone soon, and a
+/// subscription that ends waits at most this long for what its requests still bring.
 const PULL_EXPIRY: Duration = Duration::from_secs(1);
 
-/// How many messages the server pushes ahead of the acks (the consumer's `max_ack_pending`,
-/// unless a subscription asks for more in flight) and one pull request asks for. A
+/// How many messages one pull request asks for (or `max_in_flight`, if larger). Up to two
+/// requests are open at once, and the consumer's `max_ack_pending` is four times this: the
+/// next request waits on the server while the last one is delivered and its acks travel. A
 /// subscription hands them over `max_in_flight` at a time, from memory, with no round trip
 /// each, and delivers a nacked one again itself, so one in flight keeps the stream's order.
 const READ_AHEAD: usize = 128;
@@ -353,17 +357,15 @@ const ACK_BATCH: usize = 256;
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a subscription reads its durable consumer: pull requests of `READ_AHEAD` messages
-/// (or `max_in_flight`, if larger) that expire after `PULL_EXPIRY`, one at a time: the server
-/// shares messages out among a consumer's waiting requests one by one, so two requests of one
-/// subscription (two inboxes) would each get every other message and break the order. Acks,
-/// progress and naks go out in the background.
+/// (or `max_in_flight`, if larger) on one inbox ([`pull::PullInbox`]), the next one sent
+/// while the last is delivered. Acks, progress and naks go out in the background.
 struct NatsFetch {
     pubsub: NatsPubSub,
     topic: String,
     consumer: jetstream::consumer::PullConsumer,
     max_in_flight: usize,
-    /// The pull request being read, with when it was made.
-    batch: Option<(tokio::time::Instant, jetstream::consumer::pull::Batch)>,
+    /// The subscription's inbox, once opened.
+    inbox: Option<PullInbox>,
     backoff: Duration,
     acks: AckBatcher<(jetstream::Message, AckKind)>,
 }
@@ -392,46 +394,36 @@ impl NatsFetch {
             topic: topic.to_string(),
             consumer,
             max_in_flight,
-            batch: None,
+            inbox: None,
             backoff: Duration::from_millis(100),
             acks,
         }
     }
 
-    fn pull_size(&self) -> usize {
-        READ_AHEAD.max(self.max_in_flight)
-    }
-
-    /// Sends a pull request; on failure backs off and looks the consumer up again.
-    async fn pull(&mut self) -> bool {
-        let requested = tokio::time::Instant::now();
-        let pulled = self
-            .consumer
-            .batch()
-            .max_messages(self.pull_size())
-            .expires(PULL_EXPIRY)
-            .messages()
-            .await;
-        match pulled {
-            Ok(b) => {
-                self.batch = Some((requested, b));
-                true
-            }
-            Err(e) => {
-                self.back_off(format!("pull failed: {e}")).await;
-                if let Ok(c) = self.pubsub.consumer(&self.topic, self.max_in_flight).await {
-                    self.consumer = c;
-                }
-                false
-            }
+    /// The open inbox with a request waiting on the server, or the error that prevented it.
+    async fn ready_inbox(&mut self) -> std::result::Result<&mut PullInbox, String> {
+        if self.inbox.is_none() {
+            let size = READ_AHEAD.max(self.max_in_flight);
+            let inbox =
+                PullInbox::open(self.consumer.clone(), &self.pubsub.js, size, PULL_EXPIRY).await?;
+            self.inbox = Some(inbox);
         }
+        let inbox = self.inbox.as_mut().expect("opened above");
+        inbox.top_up().await?;
+        Ok(inbox)
     }
 
-    /// Logs `error`, waits the backoff and doubles it.
-    async fn back_off(&mut self, error: impl std::fmt::Display) {
+    /// Logs `error`, waits the backoff (doubling it) and looks the consumer up again.
+    async fn recover(&mut self, error: impl std::fmt::Display) {
         tracing::warn!(topic = %self.topic, url = %self.pubsub.config.url, "nats: {error}; retrying in {:?}", self.backoff);
         tokio::time::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+        if let Ok(c) = self.pubsub.consumer(&self.topic, self.max_in_flight).await {
+            if let Some(inbox) = &mut self.inbox {
+                inbox.set_consumer(c.clone());
+            }
+            self.consumer = c;
+        }
     }
 }
 
@@ -441,36 +433,38 @@ impl Fetcher for NatsFetch {
 
     async fn fetch(&mut self, max: usize) -> Fetched<jetstream::Message> {
         let mut messages = Vec::new();
-        if self.batch.is_none() && !self.pull().await {
-            return Fetched {
-                since: tokio::time::Instant::now(),
-                messages,
-            };
-        }
-        let Some((since, batch)) = &mut self.batch else {
-            unreachable!("a pull request was just made")
+        let mut since = tokio::time::Instant::now();
+        let inbox = match self.ready_inbox().await {
+            Ok(inbox) => inbox,
+            Err(e) => {
+                self.recover(e).await;
+                return Fetched { since, messages };
+            }
         };
-        let since = *since;
         // Wait for the first message, then take what already arrived.
-        let (mut ended, mut error) = (false, None);
-        let mut next = Some(batch.next().await);
-        while let Some(item) = next.take() {
-            match item {
-                Some(Ok(m)) => {
+        let mut next = Some(inbox.next().await);
+        let mut failed = None;
+        while let Some(pulled) = next.take() {
+            match pulled {
+                Pulled::Message(sent, m) => {
+                    since = since.min(sent);
                     messages.push((to_message(&m), m));
                     if messages.len() < max {
-                        next = batch.next().now_or_never();
+                        next = inbox.try_next();
                     }
                 }
-                None => ended = true,
-                Some(Err(e)) => error = Some(e),
+                Pulled::Idle => {}
+                Pulled::Failed(e) => failed = Some(e),
             }
         }
-        if ended || error.is_some() {
-            self.batch = None;
+        // The next request waits on the server while this batch is handed out.
+        if failed.is_none()
+            && let Err(e) = inbox.top_up().await
+        {
+            failed = Some(e);
         }
-        match error {
-            Some(e) => self.back_off(format!("message stream error: {e}")).await,
+        match failed {
+            Some(e) => self.recover(e).await,
             None => self.backoff = Duration::from_millis(100),
         }
         Fetched { since, messages }
@@ -498,7 +492,7 @@ impl Fetcher for NatsFetch {
         let client = self.pubsub.js.client();
         let NatsFetch {
             pubsub,
-            batch,
+            inbox,
             acks,
             ..
         } = self;
@@ -509,12 +503,10 @@ impl Fetcher for NatsFetch {
             // consumer stays blocked on them until `ack_wait`.
             flush(&flushed).await;
         });
-        // What the server still sends to the pull request goes back at once.
-        if let Some((_, mut batch)) = batch {
+        // What the open requests still bring goes back at once.
+        if let Some(inbox) = inbox {
             tokio::spawn(async move {
-                while let Some(Ok(m)) = batch.next().await {
-                    give_back(&m, None).await;
-                }
+                inbox.drain(async |m| give_back(&m, None).await).await;
                 flush(&client).await;
             });
         }
