@@ -1,12 +1,14 @@
 //! `cargo bench -p wasmill --bench router`: the router on the in-memory pub/sub with a native
 //! pass-through handler and with the `passthrough.wasm` plugin (fuel and epoch on), 1M
 //! messages at 100 B and 16 KiB (override with WASMILL_BENCH_MESSAGES). Prints the figures and
-//! the WASM/native ratio per payload size. Needs `scripts/build-plugins.sh` to have run.
+//! the WASM/native ratio per payload size, then the bare cost of one component call (no
+//! router, no pub/sub; WASMILL_BENCH_CALLS calls, 200,000 by default). Needs `scripts/build-plugins.sh` to have run.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use wasmill::bench::{BenchOptions, BenchReport, native_passthrough, run};
+use wasmill::message::Message;
 use wasmill::pubsub::memory::MemoryPubSub;
 use wasmill::router::BoxHandler;
 use wasmill::wasm::{EngineConfig, Grants, InstancePool, Limits, WasmEngine, WasmHandler};
@@ -56,5 +58,28 @@ fn main() {
             "  ratio {payload_size} B: WASM/native time per message = {:.2}x\n",
             native.end_to_end_per_sec / wasm.end_to_end_per_sec
         );
+    }
+    for payload_size in [0, 100, 16 * 1024] {
+        let pool = InstancePool::new(
+            engine.clone(),
+            compiled.clone(),
+            Limits::default(),
+            Grants::default(),
+            1,
+        );
+        let msg = Message::new(vec![b'x'; payload_size]).with_metadata("k", "v");
+        let calls: u32 = std::env::var("WASMILL_BENCH_CALLS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200_000);
+        let per_call = rt.block_on(async {
+            pool.call(&msg, None).await.expect("warm-up call");
+            let start = std::time::Instant::now();
+            for _ in 0..calls {
+                pool.call(&msg, None).await.expect("call");
+            }
+            start.elapsed() / calls
+        });
+        println!("  component call, {payload_size} B pass-through: {per_call:?} per call");
     }
 }

@@ -12,6 +12,7 @@ pub mod handler {
         world: "handler",
         imports: { default: async | trappable },
         exports: { default: async },
+        ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 
@@ -22,6 +23,7 @@ pub mod middleware {
         world: "middleware",
         imports: { default: async | trappable },
         exports: { default: async },
+        ownership: Borrowing { duplicate_if_necessary: true },
         with: {
             "wasmill:plugin/types": super::handler::wasmill::plugin::types,
             "wasmill:plugin/host": super::handler::wasmill::plugin::host,

@@ -6,9 +6,27 @@ use super::bindings::handler::wasmill::plugin::types;
 use crate::error::{ErrorKind, HandlerError};
 use crate::message::{Message, new_uuid};
 
-/// The WIT record for `m` (the payload is copied: it is about to be copied into the guest).
-pub fn to_wit(m: &Message) -> types::Message {
-    types::Message {
+/// The metadata of `m` as the borrowed pairs a [`types::MessageParam`] points to.
+pub fn wit_metadata(m: &Message) -> Vec<(&str, &str)> {
+    m.metadata.iter().collect()
+}
+
+/// `m` as the argument of a guest's `handle`: borrowed, so nothing is copied before the call
+/// copies it into the guest's memory. `metadata` comes from [`wit_metadata`].
+pub fn to_wit_param<'a>(
+    m: &'a Message,
+    metadata: &'a [(&'a str, &'a str)],
+) -> types::MessageParam<'a> {
+    types::MessageParam {
+        uuid: &m.uuid,
+        metadata,
+        payload: &m.payload,
+    }
+}
+
+/// The owned WIT record for `m` (what an import such as `next` returns to the guest).
+pub fn to_wit(m: &Message) -> types::MessageResult {
+    types::MessageResult {
         uuid: m.uuid.clone(),
         metadata: m
             .metadata
@@ -20,12 +38,12 @@ pub fn to_wit(m: &Message) -> types::Message {
 }
 
 /// The WIT records for `msgs`.
-pub fn to_wit_messages(msgs: &[Message]) -> Vec<types::Message> {
+pub fn to_wit_messages(msgs: &[Message]) -> Vec<types::MessageResult> {
     msgs.iter().map(to_wit).collect()
 }
 
 /// A new host message from a guest's record; an empty uuid gets a fresh one.
-pub fn from_wit(m: types::Message) -> Message {
+pub fn from_wit(m: types::MessageResult) -> Message {
     let uuid = if m.uuid.is_empty() {
         new_uuid()
     } else {
@@ -60,12 +78,26 @@ mod tests {
         let m = Message::with_uuid("u1", "p").with_metadata("k", "v");
         let back = from_wit(to_wit(&m));
         assert_eq!(back, m);
-        let fresh = from_wit(types::Message {
+        let fresh = from_wit(types::MessageResult {
             uuid: String::new(),
             metadata: vec![],
             payload: vec![],
         });
         assert!(!fresh.uuid.is_empty());
+    }
+
+    #[test]
+    fn the_handle_argument_borrows_the_message() {
+        let m = Message::with_uuid("u1", "payload").with_metadata("k", "v");
+        let metadata = wit_metadata(&m);
+        let param = to_wit_param(&m, &metadata);
+        assert_eq!(param.uuid, "u1");
+        assert_eq!(param.metadata, &[("k", "v")]);
+        assert_eq!(
+            param.payload.as_ptr(),
+            m.payload.as_ptr(),
+            "payload not copied"
+        );
     }
 
     #[test]

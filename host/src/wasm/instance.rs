@@ -7,7 +7,7 @@ use wasmtime::Store;
 
 use super::bindings::{handler, middleware};
 use super::component::{CompiledPlugin, Pre};
-use super::convert::{from_wit, from_wit_error, to_wit};
+use super::convert::{from_wit, from_wit_error, to_wit_param, wit_metadata};
 use super::engine::{WasmEngine, ticks_for};
 use super::limits::Limits;
 use super::state::{Grants, PluginState};
@@ -150,10 +150,11 @@ impl InstancePool {
             .map_err(|e| HandlerError::with_kind(ErrorKind::Trap, format!("set fuel: {e}")))?;
         inst.store.set_epoch_deadline(ticks_for(limits.timeout));
         inst.store.data_mut().next = next;
-        let input = to_wit(msg);
+        let metadata = wit_metadata(msg);
+        let input = to_wit_param(msg, &metadata);
         let result = match &inst.bindings {
-            Bindings::Handler(b) => b.call_handle(&mut inst.store, &input).await,
-            Bindings::Middleware(b) => b.call_handle(&mut inst.store, &input).await,
+            Bindings::Handler(b) => b.call_handle(&mut inst.store, input).await,
+            Bindings::Middleware(b) => b.call_handle(&mut inst.store, input).await,
         };
         inst.store.data_mut().next = None;
         let fuel_left = inst.store.get_fuel().unwrap_or(0);
@@ -178,7 +179,7 @@ impl InstancePool {
 }
 
 fn check_output(
-    out: &[super::bindings::handler::wasmill::plugin::types::Message],
+    out: &[super::bindings::handler::wasmill::plugin::types::MessageResult],
     limits: &Limits,
 ) -> Result<(), HandlerError> {
     if out.len() > limits.max_output_messages {

@@ -144,7 +144,7 @@ impl host::Host for PluginState {
     async fn publish(
         &mut self,
         topic: String,
-        msg: types::Message,
+        msg: types::MessageResult,
     ) -> wasmtime::Result<Result<(), String>> {
         let Some(publisher) = self.grants.publish.get(&topic) else {
             tracing::warn!(plugin = %self.plugin, %topic, "denied publish to a topic not granted");
@@ -173,8 +173,8 @@ impl host::Host for PluginState {
 impl middleware::MiddlewareImports for PluginState {
     async fn next(
         &mut self,
-        msg: types::Message,
-    ) -> wasmtime::Result<Result<Vec<types::Message>, types::HandlerError>> {
+        msg: types::MessageResult,
+    ) -> wasmtime::Result<Result<Vec<types::MessageResult>, types::HandlerError>> {
         let Some(next) = self.next.clone() else {
             return Err(wasmtime::Error::msg(
                 "next called outside of a middleware call",
