@@ -360,6 +360,10 @@ pub struct BenchArgs {
     /// are compared with its raw client on the same server, as a ratio).
     #[arg(long)]
     no_raw: bool,
+    /// Run Wasmill and the raw client this many times, alternately, and print the medians
+    /// (ratios taken per round): steadier figures on a shared machine.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=101))]
+    rounds: u32,
 }
 
 /// `wasmill bench`.
@@ -377,7 +381,6 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
         }
         None => (a.pubsub.clone(), toml::Table::new()),
     };
-    let backend = wasmill::pubsub::registry::connect(&a.pubsub, &kind, &table).await?;
     let handler: wasmill::BoxHandler = if a.handler == "native" {
         native_passthrough()
     } else {
@@ -412,27 +415,34 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
         },
         ..BenchOptions::default()
     };
-    let mut report = run(
-        backend.publisher.clone(),
-        backend.subscriber.clone(),
-        handler,
-        &options,
-    )
-    .await?;
-    if !a.no_raw {
-        let raw = wasmill::pubsub::registry::raw_bench(
-            &a.pubsub,
-            &options.pubsub_label,
-            &table,
-            a.messages,
-            size,
+    let mut rounds = Vec::new();
+    for _ in 0..a.rounds {
+        // A run closes its backend when it ends: each round connects anew.
+        let backend = wasmill::pubsub::registry::connect(&a.pubsub, &kind, &table).await?;
+        let mut report = run(
+            backend.publisher.clone(),
+            backend.subscriber.clone(),
+            handler.clone(),
+            &options,
         )
-        .await
-        .context("raw client benchmark")?;
-        if let Some(raw) = raw {
-            report.compare_raw(raw);
+        .await?;
+        if !a.no_raw {
+            let raw = wasmill::pubsub::registry::raw_bench(
+                &a.pubsub,
+                &options.pubsub_label,
+                &table,
+                a.messages,
+                size,
+            )
+            .await
+            .context("raw client benchmark")?;
+            if let Some(raw) = raw {
+                report.compare_raw(raw);
+            }
         }
+        rounds.push(report);
     }
+    let report = wasmill::bench::BenchReport::median(rounds).context("no round ran")?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
