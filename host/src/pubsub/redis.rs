@@ -314,9 +314,14 @@ fn parse_read(v: &Value) -> Vec<Entry> {
 }
 
 impl RedisPubSub {
+    /// A connection of its own for a subscription's blocking reads. Its response timeout
+    /// covers a whole `BLOCK` plus `command_timeout`: with the client's default (500 ms, the
+    /// default `block` too) every read of an idle stream timed out and reconnected.
     async fn reader(&self) -> Result<MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(self.config.block + self.config.command_timeout));
         self.client
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| rerr(format!("connect {}", redacted(&self.config.url)), e))
     }
@@ -787,6 +792,35 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("secret"), "password leaked: {err}");
+    }
+
+    #[tokio::test]
+    async fn a_blocking_read_of_an_idle_stream_outlasts_its_block_on_the_default_settings() {
+        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
+        let config = RedisConfig {
+            url: url(),
+            consumer_group: Some(crate::pubsub::conformance::unique_group()),
+            ..RedisConfig::default()
+        };
+        let ps = RedisPubSub::connect(config.clone()).await.unwrap();
+        let topic = format!("idle_{}", uuid::Uuid::new_v4().simple());
+        ps.subscribe_initialize(&topic).await.unwrap();
+        let mut con = ps.reader().await.unwrap();
+        // What a subscription sends when nothing comes: the server answers nil after BLOCK.
+        let read = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(ps.group())
+            .arg("c1")
+            .arg("COUNT")
+            .arg(10)
+            .arg("BLOCK")
+            .arg(config.block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&topic)
+            .arg(">")
+            .query_async::<Value>(&mut con)
+            .await;
+        assert!(read.is_ok(), "idle read failed: {read:?}");
     }
 
     #[tokio::test]
