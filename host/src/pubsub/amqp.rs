@@ -45,6 +45,7 @@ use lapin::{
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{
     Publisher, RawBenchFigures, SubscribeOptions, Subscriber, Subscription, SubscriptionSender,
@@ -324,6 +325,8 @@ pub struct AmqpPubSub {
     publishing: Arc<PublishSide>,
     consuming: Arc<Link>,
     closed: CancellationToken,
+    /// The subscriptions' tasks: `close` lets their last acks out before the connection goes.
+    tasks: TaskTracker,
     /// A tail: exclusive throw-away queues instead of the group's queue.
     tail: bool,
 }
@@ -344,6 +347,7 @@ impl AmqpPubSub {
             config: Arc::new(config),
             publishing,
             closed,
+            tasks: TaskTracker::new(),
             tail: false,
         })
     }
@@ -360,6 +364,7 @@ impl AmqpPubSub {
                 closed.clone(),
             )),
             closed,
+            tasks: TaskTracker::new(),
             tail: true,
             ..self.clone()
         }
@@ -556,6 +561,15 @@ impl Publisher for AmqpPubSub {
 
     async fn close(&self) -> Result<()> {
         self.closed.cancel();
+        // Ended subscriptions ack what their consumers settled before the connection closes
+        // (else the last acks fail and the broker delivers those messages again).
+        self.tasks.close();
+        if tokio::time::timeout(ACK_TIMEOUT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("amqp: acks still unsent at close (the broker redelivers them)");
+        }
         if !self.tail {
             self.publishing.close().await;
         }
@@ -597,7 +611,7 @@ impl Subscriber for AmqpPubSub {
         let (sub, sender) = Subscription::channel(max_in_flight, &self.closed);
         let this = self.clone();
         let topic = topic.to_string();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             this.consume(&topic, max_in_flight, first, sender).await;
         });
         Ok(sub)
@@ -747,7 +761,7 @@ impl AmqpPubSub {
                 }
             };
             let ended = self
-                .pump(topic, max_in_flight, &channel, &mut consumer, &sender)
+                .pump_to_end(topic, max_in_flight, &channel, &mut consumer, &sender)
                 .await;
             drop(consumer);
             close_channel(&channel).await;
@@ -775,12 +789,12 @@ impl AmqpPubSub {
     async fn pump(
         &self,
         topic: &str,
-        max_in_flight: usize,
+        in_flight: &Arc<tokio::sync::Semaphore>,
         channel: &Channel,
         consumer: &mut Consumer,
         sender: &SubscriptionSender,
     ) -> bool {
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
+        let max_in_flight = in_flight.available_permits();
         // A consumer whose channel died is normally ended by lapin; this check makes sure a
         // subscription never waits on a dead channel.
         let mut watchdog = tokio::time::interval(CHANNEL_CHECK);
@@ -833,6 +847,27 @@ impl AmqpPubSub {
                 });
             }
         }
+    }
+
+    /// [`Self::pump`], then, if the subscription ended, waits until the settlements it spawned
+    /// are sent (each is bounded): the channel closes after them.
+    async fn pump_to_end(
+        &self,
+        topic: &str,
+        max_in_flight: usize,
+        channel: &Channel,
+        consumer: &mut Consumer,
+        sender: &SubscriptionSender,
+    ) -> bool {
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
+        let ended = self
+            .pump(topic, &in_flight, channel, consumer, sender)
+            .await;
+        if ended {
+            let all = u32::try_from(max_in_flight.max(1)).unwrap_or(u32::MAX);
+            let _ = tokio::time::timeout(ACK_TIMEOUT, in_flight.acquire_many(all)).await;
+        }
+        ended
     }
 }
 
@@ -1146,6 +1181,49 @@ mod tests {
                 }
                 drop(sub);
                 Publisher::close(&ps).await.unwrap();
+                Outcome::Passed
+            })
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_acked_just_before_close_are_not_delivered_again() {
+        conformance::run(&AmqpHarness::new(), "ack_before_close", |h| {
+            Box::pin(async move {
+                let topic = conformance::unique_topic("ack_before_close");
+                for max_in_flight in [1, 4] {
+                    let ps = AmqpPubSub::connect(h.config(&h.group)).await.unwrap();
+                    ps.subscribe_initialize(&topic).await.unwrap();
+                    let msgs: Vec<Message> =
+                        (0..4).map(|i| Message::new(format!("a{i}"))).collect();
+                    ps.publish(&topic, msgs.iter().map(Message::copy).collect())
+                        .await
+                        .unwrap();
+                    let options = SubscribeOptions { max_in_flight };
+                    let mut sub = ps.subscribe_with(&topic, options).await.unwrap();
+                    for _ in 0..msgs.len() {
+                        let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+                            .await
+                            .expect("a message")
+                            .expect("stream ended");
+                        m.ack();
+                    }
+                    // The consumer leaves and the backend closes right after the last ack.
+                    drop(sub);
+                    Subscriber::close(&ps).await.unwrap();
+                    let again = AmqpPubSub::connect(h.config(&h.group)).await.unwrap();
+                    let mut sub = again.subscribe(&topic).await.unwrap();
+                    let redelivered =
+                        tokio::time::timeout(Duration::from_secs(1), sub.recv()).await;
+                    assert!(
+                        redelivered.is_err(),
+                        "an acked message came again (max_in_flight {max_in_flight}): {:?}",
+                        redelivered.ok().flatten().map(|m| m.uuid)
+                    );
+                    drop(sub);
+                    Subscriber::close(&again).await.unwrap();
+                }
                 Outcome::Passed
             })
         })
