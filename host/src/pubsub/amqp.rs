@@ -14,7 +14,9 @@
 //!   the subscription itself after `nack_requeue_delay` (or the message's own redelivery
 //!   delay, so that a poisoned message does not spin a core): requeued, it would come back
 //!   behind the messages the channel already holds, so one in flight keeps publish order.
-//!   When the subscription ends, the broker requeues whatever it held unacked.
+//!   When the subscription ends, the acks of what its consumer settled are sent first, then
+//!   its channel closes and the broker requeues whatever it held unacked; `close` waits
+//!   (bounded) for ended subscriptions so their last acks go out before the connection does.
 //! - Reconnect: the publisher and the subscriptions each use a connection that is reopened
 //!   when found dead. While the broker is away `publish` fails (the caller retries; the next
 //!   call reconnects). A dead channel's unacked messages are requeued by the broker and each
