@@ -791,12 +791,12 @@ impl AmqpPubSub {
     async fn pump(
         &self,
         topic: &str,
+        max_in_flight: usize,
         in_flight: &Arc<tokio::sync::Semaphore>,
         channel: &Channel,
         consumer: &mut Consumer,
         sender: &SubscriptionSender,
     ) -> bool {
-        let max_in_flight = in_flight.available_permits();
         // A consumer whose channel died is normally ended by lapin; this check makes sure a
         // subscription never waits on a dead channel.
         let mut watchdog = tokio::time::interval(CHANNEL_CHECK);
@@ -863,7 +863,7 @@ impl AmqpPubSub {
     ) -> bool {
         let in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
         let ended = self
-            .pump(topic, &in_flight, channel, consumer, sender)
+            .pump(topic, max_in_flight, &in_flight, channel, consumer, sender)
             .await;
         if ended {
             let all = u32::try_from(max_in_flight.max(1)).unwrap_or(u32::MAX);
