@@ -182,6 +182,22 @@ impl Delivery {
     }
 }
 
+/// A message's delivery without its content (see [`Message::delivery_handle`]).
+#[derive(Debug, Clone)]
+pub struct DeliveryHandle(Arc<Delivery>);
+
+impl DeliveryHandle {
+    /// Where the delivery stands.
+    pub fn ack_state(&self) -> AckState {
+        self.0.state()
+    }
+
+    /// The redelivery delay asked for with [`Message::set_redelivery_delay`], if any.
+    pub fn redelivery_delay(&self) -> Option<Duration> {
+        self.0.redelivery_delay.lock().ok().and_then(|d| *d)
+    }
+}
+
 /// Values the router attaches to a message while it is handled, and its cancellation.
 ///
 /// The router sets the handler name and topics; Timeout sets a deadline on the copy it passes
@@ -378,6 +394,12 @@ impl Message {
     /// Where this delivery stands.
     pub fn ack_state(&self) -> AckState {
         self.delivery.state()
+    }
+
+    /// A handle on this delivery alone, without the content: cheaper to keep than a clone
+    /// for a backend that only needs to learn how the delivery was settled.
+    pub fn delivery_handle(&self) -> DeliveryHandle {
+        DeliveryHandle(self.delivery.clone())
     }
 
     /// Waits until the message is acked or nacked, and says which.

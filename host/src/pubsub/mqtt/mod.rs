@@ -58,8 +58,9 @@
 //!   Mosquitto pushes up to that many unacked messages and the session buffers them locally,
 //!   so a slow consumer can lag ~66,000 messages behind before (1) drops anything (the test
 //!   `a_stalled_consumer_loses_nothing` piles 5,000 behind an unacked message).
-//! - Each connection's event loop runs in a task of its own and reads whatever the consumers
-//!   do, so the socket does not back up (3).
+//! - Each session's task polls its connection and buffers every message it receives, whatever
+//!   the consumers do (they take messages from that buffer in their own tasks: see
+//!   [`session`]), so the socket does not back up (3).
 //! - Subscriptions reconnect fast (at most `reconnect_max_delay` between attempts) and resume
 //!   their sessions, subscription included, across a broker restart (the broker saves them on
 //!   SIGTERM when `persistence` is on). The publisher, after it got a lost connection back,
@@ -73,19 +74,14 @@
 //! 1000. The broker's `max_queued_messages 0` (unlimited) in `mosquitto.conf` removes all three.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
     DisconnectReasonCode, Packet, PubAck, PubAckReason, Publish, PublishProperties,
-    SubscribeReasonCode,
 };
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, StateError};
 use serde::Deserialize;
@@ -94,11 +90,13 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::{
-    Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionSender, closed, wait_settled,
-};
+use super::{Publisher, SubscribeOptions, Subscriber, Subscription, closed};
 use crate::error::{Error, Result};
-use crate::message::{AckState, Message, Metadata};
+use crate::message::{Message, Metadata};
+
+mod session;
+
+use session::{MqttSource, NewConsumer, SessionSpec, attach};
 
 const NAME: &str = "mqtt";
 /// The user property that carries a message's uuid.
@@ -316,6 +314,14 @@ fn open_envelope(publish: &Publish) -> Message {
     );
     msg.metadata = metadata;
     msg
+}
+
+/// Whether the message carries its uuid (Wasmill published it).
+fn has_uuid(publish: &Publish) -> bool {
+    publish
+        .properties
+        .as_ref()
+        .is_some_and(|p| p.user_properties.iter().any(|(k, _)| k == UUID_PROPERTY))
 }
 
 fn reason_of(e: &ConnectionError) -> Option<DisconnectReasonCode> {
@@ -555,552 +561,6 @@ async fn run_publisher(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Subscriber side: sessions
-
-/// What a subscription session is, for the process-wide registry.
-#[derive(Clone)]
-struct SessionSpec {
-    /// Registry key: broker and client id.
-    key: String,
-    options: MqttOptions,
-    /// The subscription's topic filter.
-    filter: String,
-    /// A persistent session (or a clean one, for tails).
-    persistent: bool,
-    shown: String,
-    reconnect_max: Duration,
-}
-
-/// A request to a session.
-struct Attach {
-    /// A consumer, or none (`subscribe_initialize`: only wait until subscribed).
-    consumer: Option<NewConsumer>,
-    /// Answered once the session's subscription is confirmed by the broker.
-    ready: oneshot::Sender<Result<()>>,
-}
-
-struct NewConsumer {
-    sender: SubscriptionSender,
-    max_in_flight: usize,
-    /// Cancelled once the session let go of this consumer (acks flushed).
-    detached: CancellationToken,
-}
-
-/// A session's handle in the registry.
-struct SessionShared {
-    requests: mpsc::UnboundedSender<Attach>,
-    /// Cleared (under the registry lock) when the session decided to end.
-    accepting: AtomicBool,
-    /// Cancelled once the session ended and disconnected.
-    done: CancellationToken,
-}
-
-/// The sessions of this process, by broker and client id: subscriptions of one (topic, group)
-/// share one session rather than taking it over from each other.
-static SESSIONS: LazyLock<Mutex<HashMap<String, Arc<SessionShared>>>> =
-    LazyLock::new(Default::default);
-
-fn sessions() -> MutexGuard<'static, HashMap<String, Arc<SessionShared>>> {
-    SESSIONS.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Hands `consumer` to the session of `spec`, starting it if needed; the receiver answers once
-/// the session is subscribed.
-async fn attach(
-    spec: &SessionSpec,
-    consumer: Option<NewConsumer>,
-) -> oneshot::Receiver<Result<()>> {
-    let (ready, answer) = oneshot::channel();
-    let mut request = Attach { consumer, ready };
-    loop {
-        let ending = {
-            let mut map = sessions();
-            match map.get(&spec.key) {
-                Some(s) if s.accepting.load(Ordering::SeqCst) => {
-                    match s.requests.send(request) {
-                        Ok(()) => return answer,
-                        Err(mpsc::error::SendError(back)) => {
-                            // Its task is gone (its runtime shut down): replace it.
-                            request = back;
-                            map.remove(&spec.key);
-                            continue;
-                        }
-                    }
-                }
-                Some(s) => s.clone(),
-                None => {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    let shared = Arc::new(SessionShared {
-                        requests: tx,
-                        accepting: AtomicBool::new(true),
-                        done: CancellationToken::new(),
-                    });
-                    let _ = shared.requests.send(request);
-                    map.insert(spec.key.clone(), shared.clone());
-                    tokio::spawn(Session::new(spec.clone(), shared, rx).run());
-                    return answer;
-                }
-            }
-        };
-        // The session is ending: wait until it disconnected, so that its last acks are in.
-        if tokio::time::timeout(Duration::from_secs(5), ending.done.cancelled())
-            .await
-            .is_err()
-        {
-            let mut map = sessions();
-            if map.get(&spec.key).is_some_and(|s| Arc::ptr_eq(s, &ending)) {
-                map.remove(&spec.key);
-            }
-        }
-    }
-}
-
-struct Consumer {
-    id: u64,
-    sender: SubscriptionSender,
-    max_in_flight: usize,
-    in_flight: usize,
-    gone: bool,
-    detached: CancellationToken,
-}
-
-enum EntryState {
-    /// To deliver (not before the instant, after a nack with a delay).
-    Waiting(Option<Instant>),
-    InFlight,
-    Acked,
-}
-
-/// A message received on the current connection, not PUBACKed yet.
-struct Entry {
-    seq: u64,
-    publish: Publish,
-    msg: Message,
-    state: EntryState,
-}
-
-/// A delivery that was acked or nacked.
-struct Settled {
-    conn: u64,
-    seq: u64,
-    consumer: u64,
-    state: AckState,
-    delay: Option<Duration>,
-}
-
-/// The session's current connection.
-struct Link {
-    id: u64,
-    client: AsyncClient,
-    events: mpsc::UnboundedReceiver<Polled>,
-    poller: JoinHandle<()>,
-    connected: bool,
-    subscribed: bool,
-}
-
-/// One subscription session: a connection (reconnected as needed), the messages received on
-/// it, and the consumers they go to.
-struct Session {
-    spec: SessionSpec,
-    shared: Arc<SessionShared>,
-    requests: mpsc::UnboundedReceiver<Attach>,
-    consumers: Vec<Consumer>,
-    next_consumer: u64,
-    round_robin: usize,
-    gone: FuturesUnordered<BoxFuture<'static, u64>>,
-    settles: FuturesUnordered<BoxFuture<'static, Settled>>,
-    ready: Vec<oneshot::Sender<Result<()>>>,
-    /// Detached consumers to release when the session ends.
-    released: Vec<CancellationToken>,
-    entries: VecDeque<Entry>,
-    next_seq: u64,
-    conns: u64,
-    link: Option<Link>,
-    reconnect_at: Option<Instant>,
-    backoff: Duration,
-    was_connected: bool,
-}
-
-async fn recv_polled(link: &mut Option<Link>) -> Option<Polled> {
-    match link {
-        Some(l) => l.events.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-impl Session {
-    fn new(
-        spec: SessionSpec,
-        shared: Arc<SessionShared>,
-        requests: mpsc::UnboundedReceiver<Attach>,
-    ) -> Session {
-        Session {
-            spec,
-            shared,
-            requests,
-            consumers: Vec::new(),
-            next_consumer: 0,
-            round_robin: 0,
-            gone: FuturesUnordered::new(),
-            settles: FuturesUnordered::new(),
-            ready: Vec::new(),
-            released: Vec::new(),
-            entries: VecDeque::new(),
-            next_seq: 0,
-            conns: 0,
-            link: None,
-            reconnect_at: Some(Instant::now()),
-            backoff: MIN_BACKOFF,
-            was_connected: false,
-        }
-    }
-
-    async fn run(mut self) {
-        while let Ok(request) = self.requests.try_recv() {
-            self.take(request);
-        }
-        loop {
-            if self.idle() && self.retiring() {
-                break;
-            }
-            if self.link.is_none() && self.reconnect_at.is_some_and(|t| t <= Instant::now()) {
-                self.connect();
-            }
-            self.pump().await;
-            let timer = self.next_wakeup();
-            tokio::select! {
-                request = self.requests.recv() => {
-                    if let Some(request) = request {
-                        self.take(request);
-                    }
-                }
-                Some(id) = self.gone.next(), if !self.gone.is_empty() => self.consumer_gone(id),
-                Some(s) = self.settles.next(), if !self.settles.is_empty() => self.settled(s).await,
-                polled = recv_polled(&mut self.link) => self.on_polled(polled).await,
-                _ = sleep_until_opt(timer) => {}
-            }
-        }
-        self.retire().await;
-    }
-
-    /// Registers a consumer and/or a wait for the subscription.
-    fn take(&mut self, request: Attach) {
-        if let Some(c) = request.consumer {
-            let id = self.next_consumer;
-            self.next_consumer += 1;
-            let sender = c.sender.clone();
-            self.gone.push(
-                async move {
-                    sender.closed().await;
-                    id
-                }
-                .boxed(),
-            );
-            self.consumers.push(Consumer {
-                id,
-                sender: c.sender,
-                max_in_flight: c.max_in_flight.max(1),
-                in_flight: 0,
-                gone: false,
-                detached: c.detached,
-            });
-        }
-        if self.link.as_ref().is_some_and(|l| l.subscribed) {
-            let _ = request.ready.send(Ok(()));
-        } else {
-            self.ready.push(request.ready);
-        }
-    }
-
-    /// No consumer left and nobody waiting for the subscription.
-    fn idle(&mut self) -> bool {
-        self.ready.retain(|r| !r.is_closed());
-        self.ready.is_empty() && self.consumers.iter().all(|c| c.gone)
-    }
-
-    /// Decides to end, under the registry lock, unless a request slipped in.
-    fn retiring(&mut self) -> bool {
-        let _map = sessions();
-        while let Ok(request) = self.requests.try_recv() {
-            self.take(request);
-        }
-        if !self.idle() {
-            return false;
-        }
-        self.shared.accepting.store(false, Ordering::SeqCst);
-        true
-    }
-
-    /// When the loop must wake up by itself: to reconnect, or when the next message to
-    /// deliver is due after a delayed nack (a due one waits for a consumer to have room, which
-    /// a settlement signals).
-    fn next_wakeup(&self) -> Option<Instant> {
-        if self.link.is_none() {
-            return self.reconnect_at;
-        }
-        let due = self.entries.iter().find_map(|e| match e.state {
-            EntryState::Waiting(at) => Some(at),
-            _ => None,
-        })??;
-        (due > Instant::now()).then_some(due)
-    }
-
-    fn connect(&mut self) {
-        self.conns += 1;
-        let (client, eventloop) = AsyncClient::new(self.spec.options.clone(), REQUEST_QUEUE);
-        let (events, poller) = spawn_poller(eventloop);
-        self.link = Some(Link {
-            id: self.conns,
-            client,
-            events,
-            poller,
-            connected: false,
-            subscribed: false,
-        });
-        self.reconnect_at = None;
-    }
-
-    /// Forgets the connection (and what it delivered) and schedules the next one.
-    fn lose(&mut self, why: &str, taken_over: bool) {
-        let Some(link) = self.link.take() else { return };
-        link.poller.abort();
-        self.entries.clear();
-        let client_id = self.spec.options.client_id();
-        let delay = if taken_over {
-            tracing::warn!(url = %self.spec.shown, client_id, "mqtt: another client took this session over (give each host its own client_id); retrying in {TAKEN_OVER_BACKOFF:?}");
-            TAKEN_OVER_BACKOFF
-        } else {
-            if link.connected {
-                tracing::warn!(url = %self.spec.shown, client_id, "mqtt subscription: connection lost: {why}; reconnecting");
-            } else {
-                tracing::debug!(url = %self.spec.shown, client_id, "mqtt subscription: connect failed: {why}");
-            }
-            self.backoff
-        };
-        self.backoff = (self.backoff * 2).min(self.spec.reconnect_max.max(MIN_BACKOFF));
-        self.reconnect_at = Some(Instant::now() + delay);
-    }
-
-    async fn on_polled(&mut self, polled: Option<Polled>) {
-        match polled {
-            Some(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
-                self.backoff = MIN_BACKOFF;
-                if self.spec.persistent && self.was_connected && !ack.session_present {
-                    tracing::warn!(url = %self.spec.shown, client_id = self.spec.options.client_id(), "mqtt: the broker had lost this session; messages published meanwhile are lost");
-                }
-                self.was_connected = true;
-                let Some(link) = self.link.as_mut() else {
-                    return;
-                };
-                link.connected = true;
-                // Always (re)subscribe: harmless when the session kept the subscription.
-                if let Err(e) = link
-                    .client
-                    .subscribe(self.spec.filter.clone(), QoS::AtLeastOnce)
-                    .await
-                {
-                    self.lose(&e.to_string(), false);
-                }
-            }
-            Some(Ok(Event::Incoming(Packet::SubAck(ack)))) => {
-                let refused = ack
-                    .return_codes
-                    .iter()
-                    .find(|c| !matches!(c, SubscribeReasonCode::Success(_)));
-                if let Some(code) = refused {
-                    let why = format!("subscribe {}: refused ({code:?})", self.spec.filter);
-                    for r in self.ready.drain(..) {
-                        let _ = r.send(Err(Error::pubsub_msg(NAME, why.clone())));
-                    }
-                    self.lose(&why, false);
-                    return;
-                }
-                if let Some(link) = self.link.as_mut() {
-                    link.subscribed = true;
-                }
-                for r in self.ready.drain(..) {
-                    let _ = r.send(Ok(()));
-                }
-            }
-            Some(Ok(Event::Incoming(Packet::Publish(publish)))) => {
-                let msg = open_envelope(&publish);
-                self.entries.push_back(Entry {
-                    seq: self.next_seq,
-                    publish,
-                    msg,
-                    state: EntryState::Waiting(None),
-                });
-                self.next_seq += 1;
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
-                let taken_over = reason_of(&e) == Some(DisconnectReasonCode::SessionTakenOver);
-                self.lose(&e.to_string(), taken_over);
-            }
-            None => self.lose("the client's event loop ended", false),
-        }
-    }
-
-    fn pick_consumer(&mut self) -> Option<usize> {
-        let n = self.consumers.len();
-        for k in 0..n {
-            let i = (self.round_robin + k) % n;
-            let c = &mut self.consumers[i];
-            if !c.gone && c.sender.is_closed() {
-                c.gone = true;
-            }
-            if !c.gone && c.in_flight < c.max_in_flight {
-                self.round_robin = (i + 1) % n;
-                return Some(i);
-            }
-        }
-        None
-    }
-
-    /// Hands waiting messages, in order, to consumers with room.
-    async fn pump(&mut self) {
-        let Some(conn) = self.link.as_ref().map(|l| l.id) else {
-            return;
-        };
-        let now = Instant::now();
-        let mut i = 0;
-        while i < self.entries.len() {
-            match self.entries[i].state {
-                EntryState::Waiting(Some(at)) if at > now => break,
-                EntryState::Waiting(_) => {}
-                _ => {
-                    i += 1;
-                    continue;
-                }
-            }
-            let Some(ci) = self.pick_consumer() else {
-                break;
-            };
-            let msg = self.entries[i].msg.copy();
-            let consumer = &mut self.consumers[ci];
-            // The consumer has room (its channel holds at most its in-flight messages).
-            if consumer.sender.send(msg.clone()).await.is_err() {
-                consumer.gone = true;
-                continue;
-            }
-            consumer.in_flight += 1;
-            let (sender, consumer_id, seq) =
-                (consumer.sender.clone(), consumer.id, self.entries[i].seq);
-            self.entries[i].state = EntryState::InFlight;
-            self.settles.push(
-                async move {
-                    let state = wait_settled(&msg, &sender).await;
-                    Settled {
-                        conn,
-                        seq,
-                        consumer: consumer_id,
-                        state,
-                        delay: msg.redelivery_delay(),
-                    }
-                }
-                .boxed(),
-            );
-            i += 1;
-        }
-    }
-
-    fn consumer_gone(&mut self, id: u64) {
-        if let Some(c) = self.consumers.iter_mut().find(|c| c.id == id) {
-            c.gone = true;
-        }
-        self.release_gone();
-    }
-
-    /// Drops consumers that left and have nothing in flight any more.
-    fn release_gone(&mut self) {
-        let live = self.consumers.iter().any(|c| !c.gone);
-        let released = &mut self.released;
-        self.consumers.retain(|c| {
-            if !(c.gone && c.in_flight == 0) {
-                return true;
-            }
-            if live {
-                c.detached.cancel();
-            } else {
-                released.push(c.detached.clone());
-            }
-            false
-        });
-    }
-
-    async fn settled(&mut self, s: Settled) {
-        if let Some(c) = self.consumers.iter_mut().find(|c| c.id == s.consumer) {
-            c.in_flight = c.in_flight.saturating_sub(1);
-        }
-        self.release_gone();
-        let Some(link) = self.link.as_ref().filter(|l| l.id == s.conn) else {
-            // Delivered on a dead connection: the broker redelivers it.
-            return;
-        };
-        let Some(front) = self.entries.front().map(|e| e.seq) else {
-            return;
-        };
-        let Some(entry) = s
-            .seq
-            .checked_sub(front)
-            .and_then(|i| self.entries.get_mut(i as usize))
-        else {
-            return;
-        };
-        match s.state {
-            AckState::Acked => {
-                entry.state = EntryState::Acked;
-                // PUBACK in the order the broker sent them.
-                while self
-                    .entries
-                    .front()
-                    .is_some_and(|e| matches!(e.state, EntryState::Acked))
-                {
-                    let Some(e) = self.entries.pop_front() else {
-                        break;
-                    };
-                    if link.client.ack(&e.publish).await.is_err() {
-                        // The connection is gone; its failure arrives as an event.
-                        break;
-                    }
-                }
-            }
-            _ => entry.state = EntryState::Waiting(s.delay.map(|d| Instant::now() + d)),
-        }
-    }
-
-    /// Flushes the acks of the consumers that left, disconnects, and leaves the registry.
-    async fn retire(mut self) {
-        while let Some(Some(s)) = self.settles.next().now_or_never() {
-            self.settled(s).await;
-        }
-        if let Some(mut link) = self.link.take() {
-            if link.connected && link.client.disconnect().await.is_ok() {
-                // The poller ends when the broker closes the connection after DISCONNECT.
-                let _ = tokio::time::timeout(Duration::from_secs(2), &mut link.poller).await;
-            }
-            link.poller.abort();
-        }
-        {
-            let mut map = sessions();
-            if map
-                .get(&self.spec.key)
-                .is_some_and(|s| Arc::ptr_eq(s, &self.shared))
-            {
-                map.remove(&self.spec.key);
-            }
-        }
-        self.shared.done.cancel();
-        for t in self.released.drain(..) {
-            t.cancel();
-        }
-        for c in &self.consumers {
-            c.detached.cancel();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // The backend
 
 /// The MQTT pub/sub; publisher and subscriber in one.
@@ -1250,6 +710,7 @@ impl MqttPubSub {
             persistent: !self.tail,
             shown: self.broker.shown.clone(),
             reconnect_max: self.config.reconnect_max_delay,
+            request_queue: usize::from(self.config.receive_maximum) + REQUEST_QUEUE,
         }
     }
 
@@ -1402,7 +863,7 @@ impl Subscriber for MqttPubSub {
         if self.tail {
             return Ok(());
         }
-        let answer = attach(&self.session_spec(topic), None).await;
+        let (_, answer) = attach(&self.session_spec(topic), None).await;
         self.confirmed(topic, answer).await
     }
 
@@ -1411,22 +872,23 @@ impl Subscriber for MqttPubSub {
             return Err(closed(NAME));
         }
         check_topic(topic)?;
-        let max_in_flight = options.max_in_flight.max(1);
-        let (sub, sender) = Subscription::channel(max_in_flight, &self.closed);
         let detached = CancellationToken::new();
         {
             let mut list = self.detached.lock().unwrap_or_else(|p| p.into_inner());
             list.retain(|t| !t.is_cancelled());
             list.push(detached.clone());
         }
+        let id = session::consumer_id();
         let consumer = NewConsumer {
-            sender,
-            max_in_flight,
+            id,
             detached,
+            closed: self.closed.clone(),
         };
-        let answer = attach(&self.session_spec(topic), Some(consumer)).await;
+        let (session, answer) = attach(&self.session_spec(topic), Some(consumer)).await;
+        // Dropped on failure, the source leaves the session again.
+        let source = MqttSource::new(session, id, options.max_in_flight);
         self.confirmed(topic, answer).await?;
-        Ok(sub)
+        Ok(Subscription::pull(source, &self.closed))
     }
 
     async fn close(&self) -> Result<()> {
