@@ -1,6 +1,7 @@
 //! Redis Streams: one stream per topic, consumer groups, XACK on ack.
 //!
-//! - Publish: `XADD topic * uuid … metadata <json> payload <bytes>` (one pipeline per call).
+//! - Publish: `XADD topic * uuid … [metadata <json>] payload <bytes>` (one pipeline per call;
+//!   empty metadata is left out).
 //! - Subscribe: `XGROUP CREATE topic group 0 MKSTREAM` (a new group reads the stream from
 //!   the start), then `XREADGROUP … COUNT read_count BLOCK` on a connection of its own (a
 //!   blocking read on the shared connection would stall every other command). The entries
@@ -179,19 +180,18 @@ impl Publisher for RedisPubSub {
         }
         let mut pipe = redis::pipe();
         for m in &messages {
-            let metadata = serde_json::to_string(m.metadata.as_map())
-                .map_err(|e| Error::pubsub(NAME, "encode metadata", e))?;
             let cmd = pipe.cmd("XADD").arg(topic);
             if let Some(n) = self.config.max_len {
                 cmd.arg("MAXLEN").arg("~").arg(n);
             }
-            cmd.arg("*")
-                .arg("uuid")
-                .arg(&m.uuid)
-                .arg("metadata")
-                .arg(metadata)
-                .arg("payload")
-                .arg(&m.payload[..]);
+            cmd.arg("*").arg("uuid").arg(&m.uuid);
+            // Empty metadata is left out (read back as empty).
+            if !m.metadata.is_empty() {
+                let metadata = serde_json::to_string(m.metadata.as_map())
+                    .map_err(|e| Error::pubsub(NAME, "encode metadata", e))?;
+                cmd.arg("metadata").arg(metadata);
+            }
+            cmd.arg("payload").arg(&m.payload[..]);
         }
         let mut con = self.commands.clone();
         tokio::time::timeout(
@@ -260,54 +260,62 @@ struct Entry {
     msg: Message,
 }
 
-fn bulk(v: &Value) -> Option<Vec<u8>> {
+/// The bytes of a string value, moved out of the reply.
+fn bulk(v: Value) -> Option<Vec<u8>> {
     match v {
-        Value::BulkString(b) => Some(b.clone()),
-        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
         _ => None,
     }
 }
 
-fn parse_entry(v: &Value) -> Option<Entry> {
+fn parse_entry(v: Value) -> Option<Entry> {
     let Value::Array(parts) = v else { return None };
-    let id = String::from_utf8(bulk(parts.first()?)?).ok()?;
-    let Value::Array(fields) = parts.get(1)? else {
+    let mut parts = parts.into_iter();
+    let id = String::from_utf8(bulk(parts.next()?)?).ok()?;
+    let Value::Array(fields) = parts.next()? else {
         return None;
     };
-    let (mut uuid, mut metadata, mut payload) = (String::new(), String::new(), Vec::new());
-    for kv in fields.chunks(2) {
-        let (Some(k), Some(v)) = (kv.first().and_then(bulk), kv.get(1).and_then(bulk)) else {
+    let (mut uuid, mut metadata, mut payload) = (String::new(), Vec::new(), Vec::new());
+    let mut fields = fields.into_iter();
+    while let (Some(k), Some(v)) = (fields.next(), fields.next()) {
+        let (Some(k), Some(v)) = (bulk(k), bulk(v)) else {
             continue;
         };
         match &k[..] {
-            b"uuid" => uuid = String::from_utf8_lossy(&v).into_owned(),
-            b"metadata" => metadata = String::from_utf8_lossy(&v).into_owned(),
+            b"uuid" => {
+                uuid = String::from_utf8(v)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+            }
+            b"metadata" => metadata = v,
             b"payload" => payload = v,
             _ => {}
         }
     }
     let mut msg = Message::with_uuid(uuid, Bytes::from(payload));
-    let md: std::collections::HashMap<String, String> =
-        serde_json::from_str(&metadata).unwrap_or_default();
-    msg.metadata = md.into();
+    if !metadata.is_empty() {
+        let md: std::collections::HashMap<String, String> =
+            serde_json::from_slice(&metadata).unwrap_or_default();
+        msg.metadata = md.into();
+    }
     Some(Entry { id, msg })
 }
 
 /// Entries of an XREADGROUP reply (`[[stream, [entry…]]…]`, RESP2 or RESP3).
-fn parse_read(v: &Value) -> Vec<Entry> {
-    let streams: Vec<&Value> = match v {
-        Value::Array(a) => a.iter().collect(),
-        Value::Map(m) => m.iter().map(|(_, v)| v).collect(),
+fn parse_read(v: Value) -> Vec<Entry> {
+    let streams: Vec<Value> = match v {
+        Value::Array(a) => a,
+        Value::Map(m) => m.into_iter().map(|(_, v)| v).collect(),
         _ => return Vec::new(),
     };
     let mut out = Vec::new();
     for s in streams {
         let entries = match s {
-            Value::Array(pair) if pair.len() == 2 => &pair[1],
+            Value::Array(mut pair) if pair.len() == 2 => pair.swap_remove(1),
             other => other,
         };
         if let Value::Array(list) = entries {
-            out.extend(list.iter().filter_map(parse_entry));
+            out.extend(list.into_iter().filter_map(parse_entry));
         }
     }
     out
@@ -503,10 +511,11 @@ async fn read(
             .arg(max)
             .query_async(&mut con)
             .await;
-        if let Ok(Value::Array(parts)) = &claimed
-            && let Some(Value::Array(list)) = parts.get(1)
+        if let Ok(Value::Array(mut parts)) = claimed
+            && parts.len() > 1
+            && let Value::Array(list) = parts.swap_remove(1)
         {
-            let entries: Vec<Entry> = list.iter().filter_map(parse_entry).collect();
+            let entries: Vec<Entry> = list.into_iter().filter_map(parse_entry).collect();
             if !entries.is_empty() {
                 return read(entries, false);
             }
@@ -526,7 +535,7 @@ async fn read(
         .query_async::<Value>(&mut con)
         .await;
     match result {
-        Ok(v) => read(parse_read(&v), false),
+        Ok(v) => read(parse_read(v), false),
         Err(e) if e.to_string().contains("NOGROUP") => {
             let _ = ps.create_group(&mut con, topic, ps.group_start).await;
             read(Vec::new(), false)
@@ -670,7 +679,7 @@ pub async fn raw_bench(
             .query_async(&mut con)
             .await
             .map_err(|e| rerr("XREADGROUP", e))?;
-        let entries = parse_read(&v);
+        let entries = parse_read(v);
         if entries.is_empty() {
             break;
         }
