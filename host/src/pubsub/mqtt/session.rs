@@ -214,6 +214,13 @@ impl Delivery {
     fn lock(&self) -> MutexGuard<'_, DeliveryState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Lets consumer `consumer` go: what it did not settle goes to the others.
+    fn release(&self, consumer: u64) {
+        if self.lock().reap(consumer, true) {
+            self.arrived.notify_waiters();
+        }
+    }
 }
 
 impl DeliveryState {
@@ -374,19 +381,17 @@ impl DeliveryState {
 /// A subscription's source: takes messages from its session's [`Delivery`] in the consumer's
 /// own task.
 pub(super) struct MqttSource {
-    pub delivery: Arc<Delivery>,
-    pub id: u64,
-    pub max_in_flight: usize,
+    session: Arc<SessionShared>,
+    id: u64,
+    max_in_flight: usize,
     /// Told when one of this consumer's deliveries is settled.
-    pub settled: Arc<Notify>,
-    pub session: Arc<SessionShared>,
+    settled: Arc<Notify>,
 }
 
 impl MqttSource {
     /// The source of consumer `id` in `session`.
     pub fn new(session: Arc<SessionShared>, id: u64, max_in_flight: usize) -> MqttSource {
         MqttSource {
-            delivery: session.delivery.clone(),
             id,
             max_in_flight: max_in_flight.max(1),
             settled: Arc::new(Notify::new()),
@@ -401,11 +406,12 @@ impl MessageSource for MqttSource {
         // Messages are often ready without waiting: take part in tokio's cooperative budget.
         tokio::task::consume_budget().await;
         loop {
-            let arrived = self.delivery.arrived.notified();
+            let delivery = &self.session.delivery;
+            let arrived = delivery.arrived.notified();
             tokio::pin!(arrived);
             arrived.as_mut().enable();
             let due = {
-                let mut st = self.delivery.lock();
+                let mut st = delivery.lock();
                 if !st.reap(self.id, false) {
                     // Let go by the session (its subscriber closed).
                     return None;
@@ -426,11 +432,7 @@ impl MessageSource for MqttSource {
 
 impl Drop for MqttSource {
     fn drop(&mut self) {
-        let released = self.delivery.lock().reap(self.id, true);
-        if released {
-            // What it had not settled goes to the other consumers.
-            self.delivery.arrived.notify_waiters();
-        }
+        self.session.delivery.release(self.id);
         let _ = self.session.requests.send(Request::Detach(self.id));
     }
 }
@@ -579,9 +581,7 @@ impl Session {
             return;
         };
         let consumer = self.consumers.swap_remove(i);
-        if self.shared.delivery.lock().reap(id, true) {
-            self.shared.delivery.arrived.notify_waiters();
-        }
+        self.shared.delivery.release(id);
         if self.consumers.is_empty() {
             // Its acks leave with the disconnect.
             self.released.push(consumer.detached);
@@ -742,11 +742,16 @@ mod tests {
         let mut st = DeliveryState::default();
         st.connected(client);
         for pkid in 1..=4u16 {
-            let mut p = Publish::new("t", QoS::AtLeastOnce, format!("m{pkid}"), None);
-            p.pkid = pkid;
-            st.received(p);
+            st.received(publish(pkid));
         }
         (st, eventloop)
+    }
+
+    /// A QoS 1 PUBLISH with packet id `pkid` and payload `m{pkid}`.
+    fn publish(pkid: u16) -> Publish {
+        let mut p = Publish::new("t", QoS::AtLeastOnce, format!("m{pkid}"), None);
+        p.pkid = pkid;
+        p
     }
 
     fn take(st: &mut DeliveryState, consumer: u64, max: usize) -> Option<Message> {
@@ -837,9 +842,7 @@ mod tests {
             take(&mut st, 1, 1).is_none(),
             "nothing left: the broker sends it again"
         );
-        let mut p = Publish::new("t", QoS::AtLeastOnce, "m9", None);
-        p.pkid = 9;
-        st.received(p);
+        st.received(publish(9));
         assert_eq!(payload(&take(&mut st, 1, 1).unwrap()), b"m9");
     }
 }
