@@ -120,8 +120,9 @@ struct Delivery {
     /// How long the backend should wait before redelivering after a nack, if someone asked.
     redelivery_delay: std::sync::Mutex<Option<Duration>>,
     /// Ended when the message is acked or nacked (or by whoever owns the delivery); the
-    /// message context's token.
-    done: Arc<CancellationToken>,
+    /// message context's token. Made on first use: most deliveries are settled without
+    /// anyone asking for it, and a token costs two allocations and a lock on drop.
+    done: std::sync::OnceLock<CancellationToken>,
     /// Told when the message is settled, if the subscription that delivered it asked
     /// ([`Message::notify_settled`]).
     settled_notify: std::sync::OnceLock<Arc<Notify>>,
@@ -151,13 +152,31 @@ impl Delivery {
             state: AtomicU8::new(AckState::Pending.as_u8()),
             waiters: Notify::new(),
             redelivery_delay: std::sync::Mutex::new(None),
-            done: Arc::new(CancellationToken::new()),
+            done: std::sync::OnceLock::new(),
             settled_notify: std::sync::OnceLock::new(),
         })
     }
 
     fn state(&self) -> AckState {
         AckState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// The delivery's token, made now if nobody asked before; cancelled if the delivery is
+    /// settled.
+    fn token(&self) -> &CancellationToken {
+        let token = self.done.get_or_init(CancellationToken::new);
+        // A settlement racing the token's creation may have looked for it too early: both
+        // sides look at the other after a full fence, so at least one of them cancels it.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.state() != AckState::Pending && !token.is_cancelled() {
+            token.cancel();
+        }
+        token
+    }
+
+    /// Whether the delivery is settled or its token was cancelled.
+    fn is_done(&self) -> bool {
+        self.state() != AckState::Pending || self.done.get().is_some_and(|t| t.is_cancelled())
     }
 
     /// Settles to `to` unless already settled; true if the delivery is (now) in state `to`.
@@ -171,7 +190,10 @@ impl Delivery {
         match swapped {
             Ok(_) => {
                 self.waiters.notify_waiters();
-                self.done.cancel();
+                std::sync::atomic::fence(Ordering::SeqCst);
+                if let Some(token) = self.done.get() {
+                    token.cancel();
+                }
                 if let Some(n) = self.settled_notify.get() {
                     n.notify_one();
                 }
@@ -196,6 +218,16 @@ impl DeliveryHandle {
     pub fn redelivery_delay(&self) -> Option<Duration> {
         self.0.redelivery_delay.lock().ok().and_then(|d| *d)
     }
+
+    /// Acknowledges the delivery, as [`Message::ack`] does.
+    pub fn ack(&self) -> bool {
+        self.0.settle(AckState::Acked)
+    }
+
+    /// Negatively acknowledges the delivery, as [`Message::nack`] does.
+    pub fn nack(&self) -> bool {
+        self.0.settle(AckState::Nacked)
+    }
 }
 
 /// Values the router attaches to a message while it is handled, and its cancellation.
@@ -205,22 +237,43 @@ impl DeliveryHandle {
 /// Watermill #467).
 #[derive(Debug, Clone, Default)]
 pub struct MessageContext {
-    /// Shared, so that cloning a message (several times per message on the hot path) is an
-    /// atomic increment rather than a lock of the token's tree.
-    cancel: Arc<CancellationToken>,
+    cancel: ContextToken,
     deadline: Option<Instant>,
     route: Option<Arc<RouteInfo>>,
+}
+
+/// Where a context's token comes from. Shared either way, so that cloning a message
+/// (several times per message on the hot path) is an atomic increment rather than a lock of
+/// the token's tree.
+#[derive(Debug, Clone)]
+enum ContextToken {
+    /// The delivery's own token, made when first asked for.
+    Delivery(Arc<Delivery>),
+    /// A token of its own (a child with a deadline, or a context without a delivery).
+    Own(Arc<CancellationToken>),
+}
+
+impl Default for ContextToken {
+    fn default() -> Self {
+        ContextToken::Own(Arc::new(CancellationToken::new()))
+    }
 }
 
 impl MessageContext {
     /// The token cancelled when the message is acked or nacked, or when a deadline passes.
     pub fn cancellation(&self) -> &CancellationToken {
-        &self.cancel
+        match &self.cancel {
+            ContextToken::Delivery(d) => d.token(),
+            ContextToken::Own(t) => t,
+        }
     }
 
     /// Whether the context is done (acked, nacked or cancelled).
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.is_cancelled()
+        match &self.cancel {
+            ContextToken::Delivery(d) => d.is_done(),
+            ContextToken::Own(t) => t.is_cancelled(),
+        }
     }
 
     /// The deadline set by a Timeout middleware, if any.
@@ -243,7 +296,7 @@ impl MessageContext {
             _ => deadline,
         };
         MessageContext {
-            cancel: Arc::new(self.cancel.child_token()),
+            cancel: ContextToken::Own(Arc::new(self.cancellation().child_token())),
             deadline: Some(deadline),
             route: self.route.clone(),
         }
@@ -331,7 +384,7 @@ impl Message {
     pub fn with_uuid(uuid: impl Into<String>, payload: impl Into<Bytes>) -> Self {
         let delivery = Delivery::new();
         let ctx = MessageContext {
-            cancel: delivery.done.clone(),
+            cancel: ContextToken::Delivery(delivery.clone()),
             deadline: None,
             route: None,
         };
@@ -531,6 +584,49 @@ mod tests {
         n.nack();
         assert!(n.context().is_cancelled());
         assert!(n.nacked().await);
+    }
+
+    #[tokio::test]
+    async fn the_token_is_cancelled_whether_asked_for_before_or_after_the_settlement() {
+        let before = Message::new("x");
+        let token = before.context().cancellation().clone();
+        assert!(!token.is_cancelled());
+        before.ack();
+        assert!(
+            token.is_cancelled(),
+            "a token made before the ack is cancelled by it"
+        );
+
+        let after = Message::new("y");
+        after.nack();
+        assert!(after.context().cancellation().is_cancelled());
+        // A child made after the settlement starts cancelled too.
+        let child = after.context().with_timeout(Duration::from_secs(60));
+        assert!(child.is_cancelled());
+        child.cancellation().cancelled().await;
+    }
+
+    #[test]
+    fn cancelling_the_context_leaves_the_delivery_pending() {
+        let m = Message::new("x");
+        m.context().cancellation().cancel();
+        assert!(m.context().is_cancelled());
+        assert_eq!(m.ack_state(), AckState::Pending);
+        assert!(m.ack(), "still settles");
+    }
+
+    #[test]
+    fn a_token_made_while_another_thread_settles_ends_cancelled() {
+        for _ in 0..2_000 {
+            let m = Message::new("x");
+            let settler = {
+                let m = m.clone();
+                std::thread::spawn(move || m.ack())
+            };
+            let token = m.context().cancellation().clone();
+            settler.join().unwrap();
+            assert!(token.is_cancelled());
+        }
     }
 
     #[tokio::test(start_paused = true)]

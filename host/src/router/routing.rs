@@ -599,7 +599,11 @@ impl Worker {
     async fn process(&self, mut msg: Message) {
         msg.context_mut().set_route(&self.route);
         let started = Instant::now();
-        let result = AssertUnwindSafe(self.chain.handle(msg.clone()))
+        // The chain takes the message; the router keeps what it settles and logs, which is
+        // cheaper than a clone of the content.
+        let delivery = msg.delivery_handle();
+        let uuid = msg.uuid.clone();
+        let result = AssertUnwindSafe(self.chain.handle(msg))
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| {
@@ -615,19 +619,19 @@ impl Worker {
         self.stats.record_duration(started.elapsed());
         match result {
             Ok(()) => {
-                msg.ack();
+                delivery.ack();
                 HandlerStats::inc(&self.stats.processed);
             }
             Err(e) => {
                 tracing::warn!(
                     handler = %self.route.handler,
-                    uuid = %msg.uuid,
+                    uuid = %uuid,
                     kind = e.kind().as_str(),
                     "handler failed, nacking: {e}"
                 );
                 HandlerStats::inc(&self.stats.failed);
                 self.stats.set_last_error(&e);
-                msg.nack();
+                delivery.nack();
             }
         }
     }
