@@ -20,8 +20,13 @@ use tokio_util::sync::CancellationToken;
 use crate::router::HandlerStats;
 
 /// The metadata of a message: string keys to string values, order not significant.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Metadata(HashMap<String, String>);
+///
+/// Shared copy-on-write: cloning a message (the router and the subscriptions do it several
+/// times per message) is an atomic increment; the first change to a shared map copies it.
+#[derive(Debug, Clone, Default)]
+pub struct Metadata(Option<Arc<HashMap<String, String>>>);
+
+static EMPTY: std::sync::LazyLock<HashMap<String, String>> = std::sync::LazyLock::new(HashMap::new);
 
 impl Metadata {
     /// An empty metadata map.
@@ -31,63 +36,82 @@ impl Metadata {
 
     /// The value for `key`, or `""` when missing (Watermill's `Get`).
     pub fn get(&self, key: &str) -> &str {
-        self.0.get(key).map(String::as_str).unwrap_or("")
+        self.get_opt(key).unwrap_or("")
     }
 
     /// The value for `key`, or `None` when missing.
     pub fn get_opt(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        self.0.as_ref()?.get(key).map(String::as_str)
     }
 
     /// Sets `key` to `value`, replacing any previous value.
     pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>) {
-        self.0.insert(key.into(), value.into());
+        self.map_mut().insert(key.into(), value.into());
     }
 
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<String> {
-        self.0.remove(key)
+        if !self.contains(key) {
+            return None;
+        }
+        self.map_mut().remove(key)
     }
 
     /// Whether `key` is present.
     pub fn contains(&self, key: &str) -> bool {
-        self.0.contains_key(key)
+        self.0.as_ref().is_some_and(|m| m.contains_key(key))
     }
 
     /// The number of entries.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.as_ref().map_or(0, |m| m.len())
     }
 
     /// Whether there are no entries.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 
     /// Iterates over the entries in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.as_map().iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// The underlying map.
     pub fn as_map(&self) -> &HashMap<String, String> {
-        &self.0
+        self.0.as_deref().unwrap_or(&EMPTY)
+    }
+
+    /// The map, for a change: copied first if another message shares it.
+    fn map_mut(&mut self) -> &mut HashMap<String, String> {
+        Arc::make_mut(self.0.get_or_insert_with(Default::default))
     }
 }
 
+impl PartialEq for Metadata {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_map() == other.as_map()
+    }
+}
+
+impl Eq for Metadata {}
+
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Metadata {
     fn from_iter<T: IntoIterator<Item = (K, V)>>(iter: T) -> Self {
-        Metadata(
-            iter.into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        )
+        iter.into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect::<HashMap<String, String>>()
+            .into()
     }
 }
 
 impl From<HashMap<String, String>> for Metadata {
     fn from(m: HashMap<String, String>) -> Self {
-        Metadata(m)
+        if m.is_empty() {
+            Metadata(None)
+        } else {
+            Metadata(Some(Arc::new(m)))
+        }
     }
 }
 
@@ -95,7 +119,10 @@ impl IntoIterator for Metadata {
     type Item = (String, String);
     type IntoIter = std::collections::hash_map::IntoIter<String, String>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
+        match self.0 {
+            Some(m) => Arc::unwrap_or_clone(m).into_iter(),
+            None => HashMap::new().into_iter(),
+        }
     }
 }
 
@@ -518,6 +545,26 @@ pub fn new_uuid() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_of_a_clone_changes_alone() {
+        let a = Message::new("x").with_metadata("k", "1");
+        let mut b = a.clone();
+        b.metadata.set("k", "2");
+        b.metadata.set("new", "v");
+        assert_eq!(a.metadata.get("k"), "1");
+        assert!(!a.metadata.contains("new"));
+        let mut c = a.clone();
+        assert_eq!(c.metadata.remove("k").as_deref(), Some("1"));
+        assert_eq!(c.metadata.remove("k"), None);
+        assert_eq!(a.metadata.len(), 1);
+        assert!(c.metadata.is_empty());
+        assert_eq!(c.metadata, Metadata::new());
+        assert_eq!(
+            a.metadata.clone().into_iter().collect::<Vec<_>>(),
+            [("k".to_string(), "1".to_string())]
+        );
+    }
 
     #[test]
     fn ack_and_nack_are_idempotent_and_exclusive() {
