@@ -315,7 +315,12 @@ impl PublishSide {
     }
 
     async fn close(&self) {
-        self.channel.lock().await.take();
+        // Closed before the connection: a channel merely dropped asks lapin to close it in
+        // the background, and that close then meets the connection's own and fails
+        // ("invalid channel state: Closing"), which lapin logs as a connection error.
+        if let Some(pc) = self.channel.lock().await.take() {
+            close_channel(&pc.channel).await;
+        }
         self.link.close().await;
     }
 }
@@ -1187,6 +1192,47 @@ mod tests {
             })
         })
         .await;
+    }
+
+    /// What a test's tracing subscriber wrote.
+    #[derive(Clone, Default)]
+    struct CapturedLog(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for CapturedLog {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    // One thread, so that lapin's background futures log to this test's subscriber.
+    #[tokio::test(flavor = "current_thread")]
+    async fn closing_after_a_publish_logs_no_connection_error() {
+        let log = CapturedLog::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_env_filter("lapin=warn,wasmill=warn")
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        conformance::run(&AmqpHarness::new(), "close_logs_no_error", |h| {
+            Box::pin(async move {
+                let topic = conformance::unique_topic("close_logs_no_error");
+                let ps = AmqpPubSub::connect(h.config(&h.group)).await.unwrap();
+                ps.publish(&topic, vec![Message::new("x")]).await.unwrap();
+                Publisher::close(&ps).await.unwrap();
+                // Room for lapin's background work after the close.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Outcome::Passed
+            })
+        })
+        .await;
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("ERROR"), "close logged an error:\n{text}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
