@@ -319,7 +319,7 @@ impl Subscriber for NatsPubSub {
     }
 }
 
-fn to_message(m: &jetstream::Message) -> Message {
+fn to_message(m: &async_nats::Message) -> Message {
     let mut uuid = String::new();
     let mut metadata = crate::message::Metadata::new();
     if let Some(h) = &m.headers {
@@ -367,7 +367,28 @@ struct NatsFetch {
     /// The subscription's inbox, once opened.
     inbox: Option<PullInbox>,
     backoff: Duration,
-    acks: AckBatcher<(jetstream::Message, AckKind)>,
+    acks: AckBatcher<(Receipt, AckKind)>,
+}
+
+/// What a subscription keeps of a delivered message to settle it: the reply subject its
+/// ack, nak or progress goes to (the client itself is the subscription's). Cheaper than a
+/// `jetstream::Message`, which carries a clone of the JetStream context.
+type Receipt = Option<async_nats::Subject>;
+
+/// Sends `kind` for the delivery whose reply subject is `reply` (what
+/// `jetstream::Message::ack_with` does, without a context per message).
+async fn settle(
+    client: &async_nats::Client,
+    reply: Receipt,
+    kind: AckKind,
+) -> std::result::Result<(), String> {
+    let Some(reply) = reply else {
+        return Err("no reply subject, not a JetStream message".into());
+    };
+    client
+        .publish(reply, kind.into())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 impl NatsFetch {
@@ -377,18 +398,19 @@ impl NatsFetch {
         consumer: jetstream::consumer::PullConsumer,
         max_in_flight: usize,
     ) -> Self {
-        let acks = AckBatcher::spawn(
-            ACK_BATCH,
-            |batch: Vec<(jetstream::Message, AckKind)>| async move {
-                for (m, kind) in batch {
-                    if let Err(e) = m.ack_with(kind).await {
+        let client = pubsub.js.client();
+        let acks = AckBatcher::spawn(ACK_BATCH, move |batch: Vec<(Receipt, AckKind)>| {
+            let client = client.clone();
+            async move {
+                for (reply, kind) in batch {
+                    if let Err(e) = settle(&client, reply, kind).await {
                         tracing::warn!(
                             "nats: {kind:?} failed (the message is redelivered after ack_wait): {e}"
                         );
                     }
                 }
-            },
-        );
+            }
+        });
         NatsFetch {
             pubsub,
             topic: topic.to_string(),
@@ -429,9 +451,9 @@ impl NatsFetch {
 
 #[async_trait]
 impl Fetcher for NatsFetch {
-    type Receipt = jetstream::Message;
+    type Receipt = Receipt;
 
-    async fn fetch(&mut self, max: usize) -> Fetched<jetstream::Message> {
+    async fn fetch(&mut self, max: usize) -> Fetched<Receipt> {
         let mut messages = Vec::new();
         let mut since = tokio::time::Instant::now();
         let inbox = match self.ready_inbox().await {
@@ -448,7 +470,7 @@ impl Fetcher for NatsFetch {
             match pulled {
                 Pulled::Message(sent, m) => {
                     since = since.min(sent);
-                    messages.push((to_message(&m), m));
+                    messages.push((to_message(&m), m.reply));
                     if messages.len() < max {
                         next = inbox.try_next();
                     }
@@ -470,24 +492,24 @@ impl Fetcher for NatsFetch {
         Fetched { since, messages }
     }
 
-    fn ack(&mut self, receipts: Vec<jetstream::Message>) {
+    fn ack(&mut self, receipts: Vec<Receipt>) {
         for m in receipts {
             self.acks.push((m, AckKind::Ack));
         }
     }
 
-    fn nacked(&mut self, receipt: &jetstream::Message) {
+    fn nacked(&mut self, receipt: &Receipt) {
         // Redelivered from here: restart the server's ack_wait instead of giving it back.
         self.acks.push((receipt.clone(), AckKind::Progress));
     }
 
-    fn give_back(&mut self, receipts: Vec<jetstream::Message>) {
+    fn give_back(&mut self, receipts: Vec<Receipt>) {
         for m in receipts {
             self.acks.push((m, AckKind::Nak(None)));
         }
     }
 
-    fn finish(mut self, unsettled: Vec<jetstream::Message>) {
+    fn finish(mut self, unsettled: Vec<Receipt>) {
         self.give_back(unsettled);
         let client = self.pubsub.js.client();
         let NatsFetch {
@@ -506,7 +528,12 @@ impl Fetcher for NatsFetch {
         // What the open requests still bring goes back at once.
         if let Some(inbox) = inbox {
             tokio::spawn(async move {
-                inbox.drain(async |m| give_back(&m, None).await).await;
+                inbox
+                    .drain(|m: async_nats::Message| {
+                        let client = client.clone();
+                        async move { give_back(&client, m.reply, None).await }
+                    })
+                    .await;
                 flush(&client).await;
             });
         }
@@ -524,9 +551,10 @@ async fn flush(client: &async_nats::Client) {
     }
 }
 
-/// Nacks `js_msg` so JetStream redelivers it (after `delay`, if given).
-async fn give_back(js_msg: &jetstream::Message, delay: Option<Duration>) {
-    if let Err(e) = js_msg.ack_with(AckKind::Nak(delay)).await {
+/// Nacks the delivery whose reply subject is `reply`, so JetStream redelivers it (after
+/// `delay`, if given).
+async fn give_back(client: &async_nats::Client, reply: Receipt, delay: Option<Duration>) {
+    if let Err(e) = settle(client, reply, AckKind::Nak(delay)).await {
         tracing::warn!("nats: nak failed (the message is redelivered after ack_wait): {e}");
     }
 }
@@ -675,6 +703,27 @@ mod tests {
     }
 
     crate::conformance_tests!(NatsHarness::new());
+
+    #[tokio::test]
+    async fn a_settlement_goes_to_the_reply_subject_and_needs_one() {
+        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
+        let client = async_nats::connect(url()).await.unwrap();
+        let err = settle(&client, None, AckKind::Ack).await.unwrap_err();
+        assert!(err.contains("no reply subject"), "{err}");
+        let reply = async_nats::Subject::from(client.new_inbox());
+        let mut watch = client.subscribe(reply.clone()).await.unwrap();
+        settle(&client, Some(reply.clone()), AckKind::Nak(None))
+            .await
+            .unwrap();
+        settle(&client, Some(reply), AckKind::Ack).await.unwrap();
+        for expected in ["-NAK", "+ACK"] {
+            let got = tokio::time::timeout(Duration::from_secs(5), watch.next())
+                .await
+                .expect("a settlement")
+                .expect("subscription open");
+            assert_eq!(&got.payload[..], expected.as_bytes());
+        }
+    }
 
     #[test]
     fn stream_names_are_safe() {

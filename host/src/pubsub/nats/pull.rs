@@ -39,7 +39,7 @@ struct Request {
 #[allow(clippy::large_enum_variant)] // one per message, moved once: a box would cost more
 pub(super) enum Pulled {
     /// A message, with the time its pull request was sent (the server delivered it later).
-    Message(Instant, jetstream::Message),
+    Message(Instant, async_nats::Message),
     /// Nothing came before the open requests ran out; new ones may be sent.
     Idle,
     /// The server refused a request or the inbox's subscription ended.
@@ -49,7 +49,6 @@ pub(super) enum Pulled {
 /// The inbox of one subscription and the count of what its open pull requests still bring.
 pub(super) struct PullInbox {
     consumer: PullConsumer,
-    context: jetstream::Context,
     inbox: async_nats::Subject,
     subscriber: async_nats::Subscriber,
     batch: usize,
@@ -73,7 +72,6 @@ impl PullInbox {
             .map_err(|e| format!("subscribe to the pull inbox: {e}"))?;
         Ok(PullInbox {
             consumer,
-            context: context.clone(),
             inbox,
             subscriber,
             batch,
@@ -142,7 +140,11 @@ impl PullInbox {
 
     /// Sends no more requests and hands `f` every message still due to this inbox, until the
     /// open requests are filled, expired or lost; then the inbox goes.
-    pub(super) async fn drain(mut self, mut f: impl AsyncFnMut(jetstream::Message)) {
+    pub(super) async fn drain<F, Fut>(mut self, mut f: F)
+    where
+        F: FnMut(async_nats::Message) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         while self.due() > 0 {
             match self.next().await {
                 Pulled::Message(_, m) => f(m).await,
@@ -156,13 +158,7 @@ impl PullInbox {
         match m.status.unwrap_or(StatusCode::OK) {
             StatusCode::OK => {
                 let sent = self.requests.delivered(Instant::now());
-                Some(Pulled::Message(
-                    sent,
-                    jetstream::Message {
-                        context: self.context.clone(),
-                        message: m,
-                    },
-                ))
+                Some(Pulled::Message(sent, m))
             }
             StatusCode::IDLE_HEARTBEAT => None,
             // A request expired (408) or was ended early (409: max waiting, leadership
