@@ -24,7 +24,8 @@ enum Bindings {
 struct Instance {
     store: Store<PluginState>,
     bindings: Bindings,
-    version: Arc<CompiledPlugin>,
+    /// The pool's generation when the instance was made (see [`InstancePool::generation`]).
+    generation: u64,
 }
 
 /// The instances of one handler (or middleware) and the plugin version new ones come from.
@@ -33,6 +34,9 @@ struct Instance {
 pub struct InstancePool {
     engine: WasmEngine,
     current: Mutex<Arc<CompiledPlugin>>,
+    /// Counts the versions installed: an instance of an older generation is of an old
+    /// version. Compared on every call instead of the version itself (no lock, no `Arc`).
+    generation: std::sync::atomic::AtomicU64,
     idle: Mutex<Vec<Instance>>,
     limits: Limits,
     grants: Arc<Grants>,
@@ -56,6 +60,7 @@ impl InstancePool {
         InstancePool {
             engine,
             current: Mutex::new(plugin),
+            generation: std::sync::atomic::AtomicU64::new(0),
             idle: Mutex::new(Vec::new()),
             limits,
             grants: Arc::new(grants),
@@ -71,9 +76,18 @@ impl InstancePool {
 
     /// Makes `plugin` the version of every call from now on.
     pub fn replace(&self, plugin: Arc<CompiledPlugin>) {
-        *lock(&self.current) = plugin;
+        {
+            let mut current = lock(&self.current);
+            *current = plugin;
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
         // Idle instances of the old version are of no use any more.
         lock(&self.idle).clear();
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The limits applied to every call.
@@ -86,7 +100,12 @@ impl InstancePool {
         self.fuel_used.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    async fn instantiate(&self, version: Arc<CompiledPlugin>) -> Result<Instance, HandlerError> {
+    async fn instantiate(&self) -> Result<Instance, HandlerError> {
+        // The version and its generation, read together.
+        let (version, generation) = {
+            let current = lock(&self.current);
+            (current.clone(), self.generation())
+        };
         let state = PluginState::new(
             version.name.clone(),
             self.limits.memory,
@@ -113,25 +132,25 @@ impl InstancePool {
         Ok(Instance {
             store,
             bindings,
-            version,
+            generation,
         })
     }
 
     async fn checkout(&self) -> Result<Instance, HandlerError> {
-        let current = self.current();
+        let generation = self.generation();
         loop {
             let Some(inst) = lock(&self.idle).pop() else {
                 break;
             };
-            if Arc::ptr_eq(&inst.version, &current) {
+            if inst.generation == generation {
                 return Ok(inst);
             }
         }
-        self.instantiate(current).await
+        self.instantiate().await
     }
 
     fn checkin(&self, inst: Instance) {
-        if !Arc::ptr_eq(&inst.version, &self.current()) {
+        if inst.generation != self.generation() {
             return;
         }
         let mut idle = lock(&self.idle);

@@ -465,3 +465,18 @@ async fn a_trapped_instance_is_replaced_by_a_fresh_one() {
     println!("fresh instance after a trap: {:?}", started.elapsed());
     assert_eq!(out[0].payload, "AFTER");
 }
+
+#[tokio::test]
+async fn after_a_replace_no_call_runs_an_idle_instance_of_the_old_version() {
+    let p = pool("uppercase", Limits::default(), Grants::default()).await;
+    let h = WasmHandler::new(p.clone());
+    // Leaves an idle instance of the first version in the pool.
+    assert_eq!(h.handle(Message::new("a")).await.unwrap()[0].payload, "A");
+    let next = engine()
+        .compile_file(&fixture("passthrough"))
+        .await
+        .unwrap();
+    p.replace(next);
+    assert_eq!(h.handle(Message::new("b")).await.unwrap()[0].payload, "b");
+    assert_eq!(h.handle(Message::new("c")).await.unwrap()[0].payload, "c");
+}
