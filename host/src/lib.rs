@@ -45,6 +45,9 @@ pub mod pubsub;
 pub mod router;
 pub mod wasm;
 
+#[cfg(test)]
+mod test_support;
+
 pub use error::{Error, ErrorKind, HandlerError, Result};
 pub use message::{AckState, Message, MessageContext, Metadata};
 pub use pubsub::{Publisher, Subscriber, Subscription};

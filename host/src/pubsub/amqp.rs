@@ -1194,31 +1194,11 @@ mod tests {
         .await;
     }
 
-    /// What a test's tracing subscriber wrote.
-    #[derive(Clone, Default)]
-    struct CapturedLog(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for CapturedLog {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     // One thread, so that lapin's background futures log to this test's subscriber.
     #[tokio::test(flavor = "current_thread")]
     async fn closing_after_a_publish_logs_no_connection_error() {
-        let log = CapturedLog::default();
-        let writer = log.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_env_filter("lapin=warn,wasmill=warn")
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let log = crate::test_support::CapturedLog::default();
+        let _guard = log.install("lapin=warn,wasmill=warn");
         conformance::run(&AmqpHarness::new(), "close_logs_no_error", |h| {
             Box::pin(async move {
                 let topic = conformance::unique_topic("close_logs_no_error");
@@ -1231,7 +1211,7 @@ mod tests {
             })
         })
         .await;
-        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let text = log.text();
         assert!(!text.contains("ERROR"), "close logged an error:\n{text}");
     }
 

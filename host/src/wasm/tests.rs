@@ -390,33 +390,14 @@ async fn huge_output_is_refused_by_a_limit() {
     assert!(reason.starts_with("output limit"), "{reason}");
 }
 
-/// Captures what the `wasmill::guest` log target receives, for the calling thread.
-#[derive(Clone, Default)]
-struct CapturedLog(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for CapturedLog {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn guest_stdout_and_stderr_reach_the_host_log_with_the_plugin_name() {
-    let log = CapturedLog::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_env_filter("wasmill::guest=info")
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // What the `wasmill::guest` log target receives, for this thread.
+    let log = crate::test_support::CapturedLog::default();
+    let _guard = log.install("wasmill::guest=info");
     let h = handler("sandbox-escape").await;
     h.handle(Message::new("x")).await.unwrap();
-    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let text = log.text();
     let line = |needle: &str| {
         text.lines()
             .find(|l| l.contains(needle))
