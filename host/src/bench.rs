@@ -427,6 +427,13 @@ pub async fn run(
     }
     router.close().await?;
     let _ = running.await;
+    // What the run stored on the broker goes (a bench against a real server would otherwise
+    // leave its topics behind, every message in them).
+    for topic in std::iter::once(&input).chain((!options.consume_only).then_some(&output)) {
+        if let Err(e) = subscriber.remove_topic(topic).await {
+            tracing::warn!(topic, "bench: could not remove the topic: {e}");
+        }
+    }
 
     latencies.sort_unstable();
     let pct = |p: f64| {

@@ -81,7 +81,7 @@ macro_rules! conformance_tests {
             continue_after_errors, publish_subscribe_in_order, nack_keeps_order, publisher_close,
             topic,
             message_ctx, subscribe_ctx, new_subscriber_receives_old_messages, consumer_groups,
-            reconnect);
+            remove_topic, reconnect);
     };
     (@stamp $harness:expr; $($test:ident),* $(,)?) => {
         $(
@@ -729,6 +729,39 @@ pub async fn new_subscriber_receives_old_messages<H: Harness>(h: &H) -> Outcome 
     let got = bulk_read(&mut sub, msgs.len(), TIMEOUT).await;
     assert_all_received(&msgs, &got, false);
     drop(sub);
+    close_both(&publisher, &subscriber).await;
+    Outcome::Passed
+}
+
+/// A removed topic keeps none of its messages: what is read from it afterwards is only what
+/// was published after the removal. Skipped where the backend does not remove topics.
+pub async fn remove_topic<H: Harness>(h: &H) -> Outcome {
+    let (publisher, subscriber) = pubsub(h).await;
+    let topic = unique_topic("remove_topic");
+    subscriber.subscribe_initialize(&topic).await.unwrap();
+    publish_all(&publisher, &topic, &messages(5, "before")).await;
+    if !subscriber.remove_topic(&topic).await.unwrap() {
+        close_both(&publisher, &subscriber).await;
+        return Outcome::Skipped("the backend does not remove topics");
+    }
+    assert!(
+        !subscriber.remove_topic(&topic).await.unwrap(),
+        "a second removal found something to remove"
+    );
+    subscriber.subscribe_initialize(&topic).await.unwrap();
+    let after = messages(2, "after");
+    publish_all(&publisher, &topic, &after).await;
+    let mut sub = subscriber.subscribe(&topic).await.unwrap();
+    let got = bulk_read(&mut sub, after.len(), TIMEOUT).await;
+    assert_all_received(&after, &got, false);
+    let more = tokio::time::timeout(Duration::from_secs(1), sub.recv()).await;
+    assert!(
+        !matches!(more, Ok(Some(_))),
+        "a message published before the removal was read: {:?}",
+        more.ok().flatten().map(|m| m.payload)
+    );
+    drop(sub);
+    subscriber.remove_topic(&topic).await.unwrap();
     close_both(&publisher, &subscriber).await;
     Outcome::Passed
 }

@@ -100,6 +100,14 @@ pub trait Subscriber: Send + Sync + 'static {
     /// Closes the subscriber and ends all its subscriptions. Idempotent.
     async fn close(&self) -> Result<()>;
 
+    /// Deletes what the backend stores for `topic` (its stream with its messages and consumer
+    /// groups), for tools and tests that clean up after themselves; nothing may be subscribed
+    /// to `topic` any more. Allowed after [`Subscriber::close`]. `Ok(false)` when the backend
+    /// does not delete topics (the default).
+    async fn remove_topic(&self, _topic: &str) -> Result<bool> {
+        Ok(false)
+    }
+
     /// A short name for logs, metrics and the `subscriber_poisoned` metadata.
     fn name(&self) -> &'static str;
 }

@@ -249,6 +249,18 @@ impl Subscriber for RedisPubSub {
         Publisher::close(self).await
     }
 
+    async fn remove_topic(&self, topic: &str) -> Result<bool> {
+        let mut con = self.commands.clone();
+        let deleted: i64 = tokio::time::timeout(
+            self.config.command_timeout,
+            redis::cmd("DEL").arg(topic).query_async(&mut con),
+        )
+        .await
+        .map_err(|_| Error::pubsub_msg(NAME, format!("remove {topic}: timed out")))?
+        .map_err(|e| rerr(format!("remove {topic}"), e))?;
+        Ok(deleted > 0)
+    }
+
     fn name(&self) -> &'static str {
         NAME
     }

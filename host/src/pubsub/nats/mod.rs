@@ -314,6 +314,26 @@ impl Subscriber for NatsPubSub {
         Publisher::close(self).await
     }
 
+    async fn remove_topic(&self, topic: &str) -> Result<bool> {
+        self.known_streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(topic);
+        match self.js.delete_stream(stream_name(topic)).await {
+            Ok(status) => Ok(status.success),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::DeleteStreamErrorKind::JetStream(ref j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(nerr(format!("remove {topic}"), e)),
+        }
+    }
+
     fn name(&self) -> &'static str {
         NAME
     }
