@@ -423,11 +423,7 @@ impl NatsFetch {
             let client = client.clone();
             async move {
                 for (reply, kind) in batch {
-                    if let Err(e) = settle(&client, reply, kind).await {
-                        tracing::warn!(
-                            "nats: {kind:?} failed (the message is redelivered after ack_wait): {e}"
-                        );
-                    }
+                    settle_or_warn(&client, reply, kind).await;
                 }
             }
         });
@@ -551,7 +547,7 @@ impl Fetcher for NatsFetch {
                 inbox
                     .drain(|m: async_nats::Message| {
                         let client = client.clone();
-                        async move { give_back(&client, m.reply, None).await }
+                        async move { settle_or_warn(&client, m.reply, AckKind::Nak(None)).await }
                     })
                     .await;
                 flush(&client).await;
@@ -571,11 +567,10 @@ async fn flush(client: &async_nats::Client) {
     }
 }
 
-/// Nacks the delivery whose reply subject is `reply`, so JetStream redelivers it (after
-/// `delay`, if given).
-async fn give_back(client: &async_nats::Client, reply: Receipt, delay: Option<Duration>) {
-    if let Err(e) = settle(client, reply, AckKind::Nak(delay)).await {
-        tracing::warn!("nats: nak failed (the message is redelivered after ack_wait): {e}");
+/// [`settle`], a failure logged: JetStream then redelivers the message after `ack_wait`.
+async fn settle_or_warn(client: &async_nats::Client, reply: Receipt, kind: AckKind) {
+    if let Err(e) = settle(client, reply, kind).await {
+        tracing::warn!("nats: {kind:?} failed (the message is redelivered after ack_wait): {e}");
     }
 }
 
