@@ -16,6 +16,22 @@ pub mod handler {
     });
 }
 
+/// The `handler` world's export called synchronously, for a handler whose imports are all
+/// in the synchronous linker (`sync_io`). The imports are the `handler` module's.
+pub mod handler_sync {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "handler",
+        imports: { default: async | trappable },
+        exports: { default: trappable },
+        ownership: Borrowing { duplicate_if_necessary: true },
+        with: {
+            "wasmill:plugin/types": super::handler::wasmill::plugin::types,
+            "wasmill:plugin/host": super::handler::wasmill::plugin::host,
+        },
+    });
+}
+
 /// The `middleware` world.
 pub mod middleware {
     wasmtime::component::bindgen!({

@@ -9,7 +9,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use super::bindings::{handler, middleware};
+use super::bindings::{handler, handler_sync, middleware};
 use super::engine::WasmEngine;
 use super::state::PluginState;
 use crate::error::{Error, Result};
@@ -46,6 +46,9 @@ pub struct ComponentInfo {
 
 /// The instantiation-ready form of a plugin's world.
 pub(crate) enum Pre {
+    /// A handler whose imports never wait: instantiated and called synchronously, without
+    /// the async call's fiber.
+    SyncHandler(handler_sync::HandlerPre<PluginState>),
     Handler(handler::HandlerPre<PluginState>),
     Middleware(middleware::MiddlewarePre<PluginState>),
 }
@@ -168,6 +171,13 @@ fn prepare(engine: &WasmEngine, name: &str, component: &Component, world: World)
     let inner = &engine.inner;
     Ok(match world {
         World::Handler => {
+            // Linking fails here when the handler imports something that may wait (publish,
+            // clock subscriptions, ...): it then runs async.
+            if let Ok(pre) = inner.handler_sync_linker.instantiate_pre(component)
+                && let Ok(pre) = handler_sync::HandlerPre::new(pre)
+            {
+                return Ok(Pre::SyncHandler(pre));
+            }
             let pre = inner
                 .handler_linker
                 .instantiate_pre(component)

@@ -32,6 +32,9 @@ pub struct WasmEngine {
 pub(crate) struct EngineInner {
     pub(crate) engine: Engine,
     pub(crate) handler_linker: Linker<PluginState>,
+    /// The handler world without a fiber, for handlers whose imports never wait
+    /// (`sync_io`).
+    pub(crate) handler_sync_linker: Linker<PluginState>,
     pub(crate) middleware_linker: Linker<PluginState>,
     pub(crate) cache_dir: Option<PathBuf>,
     stop: Arc<AtomicBool>,
@@ -64,6 +67,7 @@ impl WasmEngine {
         wasmtime_wasi::p2::add_to_linker_async(&mut handler_linker).map_err(wasm_err)?;
         handler::Handler::add_to_linker::<_, HasSelf<_>>(&mut handler_linker, |s| s)
             .map_err(wasm_err)?;
+        let handler_sync_linker = super::sync_io::handler_linker(&engine).map_err(wasm_err)?;
         let mut middleware_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut middleware_linker).map_err(wasm_err)?;
         middleware::Middleware::add_to_linker::<_, HasSelf<_>>(&mut middleware_linker, |s| s)
@@ -93,6 +97,7 @@ impl WasmEngine {
             inner: Arc::new(EngineInner {
                 engine,
                 handler_linker,
+                handler_sync_linker,
                 middleware_linker,
                 cache_dir: config.cache_dir,
                 stop,

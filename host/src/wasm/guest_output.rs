@@ -3,13 +3,22 @@
 //!
 //! Lines are cut at [`MAX_LINE`] bytes so a guest that never prints a newline cannot grow the
 //! host's memory; invalid UTF-8 is shown lossily.
+//!
+//! The WASI stream is synchronous: a write is logged before it returns and the stream is
+//! always ready, so no background task is spawned per stream and a guest's blocking write
+//! never waits (which lets plugins run without a fiber, see `wasm::sync_io`).
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+/// How many bytes a guest may write at once (the permit of `check-write`).
+const WRITE_PERMIT: usize = 64 * 1024;
 
 /// The longest line kept before it is logged as is.
 pub const MAX_LINE: usize = 4096;
@@ -54,6 +63,10 @@ impl IsTerminal for GuestOutput {
 
 impl StdoutStream for GuestOutput {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(LineLogger::new(self.plugin.clone(), self.stream))
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
         Box::new(LineLogger::new(self.plugin.clone(), self.stream))
     }
 }
@@ -145,6 +158,27 @@ impl AsyncWrite for LineLogger {
     }
 }
 
+#[async_trait::async_trait]
+impl Pollable for LineLogger {
+    /// Always ready: a write is logged before it returns.
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for LineLogger {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        LineLogger::write(self, &bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(WRITE_PERMIT)
+    }
+}
+
 impl Drop for LineLogger {
     fn drop(&mut self) {
         if !self.pending.is_empty() {
@@ -177,11 +211,40 @@ mod tests {
         l.write(&vec![b'x'; MAX_LINE + 10]);
         l.write(b"tail");
         drop(l);
-        let lines = std::mem::take(&mut *LINES.lock().unwrap());
+        let lines: Vec<String> = LINES
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("p/"))
+            .cloned()
+            .collect();
         assert_eq!(lines[0], "p/stdout: hello");
         assert_eq!(lines[1], "p/stdout: world");
         assert_eq!(lines[2].len(), "p/stdout: ".len() + MAX_LINE);
         assert_eq!(lines[3], format!("p/stdout: {}tail", "x".repeat(10)));
         assert_eq!(lines.len(), 4);
+    }
+
+    #[test]
+    fn the_wasi_stream_logs_at_once_and_is_always_ready() {
+        use futures::FutureExt;
+        let mut l = LineLogger::new("q".into(), GuestStream::Stderr);
+        l.sink = record;
+        assert_eq!(OutputStream::check_write(&mut l).unwrap(), WRITE_PERMIT);
+        OutputStream::write(&mut l, Bytes::from_static(b"oops\n")).unwrap();
+        // Blocking operations complete on their first poll: nothing is left to wait for.
+        l.blocking_write_and_flush(Bytes::from_static(b"again\n"))
+            .now_or_never()
+            .expect("ready at once")
+            .unwrap();
+        assert!(l.ready().now_or_never().is_some());
+        let lines: Vec<String> = LINES
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("q/"))
+            .cloned()
+            .collect();
+        assert_eq!(lines, ["q/stderr: oops", "q/stderr: again"]);
     }
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use wasmtime::Store;
 
-use super::bindings::{handler, middleware};
+use super::bindings::{handler, handler_sync, middleware};
 use super::component::{CompiledPlugin, Pre};
 use super::convert::{from_wit, from_wit_error, to_wit_param, wit_metadata};
 use super::engine::{WasmEngine, ticks_for};
@@ -16,6 +16,8 @@ use crate::message::Message;
 use crate::router::{BoxHandler, HandlerResult};
 
 enum Bindings {
+    /// Called synchronously: no fiber (see `sync_io`).
+    SyncHandler(handler_sync::Handler),
     Handler(handler::Handler),
     Middleware(middleware::Middleware),
 }
@@ -119,6 +121,7 @@ impl InstancePool {
             .map_err(|e| HandlerError::with_kind(ErrorKind::Trap, format!("set fuel: {e}")))?;
         store.set_epoch_deadline(ticks_for(self.limits.timeout));
         let bindings = match &version.pre {
+            Pre::SyncHandler(pre) => pre.instantiate(&mut store).map(Bindings::SyncHandler),
             Pre::Handler(pre) => pre
                 .instantiate_async(&mut store)
                 .await
@@ -172,6 +175,9 @@ impl InstancePool {
         let metadata = wit_metadata(msg);
         let input = to_wit_param(msg, &metadata);
         let result = match &inst.bindings {
+            // Runs on this task's thread until the guest returns, like the async call does
+            // while the guest computes (fuel and the epoch deadline bound it).
+            Bindings::SyncHandler(b) => b.call_handle(&mut inst.store, input),
             Bindings::Handler(b) => b.call_handle(&mut inst.store, input).await,
             Bindings::Middleware(b) => b.call_handle(&mut inst.store, input).await,
         };

@@ -11,6 +11,7 @@ pub mod guest_output;
 pub mod instance;
 pub mod limits;
 pub mod state;
+mod sync_io;
 #[cfg(test)]
 mod tests;
 

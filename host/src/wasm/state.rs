@@ -111,6 +111,26 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
     }
 }
 
+impl PluginState {
+    /// `host.log`: a record in the host's log, tagged with the plugin's name.
+    pub(crate) fn log(&self, level: host::Level, message: &str, fields: &[(String, String)]) {
+        let fields: String = fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
+        let plugin = &*self.plugin;
+        match level {
+            host::Level::Trace => tracing::trace!(plugin, "{message}{fields}"),
+            host::Level::Debug => tracing::debug!(plugin, "{message}{fields}"),
+            host::Level::Info => tracing::info!(plugin, "{message}{fields}"),
+            host::Level::Warn => tracing::warn!(plugin, "{message}{fields}"),
+            host::Level::Error => tracing::error!(plugin, "{message}{fields}"),
+        }
+    }
+
+    /// `host.monotonic-now`: nanoseconds since the instance was made.
+    pub(crate) fn monotonic_now(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+}
+
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
@@ -129,15 +149,7 @@ impl host::Host for PluginState {
         message: String,
         fields: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
-        let fields: String = fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
-        let plugin = &*self.plugin;
-        match level {
-            host::Level::Trace => tracing::trace!(plugin, "{message}{fields}"),
-            host::Level::Debug => tracing::debug!(plugin, "{message}{fields}"),
-            host::Level::Info => tracing::info!(plugin, "{message}{fields}"),
-            host::Level::Warn => tracing::warn!(plugin, "{message}{fields}"),
-            host::Level::Error => tracing::error!(plugin, "{message}{fields}"),
-        }
+        PluginState::log(self, level, &message, &fields);
         Ok(())
     }
 
@@ -166,7 +178,7 @@ impl host::Host for PluginState {
     }
 
     async fn monotonic_now(&mut self) -> wasmtime::Result<u64> {
-        Ok(self.started.elapsed().as_nanos() as u64)
+        Ok(PluginState::monotonic_now(self))
     }
 }
 

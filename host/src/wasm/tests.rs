@@ -461,3 +461,47 @@ async fn after_a_replace_no_call_runs_an_idle_instance_of_the_old_version() {
     assert_eq!(h.handle(Message::new("b")).await.unwrap()[0].payload, "b");
     assert_eq!(h.handle(Message::new("c")).await.unwrap()[0].payload, "c");
 }
+
+#[tokio::test]
+async fn handlers_whose_imports_never_wait_are_called_without_a_fiber() {
+    use super::component::Pre;
+    let sync = engine()
+        .compile_file(&fixture("passthrough"))
+        .await
+        .unwrap();
+    assert!(matches!(sync.pre, Pre::SyncHandler(_)), "passthrough");
+    // Imports `host.publish` and a clock subscription: both may wait, so it runs async.
+    let waits = engine()
+        .compile_file(&fixture("sandbox-escape"))
+        .await
+        .unwrap();
+    assert!(matches!(waits.pre, Pre::Handler(_)), "sandbox-escape");
+    let middleware = engine().compile_file(&fixture("audit")).await.unwrap();
+    assert!(matches!(middleware.pre, Pre::Middleware(_)), "audit");
+}
+
+#[tokio::test]
+async fn a_synchronous_handler_writes_to_stderr_and_logs_without_waiting() {
+    // A Rust guest's `eprintln!` is check-write, write, blocking-flush and a drop of the
+    // stream; on the synchronous path every step must complete on its first poll.
+    let log = crate::test_support::CapturedLog::default();
+    let _guard = log.install("wasmill=info");
+    let failing = handler("always-fail").await;
+    let err = failing
+        .handle(Message::with_uuid("m-1", "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "always fails");
+    // The guest SDK's panic hook reports through `host.log` before the trap (not asserted
+    // on the log: other tests hit that callsite with no subscriber, and tracing caches it).
+    let panicking = handler("panic").await;
+    let err = panicking.handle(Message::new("x")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Trap, "{err}");
+    assert!(!err.reason().contains("would wait"), "{err}");
+    let text = log.text();
+    let has = |needles: &[&str]| text.lines().any(|l| needles.iter().all(|n| l.contains(n)));
+    assert!(
+        has(&["WARN", "stderr", "always-fail: failing message m-1"]),
+        "no stderr line in:\n{text}"
+    );
+}
