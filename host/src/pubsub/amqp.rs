@@ -880,6 +880,9 @@ impl AmqpPubSub {
 
 /// The raw client's throughput: persistent messages to a durable fanout exchange with
 /// publisher confirms (awaited [`super::RAW_PUBLISH_WINDOW`] at a time), then consume (prefetch 256) and ack each.
+/// Each message carries what one of `wasmill bench`'s carries on the wire (a message id, the
+/// uuid header and one metadata header, the send time), so both put the same bytes on the
+/// broker.
 pub async fn raw_bench(url: &str, messages: usize, payload_size: usize) -> Result<RawBenchFigures> {
     let uri = parse_uri(url)?;
     let conn = open_connection(&uri, url, Duration::from_secs(10)).await?;
@@ -927,11 +930,15 @@ pub async fn raw_bench(url: &str, messages: usize, payload_size: usize) -> Resul
         .await
         .map_err(|e| lerr("bind queue", e))?;
 
-    let payload = vec![b'x'; payload_size];
-    let props = BasicProperties::default().with_delivery_mode(2);
+    let payload = Bytes::from(vec![b'x'; payload_size]);
     let start = std::time::Instant::now();
     let mut confirms = Vec::with_capacity(super::RAW_PUBLISH_WINDOW);
     for i in 0..messages {
+        let sent_at = start.elapsed().as_nanos().to_string();
+        let props = properties(
+            &Message::new(payload.clone()).with_metadata("sent_at", sent_at),
+            true,
+        )?;
         confirms.push(
             channel
                 .basic_publish(
@@ -939,7 +946,7 @@ pub async fn raw_bench(url: &str, messages: usize, payload_size: usize) -> Resul
                     ShortString::default(),
                     BasicPublishOptions::default(),
                     &payload,
-                    props.clone(),
+                    props,
                 )
                 .await
                 .map_err(|e| lerr("publish", e))?,
