@@ -202,6 +202,17 @@ mod tests {
             .push(format!("{plugin}/{}: {line}", stream.name()));
     }
 
+    /// The lines recorded for `plugin` (the tests run in parallel and share [`LINES`]).
+    fn recorded_for(plugin: &str) -> Vec<String> {
+        let prefix = format!("{plugin}/");
+        let lines = LINES.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.starts_with(&prefix))
+            .cloned()
+            .collect()
+    }
+
     #[test]
     fn splits_lines_cuts_long_ones_and_flushes_the_rest_on_drop() {
         let mut l = LineLogger::new("p".into(), GuestStream::Stdout);
@@ -211,13 +222,7 @@ mod tests {
         l.write(&vec![b'x'; MAX_LINE + 10]);
         l.write(b"tail");
         drop(l);
-        let lines: Vec<String> = LINES
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.starts_with("p/"))
-            .cloned()
-            .collect();
+        let lines = recorded_for("p");
         assert_eq!(lines[0], "p/stdout: hello");
         assert_eq!(lines[1], "p/stdout: world");
         assert_eq!(lines[2].len(), "p/stdout: ".len() + MAX_LINE);
@@ -238,13 +243,7 @@ mod tests {
             .expect("ready at once")
             .unwrap();
         assert!(l.ready().now_or_never().is_some());
-        let lines: Vec<String> = LINES
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.starts_with("q/"))
-            .cloned()
-            .collect();
+        let lines = recorded_for("q");
         assert_eq!(lines, ["q/stderr: oops", "q/stderr: again"]);
     }
 }
