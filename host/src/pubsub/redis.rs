@@ -18,6 +18,7 @@
 //! - Reconnect: commands go through a `ConnectionManager` (reconnects by itself); the
 //!   blocking reader reconnects with backoff and logs each failure with the URL.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,11 @@ const NAME: &str = "redis";
 
 /// Most ids one background `XACK` carries.
 const ACK_BATCH: usize = 256;
+
+/// Reads a subscription keeps in flight while it delivers a full batch: the server answers
+/// one while the client parses the other (profiled with one: the consumer waited for the
+/// reply's parsing, the server for the next read).
+const READS_AHEAD: usize = 2;
 
 /// Settings of `kind = "redis"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -403,9 +409,10 @@ impl RedisPubSub {
 
 /// How a subscription reads its topic: `XAUTOCLAIM` of abandoned entries every
 /// `claim_interval` (at once for a new subscription), else `XREADGROUP … >` with `BLOCK`, on
-/// a connection of its own, reconnecting with backoff. After a full batch the next read is
-/// sent at once, in a task of its own, so the reply travels and is parsed while this batch
-/// is delivered. Acks go out in the background.
+/// a connection of its own, reconnecting with backoff. After a full batch the next
+/// [`READS_AHEAD`] reads are sent at once (pipelined on the connection, each in a task of its
+/// own, taken in the order sent), so replies travel and are parsed while this batch is
+/// delivered. Acks go out in the background.
 struct RedisFetch {
     pubsub: RedisPubSub,
     topic: Arc<str>,
@@ -414,8 +421,8 @@ struct RedisFetch {
     con: Option<MultiplexedConnection>,
     backoff: Duration,
     last_claim: Option<tokio::time::Instant>,
-    /// The read sent ahead, if any.
-    next: Option<tokio::task::JoinHandle<Read>>,
+    /// The reads sent ahead, oldest first.
+    next: VecDeque<tokio::task::JoinHandle<Read>>,
     acks: AckBatcher<String>,
 }
 
@@ -445,7 +452,7 @@ impl RedisFetch {
             con: None,
             backoff: Duration::from_millis(100),
             last_claim: None,
-            next: None,
+            next: VecDeque::with_capacity(READS_AHEAD),
             acks,
         }
     }
@@ -476,11 +483,15 @@ impl RedisFetch {
         }
     }
 
-    /// Sends a read of up to `max` entries in a task of its own.
-    fn send_read(&mut self, con: MultiplexedConnection, max: usize) {
-        let claim = self
-            .last_claim
-            .is_none_or(|t| t.elapsed() >= self.pubsub.config.claim_interval);
+    /// Sends a read of up to `max` entries, finished in a task of its own. Returns whether it
+    /// is a claim (`XAUTOCLAIM` then maybe `XREADGROUP`): a claim is sent only when no read is
+    /// in flight, and nothing is sent behind it, since its second command would reach the
+    /// server after a read sent later and take newer entries first.
+    async fn send_read(&mut self, con: MultiplexedConnection, max: usize) -> bool {
+        let claim = self.next.is_empty()
+            && self
+                .last_claim
+                .is_none_or(|t| t.elapsed() >= self.pubsub.config.claim_interval);
         if claim {
             self.last_claim = Some(tokio::time::Instant::now());
         }
@@ -489,9 +500,18 @@ impl RedisFetch {
             self.topic.clone(),
             self.consumer.clone(),
         );
-        self.next = Some(tokio::spawn(async move {
-            read(ps, con, &topic, &consumer, max, claim).await
+        let mut reading =
+            Box::pin(async move { read(ps, con, &topic, &consumer, max, claim).await });
+        // The first poll queues the command on the connection, here, in the order reads are
+        // sent; left to the spawned tasks, a later read could reach the server first.
+        let first = futures::poll!(reading.as_mut());
+        self.next.push_back(tokio::spawn(async move {
+            match first {
+                std::task::Poll::Ready(done) => done,
+                std::task::Poll::Pending => reading.await,
+            }
         }));
+        claim
     }
 }
 
@@ -564,9 +584,11 @@ impl Fetcher for RedisFetch {
     type Receipt = String;
 
     async fn fetch(&mut self, max: usize) -> Fetched<String> {
-        if self.next.is_none() {
+        if self.next.is_empty() {
             match self.connection().await {
-                Some(con) => self.send_read(con, max),
+                Some(con) => {
+                    self.send_read(con, max).await;
+                }
                 None => {
                     return Fetched {
                         since: tokio::time::Instant::now(),
@@ -575,12 +597,12 @@ impl Fetcher for RedisFetch {
                 }
             }
         }
-        let Some(task) = &mut self.next else {
+        let Some(task) = self.next.front_mut() else {
             unreachable!("a read was just sent")
         };
         // Awaited by reference: if the consumer stops waiting, the read stays here.
         let done = task.await;
-        self.next = None;
+        self.next.pop_front();
         let read = done.unwrap_or_else(|e| Read {
             since: tokio::time::Instant::now(),
             entries: Vec::new(),
@@ -592,7 +614,11 @@ impl Fetcher for RedisFetch {
             && let Some(con) = self.con.clone()
         {
             // Probably more waiting: ask now, deliver this batch meanwhile.
-            self.send_read(con, max);
+            while self.next.len() < READS_AHEAD {
+                if self.send_read(con.clone(), max).await {
+                    break;
+                }
+            }
         }
         Fetched {
             since: read.since,
@@ -625,11 +651,11 @@ impl Fetcher for RedisFetch {
         } = self;
         let tasks = pubsub.tasks.clone();
         tasks.spawn(async move {
-            // A read sent ahead goes back whole.
-            if let Some(task) = next
-                && let Ok(read) = task.await
-            {
-                give_back.extend(read.entries.into_iter().map(|e| e.id));
+            // Reads sent ahead go back whole.
+            for task in next {
+                if let Ok(read) = task.await {
+                    give_back.extend(read.entries.into_iter().map(|e| e.id));
+                }
             }
             pubsub.release(&topic, &consumer, &give_back).await;
             acks.finish().await;
@@ -880,6 +906,33 @@ mod tests {
             let m = recv(&mut sub).await.expect("the rest after the acks");
             m.ack();
             seen.insert(m.uuid.clone());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_sent_ahead_deliver_in_stream_order() {
+        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
+        let h = RedisHarness::new();
+        // Small reads: many are sent ahead, two at a time, each finished on another task.
+        let config = RedisConfig {
+            read_count: 3,
+            ..h.config(&h.group)
+        };
+        let ps = RedisPubSub::connect(config).await.unwrap();
+        let topic = crate::pubsub::conformance::unique_topic("reads_ahead");
+        ps.subscribe_initialize(&topic).await.unwrap();
+        let msgs: Vec<Message> = (0..600).map(|i| Message::new(format!("m{i}"))).collect();
+        ps.publish(&topic, msgs.iter().map(Message::copy).collect())
+            .await
+            .unwrap();
+        let mut sub = ps.subscribe(&topic).await.unwrap();
+        for (i, expected) in msgs.iter().enumerate() {
+            let m = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+                .await
+                .expect("the next entry")
+                .unwrap();
+            assert_eq!(&m.uuid, &expected.uuid, "entry {i} out of order");
+            m.ack();
         }
     }
 
