@@ -934,11 +934,7 @@ pub async fn raw_bench(url: &str, messages: usize, payload_size: usize) -> Resul
     let start = std::time::Instant::now();
     let mut confirms = Vec::with_capacity(super::RAW_PUBLISH_WINDOW);
     for i in 0..messages {
-        let sent_at = start.elapsed().as_nanos().to_string();
-        let props = properties(
-            &Message::new(payload.clone()).with_metadata("sent_at", sent_at),
-            true,
-        )?;
+        let props = properties(&super::raw_bench_message(&payload, start), true)?;
         confirms.push(
             channel
                 .basic_publish(

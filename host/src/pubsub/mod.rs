@@ -332,6 +332,14 @@ pub struct RawBenchFigures {
     pub consume_per_sec: f64,
 }
 
+/// A message as the raw clients' publish loops send it: what a `wasmill bench` message carries
+/// (an id and one metadata pair, the time it was sent, `since` the loop started), so the raw
+/// client and Wasmill put the same content on the broker and read the same back. Each raw loop
+/// encodes it its own way, as the backend's envelope does (fields, headers, properties).
+pub fn raw_bench_message(payload: &bytes::Bytes, since: std::time::Instant) -> Message {
+    Message::new(payload.clone()).with_metadata("sent_at", since.elapsed().as_nanos().to_string())
+}
+
 /// The error for an operation on a closed backend.
 pub fn closed(backend: &'static str) -> Error {
     Error::Closed(backend)
@@ -342,6 +350,17 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
+
+    #[test]
+    fn a_raw_bench_message_carries_what_a_bench_message_does() {
+        let payload = bytes::Bytes::from_static(b"xyz");
+        let m = raw_bench_message(&payload, std::time::Instant::now());
+        assert_eq!(&m.payload[..], b"xyz");
+        assert!(!m.uuid.is_empty());
+        assert_eq!(m.metadata.len(), 1);
+        assert!(m.metadata.get("sent_at").parse::<u128>().is_ok());
+        assert_ne!(m.uuid, raw_bench_message(&payload, std::time::Instant::now()).uuid);
+    }
 
     #[tokio::test]
     async fn settle_redelivering_sends_a_nacked_message_again_until_it_is_acked() {

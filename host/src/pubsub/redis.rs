@@ -663,7 +663,8 @@ impl Fetcher for RedisFetch {
     }
 }
 
-/// The raw client's throughput: XADD in pipelines of 100, then XREADGROUP COUNT 100 + XACK.
+/// The raw client's throughput: XADD in pipelines of 100 (each entry with the fields a Wasmill
+/// message has), then XREADGROUP COUNT 100 + XACK.
 pub async fn raw_bench(
     url: &str,
     messages: usize,
@@ -675,18 +676,25 @@ pub async fn raw_bench(
         .await
         .map_err(|e| rerr("connect", e))?;
     let topic = format!("raw_bench_{}", uuid::Uuid::new_v4().simple());
-    let payload = vec![b'x'; payload_size];
+    let payload = bytes::Bytes::from(vec![b'x'; payload_size]);
     let start = std::time::Instant::now();
     let mut sent = 0;
     while sent < messages {
         let n = 100.min(messages - sent);
         let mut pipe = redis::pipe();
         for _ in 0..n {
+            // The fields a Wasmill message has: uuid, metadata as JSON, payload.
+            let m = super::raw_bench_message(&payload, start);
+            let metadata = format!(r#"{{"sent_at":"{}"}}"#, m.metadata.get("sent_at"));
             pipe.cmd("XADD")
                 .arg(&topic)
                 .arg("*")
+                .arg("uuid")
+                .arg(&m.uuid)
+                .arg("metadata")
+                .arg(metadata)
                 .arg("payload")
-                .arg(&payload[..]);
+                .arg(&m.payload[..]);
         }
         pipe.query_async::<Value>(&mut con)
             .await

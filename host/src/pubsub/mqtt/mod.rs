@@ -981,8 +981,15 @@ pub async fn raw_bench(
                 let (producer, topic, payload) = (producer.clone(), topic.clone(), payload.clone());
                 tokio::spawn(async move {
                     for _ in 0..w {
+                        let m = super::raw_bench_message(&payload, start);
                         if producer
-                            .publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone())
+                            .publish_with_properties(
+                                topic.as_str(),
+                                QoS::AtLeastOnce,
+                                false,
+                                m.payload.clone(),
+                                envelope(&m),
+                            )
                             .await
                             .is_err()
                         {

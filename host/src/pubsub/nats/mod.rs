@@ -241,14 +241,9 @@ impl Publisher for NatsPubSub {
         // Send every message, then wait for the acks in order: one round trip per call.
         let mut acks = Vec::with_capacity(messages.len());
         for m in messages {
-            let mut headers = HeaderMap::new();
-            headers.insert(UUID_HEADER, m.uuid.as_str());
-            for (k, v) in m.metadata.iter() {
-                headers.insert(k, v);
-            }
             let ack = self
                 .js
-                .publish_with_headers(topic.to_string(), headers, m.payload.clone())
+                .publish_with_headers(topic.to_string(), headers(&m), m.payload.clone())
                 .await
                 .map_err(|e| nerr(format!("publish to {topic}"), e))?;
             acks.push(ack);
@@ -574,6 +569,16 @@ async fn settle_or_warn(client: &async_nats::Client, reply: Receipt, kind: AckKi
     }
 }
 
+/// A message's uuid and metadata as JetStream headers.
+fn headers(m: &Message) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(UUID_HEADER, m.uuid.as_str());
+    for (k, v) in m.metadata.iter() {
+        headers.insert(k, v);
+    }
+    headers
+}
+
 /// The raw client's throughput: publish, waiting for the acks of each window of
 /// [`super::RAW_PUBLISH_WINDOW`], then pull and ack.
 pub async fn raw_bench(
@@ -598,8 +603,9 @@ pub async fn raw_bench(
     let start = std::time::Instant::now();
     let mut acks = Vec::with_capacity(super::RAW_PUBLISH_WINDOW);
     for _ in 0..messages {
+        let m = super::raw_bench_message(&payload, start);
         acks.push(
-            js.publish(topic.clone(), payload.clone())
+            js.publish_with_headers(topic.clone(), headers(&m), m.payload.clone())
                 .await
                 .map_err(|e| nerr("publish", e))?,
         );
