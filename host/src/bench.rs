@@ -431,7 +431,7 @@ pub async fn run(
     // leave its topics behind, every message in them).
     for topic in std::iter::once(&input).chain((!options.consume_only).then_some(&output)) {
         if let Err(e) = subscriber.remove_topic(topic).await {
-            tracing::warn!(topic, "bench: could not remove the topic: {e}");
+            tracing::warn!(topic, "bench: could not remove the topic: {}", e.report());
         }
     }
 

@@ -72,6 +72,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error with its sources, `: `-separated, for logs: `Display` shows only the
+    /// outermost message.
+    pub fn report(&self) -> String {
+        let mut out = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            source = s.source();
+        }
+        out
+    }
+
     /// A backend error with the client library's error as its source.
     pub fn pubsub(
         backend: &'static str,
@@ -242,5 +255,10 @@ mod tests {
         );
         assert_eq!(e.to_string(), "redis pub/sub: connect redis://x");
         assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(e.report(), "redis pub/sub: connect redis://x: refused");
+        assert_eq!(
+            Error::pubsub_msg("nats", "no stream").report(),
+            "nats pub/sub: no stream"
+        );
     }
 }

@@ -177,18 +177,6 @@ fn lerr(what: impl std::fmt::Display, e: lapin::Error) -> Error {
     Error::pubsub(NAME, what.to_string(), e)
 }
 
-/// An error with its sources, for the logs.
-fn report(e: &Error) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 /// `s` as an AMQP short string (names, header keys: at most 255 bytes).
 fn short(what: &str, s: &str) -> Result<ShortString> {
     ShortString::try_new(s).map_err(|e| Error::pubsub(NAME, format!("{what} {s:?}"), e))
@@ -757,7 +745,7 @@ impl AmqpPubSub {
                                 topic,
                                 url = %redacted(&self.config.url),
                                 "amqp: {}; retrying in {backoff:?}",
-                                report(&e)
+                                e.report()
                             );
                             if !self.pause(&sender, &mut backoff).await {
                                 return;
@@ -1139,7 +1127,7 @@ mod tests {
         .await
         .err()
         .unwrap();
-        let text = report(&err);
+        let text = err.report();
         assert!(
             text.contains("amqp") && text.contains("127.0.0.1:1"),
             "{text}"

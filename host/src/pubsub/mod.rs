@@ -102,8 +102,9 @@ pub trait Subscriber: Send + Sync + 'static {
 
     /// Deletes what the backend stores for `topic` (its stream with its messages and consumer
     /// groups), for tools and tests that clean up after themselves; nothing may be subscribed
-    /// to `topic` any more. Allowed after [`Subscriber::close`]. `Ok(false)` when the backend
-    /// does not delete topics (the default).
+    /// to `topic` any more. Allowed after [`Subscriber::close`]. `Ok(true)` when something was
+    /// deleted; `Ok(false)` when nothing was stored or the backend does not delete topics (the
+    /// default; AMQP and MQTT, whose brokers do not list a topic's queues or sessions).
     async fn remove_topic(&self, _topic: &str) -> Result<bool> {
         Ok(false)
     }
@@ -359,7 +360,10 @@ mod tests {
         assert!(!m.uuid.is_empty());
         assert_eq!(m.metadata.len(), 1);
         assert!(m.metadata.get("sent_at").parse::<u128>().is_ok());
-        assert_ne!(m.uuid, raw_bench_message(&payload, std::time::Instant::now()).uuid);
+        assert_ne!(
+            m.uuid,
+            raw_bench_message(&payload, std::time::Instant::now()).uuid
+        );
     }
 
     #[tokio::test]

@@ -728,6 +728,43 @@ impl Subscriber for MysqlPubSub {
         Publisher::close(self).await
     }
 
+    async fn remove_topic(&self, topic: &str) -> Result<bool> {
+        let table = table_name(topic);
+        let failed = |e| db_err(format!("remove topic {topic}"), e);
+        self.forget_table(&table);
+        // A connection of its own: allowed after close, which closes the pool.
+        let options: MySqlConnectOptions = self.config.url.parse().map_err(failed)?;
+        let mut conn = MySqlConnection::connect_with(&options)
+            .await
+            .map_err(failed)?;
+        let existed = sqlx::query(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
+        )
+        .bind(&table)
+        .fetch_optional(&mut conn)
+        .await
+        .map_err(failed)?
+        .is_some();
+        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS `{table}`")))
+            .execute(&mut conn)
+            .await
+            .map_err(failed)?;
+        let mut removed = 0;
+        for sql in [
+            "DELETE FROM wasmill_offsets WHERE topic_table = ?",
+            "DELETE FROM wasmill_topics WHERE name = ?",
+        ] {
+            removed += sqlx::query(sql)
+                .bind(&table)
+                .execute(&mut conn)
+                .await
+                .map_err(failed)?
+                .rows_affected();
+        }
+        let _ = conn.close().await;
+        Ok(existed || removed > 0)
+    }
+
     fn name(&self) -> &'static str {
         NAME
     }

@@ -252,6 +252,25 @@ impl Subscriber for SqlitePubSub {
         Publisher::close(self).await
     }
 
+    async fn remove_topic(&self, topic: &str) -> Result<bool> {
+        let failed = |e| db_err(format!("remove topic {topic}"), e);
+        let mut tx = self.pool.begin().await.map_err(failed)?;
+        let mut removed = 0;
+        for sql in [
+            "DELETE FROM wasmill_messages WHERE topic = ?",
+            "DELETE FROM wasmill_offsets WHERE topic = ?",
+        ] {
+            removed += sqlx::query(sql)
+                .bind(topic)
+                .execute(&mut *tx)
+                .await
+                .map_err(failed)?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(failed)?;
+        Ok(removed > 0)
+    }
+
     fn name(&self) -> &'static str {
         NAME
     }
