@@ -10,7 +10,9 @@
 //!   makes it fail, and the caller retries (duplicates are possible, losses are not). Packet
 //!   ids are matched to callers in the order the requests enter the client's queue (one caller
 //!   feeds at a time); each connection is a fresh client, so nothing of a dead connection is
-//!   ever confused with the next one.
+//!   ever confused with the next one. A broker that holds PUBACKs back behind Nagle's algorithm
+//!   (Mosquitto's default) gets a PINGREQ once the client has nothing else to send, so a call
+//!   does not wait for the client's delayed ACK ([`nudge`]).
 //! - **Subscriptions**: a persistent session (clean start off, `session_expiry`) whose client
 //!   id is stable per (topic, consumer group): `{client_id}-{group}-{hash of topic}`, subscribed
 //!   to the topic with QoS 1. Each consumer group hence gets every message; in a group, the
@@ -74,6 +76,7 @@
 //! 1000. The broker's `max_queued_messages 0` (unlimited) in `mosquitto.conf` removes all three.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -83,7 +86,9 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
     DisconnectReasonCode, Packet, PubAck, PubAckReason, Publish, PublishProperties,
 };
-use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, StateError};
+use rumqttc::v5::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Request, StateError,
+};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -94,8 +99,10 @@ use super::{Publisher, SubscribeOptions, Subscriber, Subscription, closed};
 use crate::error::{Error, Result};
 use crate::message::{Message, Metadata};
 
+mod nudge;
 mod session;
 
+use nudge::{AckNudge, PollState};
 use session::{MqttSource, NewConsumer, SessionSpec, attach};
 
 const NAME: &str = "mqtt";
@@ -342,13 +349,32 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 type Polled = std::result::Result<Event, ConnectionError>;
 
-/// Drives one connection's event loop until it fails, forwarding everything. The event loop is
-/// never cancelled mid-poll (that could lose a packet it already took from its queue).
-fn spawn_poller(mut eventloop: EventLoop) -> (mpsc::UnboundedReceiver<Polled>, JoinHandle<()>) {
+/// Drives the publisher connection's event loop until it fails, forwarding everything, and
+/// pings to fetch the PUBACKs the broker holds back ([`nudge`]); `fed` counts the publishes
+/// handed to the client. The event loop is never cancelled mid-poll (that could lose a packet
+/// it already took from its queue).
+fn spawn_poller(
+    mut eventloop: EventLoop,
+    fed: Arc<AtomicUsize>,
+) -> (mpsc::UnboundedReceiver<Polled>, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
+        let mut nudge = AckNudge::new();
         loop {
             let polled = eventloop.poll().await;
+            if let Ok(event) = &polled {
+                let now = Instant::now();
+                nudge.observe(event, eventloop.options.keep_alive(), now);
+                let state = PollState {
+                    collision: eventloop.state.collision.is_some(),
+                    read_drained: eventloop.state.events.is_empty(),
+                    idle: fed.load(Ordering::Acquire) <= nudge.sent(),
+                };
+                if nudge.should_nudge(event, state, now) {
+                    eventloop.state.await_pingresp = false;
+                    eventloop.pending.push_back(Request::PingReq);
+                }
+            }
             let failed = polled.is_err();
             if tx.send(polled).is_err() || failed {
                 return;
@@ -411,6 +437,8 @@ struct PubConn {
     waiters: Mutex<Waiters>,
     /// A caller gave up while handing a message over: end this connection.
     broken: CancellationToken,
+    /// Publishes handed (or being handed) to the client, counted before each hand-over.
+    fed: Arc<AtomicUsize>,
 }
 
 impl PubConn {
@@ -488,13 +516,15 @@ async fn run_publisher(
             return;
         }
         let (client, eventloop) = AsyncClient::new(options.clone(), REQUEST_QUEUE);
+        let fed = Arc::new(AtomicUsize::new(0));
         let conn = Arc::new(PubConn {
             client,
             feed: tokio::sync::Mutex::new(()),
             waiters: Mutex::new(Waiters::default()),
             broken: CancellationToken::new(),
+            fed: fed.clone(),
         });
-        let (mut events, poller) = spawn_poller(eventloop);
+        let (mut events, poller) = spawn_poller(eventloop, fed);
         let mut resume_at = None;
         let mut connected = false;
         let mut leave_by = None;
@@ -778,6 +808,7 @@ impl Publisher for MqttPubSub {
                     }
                     w.unassigned.push_back(tx);
                 }
+                conn.fed.fetch_add(1, Ordering::Release);
                 let sent = conn
                     .client
                     .publish_with_properties(
@@ -1300,6 +1331,33 @@ mod tests {
         for ps in members {
             Publisher::close(&ps).await.unwrap();
         }
+    }
+
+    /// Publish calls back to back across rumqttc's keep-alive pings: the pings that fetch
+    /// held-back PUBACKs ([`nudge`]) never leave one unanswered when a keep-alive ping goes out
+    /// (rumqttc would fail the connection, and the calls in flight with it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publishing_across_keepalive_pings_keeps_the_connection() {
+        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
+        let h = MqttHarness::new();
+        let ps = MqttPubSub::connect(MqttConfig {
+            keep_alive: Duration::from_secs(5),
+            ..h.config(&h.group)
+        })
+        .await
+        .unwrap();
+        let topic = crate::pubsub::conformance::unique_topic("keepalive");
+        // Two keep-alive pings, with windows in flight all along.
+        let until = Instant::now() + Duration::from_secs(11);
+        let mut windows = 0;
+        while Instant::now() < until {
+            let msgs = (0..100).map(|i| Message::new(format!("m{i}"))).collect();
+            if let Err(e) = ps.publish(&topic, msgs).await {
+                panic!("window {windows}: {}", e.report());
+            }
+            windows += 1;
+        }
+        Publisher::close(&ps).await.unwrap();
     }
 
     #[tokio::test]
