@@ -302,6 +302,17 @@ impl PublishSide {
         Ok(pc)
     }
 
+    /// Forgets that `topic`'s exchange was declared (it was deleted): the next publish
+    /// declares it again.
+    async fn forget(&self, topic: &str) {
+        if let Some(pc) = self.channel.lock().await.as_ref() {
+            pc.declared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(topic);
+        }
+    }
+
     async fn close(&self) {
         // Closed before the connection: a channel merely dropped asks lapin to close it in
         // the background, and that close then meets the connection's own and fails
@@ -616,9 +627,89 @@ impl Subscriber for AmqpPubSub {
         Publisher::close(self).await
     }
 
+    /// Deletes the topic's exchange and this consumer group's queue, with its messages. The
+    /// queues of other groups stay (RabbitMQ lists a topic's queues only through its
+    /// management API); unbound, they get nothing new. Runs on a connection of its own, so it
+    /// works after [`Subscriber::close`] too.
+    async fn remove_topic(&self, topic: &str) -> Result<bool> {
+        if self.tail {
+            return Ok(false);
+        }
+        let (exchange, queue) = (
+            short("topic", topic)?,
+            short("queue", &self.queue_name(topic))?,
+        );
+        let conn = open_connection(
+            &self.consuming.uri,
+            &self.consuming.url,
+            self.config.connect_timeout,
+        )
+        .await?;
+        let removed = remove_exchange_and_queue(&conn, exchange, queue).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "OK".into())).await;
+        self.publishing.forget(topic).await;
+        removed
+    }
+
     fn name(&self) -> &'static str {
         NAME
     }
+}
+
+/// Deletes `exchange` and `queue` where they exist; whether either did.
+async fn remove_exchange_and_queue(
+    conn: &Connection,
+    exchange: ShortString,
+    queue: ShortString,
+) -> Result<bool> {
+    let channel = || async {
+        conn.create_channel()
+            .await
+            .map_err(|e| lerr("open channel to remove a topic", e))
+    };
+    // A passive declare of something missing fails and closes its channel: one channel each.
+    let probe = channel().await?;
+    let queue_exists = probe
+        .queue_declare(
+            queue.clone(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    close_channel(&probe).await;
+    let probe = channel().await?;
+    let exchange_exists = probe
+        .exchange_declare(
+            exchange.clone(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    close_channel(&probe).await;
+    let channel = channel().await?;
+    if queue_exists {
+        channel
+            .queue_delete(queue.clone(), QueueDeleteOptions::default())
+            .await
+            .map_err(|e| lerr(format!("delete queue {queue}"), e))?;
+    }
+    if exchange_exists {
+        channel
+            .exchange_delete(exchange.clone(), ExchangeDeleteOptions::default())
+            .await
+            .map_err(|e| lerr(format!("delete exchange {exchange}"), e))?;
+    }
+    close_channel(&channel).await;
+    Ok(queue_exists || exchange_exists)
 }
 
 async fn close_channel(channel: &Channel) {

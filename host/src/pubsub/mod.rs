@@ -104,7 +104,8 @@ pub trait Subscriber: Send + Sync + 'static {
     /// groups), for tools and tests that clean up after themselves; nothing may be subscribed
     /// to `topic` any more. Allowed after [`Subscriber::close`]. `Ok(true)` when something was
     /// deleted; `Ok(false)` when nothing was stored or the backend does not delete topics (the
-    /// default; AMQP and MQTT, whose brokers do not list a topic's queues or sessions).
+    /// default). On AMQP and MQTT, whose brokers do not list a topic's queues or sessions, it
+    /// deletes what belongs to this subscriber's consumer group (and AMQP the exchange).
     async fn remove_topic(&self, _topic: &str) -> Result<bool> {
         Ok(false)
     }

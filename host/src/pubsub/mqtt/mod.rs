@@ -350,12 +350,12 @@ async fn sleep_until_opt(at: Option<Instant>) {
 type Polled = std::result::Result<Event, ConnectionError>;
 
 /// Drives the publisher connection's event loop until it fails, forwarding everything, and
-/// pings to fetch the PUBACKs the broker holds back ([`nudge`]); `fed` counts the publishes
-/// handed to the client. The event loop is never cancelled mid-poll (that could lose a packet
-/// it already took from its queue).
+/// pings to fetch the PUBACKs the broker holds back ([`nudge`]) while few publish calls wait
+/// for them. The event loop is never cancelled mid-poll (that could lose a packet it already
+/// took from its queue).
 fn spawn_poller(
     mut eventloop: EventLoop,
-    fed: Arc<AtomicUsize>,
+    feeding: Arc<Feeding>,
 ) -> (mpsc::UnboundedReceiver<Polled>, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
@@ -368,7 +368,8 @@ fn spawn_poller(
                 let state = PollState {
                     collision: eventloop.state.collision.is_some(),
                     read_drained: eventloop.state.events.is_empty(),
-                    idle: fed.load(Ordering::Acquire) <= nudge.sent(),
+                    few_and_idle: feeding.calls.load(Ordering::Acquire) <= nudge::MAX_CALLS
+                        && feeding.fed.load(Ordering::Acquire) <= nudge.sent(),
                 };
                 if nudge.should_nudge(event, state, now) {
                     eventloop.state.await_pingresp = false;
@@ -437,8 +438,33 @@ struct PubConn {
     waiters: Mutex<Waiters>,
     /// A caller gave up while handing a message over: end this connection.
     broken: CancellationToken,
+    /// What the publish calls hand over, for the poller's nudges.
+    feeding: Arc<Feeding>,
+}
+
+/// What the publish calls hand to one connection, as its poller sees it ([`nudge`]).
+#[derive(Default)]
+struct Feeding {
     /// Publishes handed (or being handed) to the client, counted before each hand-over.
-    fed: Arc<AtomicUsize>,
+    fed: AtomicUsize,
+    /// Publish calls in progress.
+    calls: AtomicUsize,
+}
+
+/// Counts one publish call in progress for as long as it lives.
+struct CallInProgress(Arc<Feeding>);
+
+impl CallInProgress {
+    fn new(feeding: &Arc<Feeding>) -> Self {
+        feeding.calls.fetch_add(1, Ordering::AcqRel);
+        CallInProgress(feeding.clone())
+    }
+}
+
+impl Drop for CallInProgress {
+    fn drop(&mut self) {
+        self.0.calls.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl PubConn {
@@ -516,15 +542,15 @@ async fn run_publisher(
             return;
         }
         let (client, eventloop) = AsyncClient::new(options.clone(), REQUEST_QUEUE);
-        let fed = Arc::new(AtomicUsize::new(0));
+        let feeding = Arc::new(Feeding::default());
         let conn = Arc::new(PubConn {
             client,
             feed: tokio::sync::Mutex::new(()),
             waiters: Mutex::new(Waiters::default()),
             broken: CancellationToken::new(),
-            fed: fed.clone(),
+            feeding: feeding.clone(),
         });
-        let (mut events, poller) = spawn_poller(eventloop, fed);
+        let (mut events, poller) = spawn_poller(eventloop, feeding);
         let mut resume_at = None;
         let mut connected = false;
         let mut leave_by = None;
@@ -795,6 +821,7 @@ impl Publisher for MqttPubSub {
         }
         let deadline = Instant::now() + self.config.publish_timeout;
         let conn = self.publisher_conn(deadline).await?;
+        let _call = CallInProgress::new(&conn.feeding);
         let lost = || Error::pubsub_msg(NAME, format!("publish to {topic}: connection lost"));
         let mut acks = Vec::with_capacity(messages.len());
         let feed = async {
@@ -808,7 +835,7 @@ impl Publisher for MqttPubSub {
                     }
                     w.unassigned.push_back(tx);
                 }
-                conn.fed.fetch_add(1, Ordering::Release);
+                conn.feeding.fed.fetch_add(1, Ordering::Release);
                 let sent = conn
                     .client
                     .publish_with_properties(
@@ -924,6 +951,44 @@ impl Subscriber for MqttPubSub {
 
     async fn close(&self) -> Result<()> {
         Publisher::close(self).await
+    }
+
+    /// Ends this consumer group's session of `topic` on the broker, with the messages it kept
+    /// (MQTT stores messages only in sessions; other groups' sessions stay). It resumes the
+    /// session with an expiry of 0, so the broker drops it when this connection closes; the
+    /// CONNACK says whether it existed. Works after [`Subscriber::close`] too.
+    async fn remove_topic(&self, topic: &str) -> Result<bool> {
+        if self.tail {
+            return Ok(false);
+        }
+        check_topic(topic)?;
+        let mut options = base_options(&self.broker, &self.config, self.session_client_id(topic));
+        options
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(0))
+            .set_manual_acks(true)
+            .set_receive_maximum(Some(1));
+        let (client, mut eventloop) = AsyncClient::new(options, 16);
+        let fail = |e: String| {
+            let shown = &self.broker.shown;
+            Error::pubsub_msg(NAME, format!("remove topic {topic}: {shown}: {e}"))
+        };
+        let limit = self.config.connect_timeout;
+        let deadline = Instant::now() + limit;
+        let mut present = None;
+        loop {
+            match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) if present.is_none() => {
+                    present = Some(ack.session_present);
+                    client.try_disconnect().map_err(|e| fail(e.to_string()))?;
+                }
+                Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => break,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(fail(e.to_string())),
+                Err(_) => return Err(fail(format!("no answer within {limit:?}"))),
+            }
+        }
+        Ok(present.unwrap_or(false))
     }
 
     fn name(&self) -> &'static str {
