@@ -11,8 +11,8 @@
 //!   ids are matched to callers in the order the requests enter the client's queue (one caller
 //!   feeds at a time); each connection is a fresh client, so nothing of a dead connection is
 //!   ever confused with the next one. A broker that holds PUBACKs back behind Nagle's algorithm
-//!   (Mosquitto's default) gets a PINGREQ once the client has nothing else to send, so a call
-//!   does not wait for the client's delayed ACK ([`nudge`]).
+//!   (Mosquitto's default) gets a PINGREQ once the client has nothing else to send and at most
+//!   two calls wait, so a call does not wait for the client's delayed ACK ([`nudge`]).
 //! - **Subscriptions**: a persistent session (clean start off, `session_expiry`) whose client
 //!   id is stable per (topic, consumer group): `{client_id}-{group}-{hash of topic}`, subscribed
 //!   to the topic with QoS 1. Each consumer group hence gets every message; in a group, the
