@@ -268,6 +268,13 @@ impl PubChannel {
             .unwrap_or_else(|p| p.into_inner())
             .insert(topic.to_string());
     }
+
+    fn forget_declared(&self, topic: &str) {
+        self.declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(topic);
+    }
 }
 
 /// The publisher's connection and channel.
@@ -306,10 +313,7 @@ impl PublishSide {
     /// declares it again.
     async fn forget(&self, topic: &str) {
         if let Some(pc) = self.channel.lock().await.as_ref() {
-            pc.declared
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(topic);
+            pc.forget_declared(topic);
         }
     }
 

@@ -402,6 +402,27 @@ fn base_options(broker: &Broker, config: &MqttConfig, client_id: String) -> Mqtt
     o
 }
 
+/// Polls a short-lived client's `eventloop` until `done` says so, for at most `limit`; the
+/// error says what went wrong.
+async fn poll_until(
+    eventloop: &mut EventLoop,
+    limit: Duration,
+    mut done: impl FnMut(&Event) -> bool,
+) -> std::result::Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(ev)) => {
+                if done(&ev) {
+                    return Ok(());
+                }
+            }
+            Ok(Err(e)) => return Err(format!("connection: {e}")),
+            Err(_) => return Err(format!("no answer within {limit:?}")),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Publisher side
 
@@ -969,26 +990,28 @@ impl Subscriber for MqttPubSub {
             .set_manual_acks(true)
             .set_receive_maximum(Some(1));
         let (client, mut eventloop) = AsyncClient::new(options, 16);
-        let fail = |e: String| {
-            let shown = &self.broker.shown;
-            Error::pubsub_msg(NAME, format!("remove topic {topic}: {shown}: {e}"))
-        };
-        let limit = self.config.connect_timeout;
-        let deadline = Instant::now() + limit;
-        let mut present = None;
-        loop {
-            match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-                Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) if present.is_none() => {
-                    present = Some(ack.session_present);
-                    client.try_disconnect().map_err(|e| fail(e.to_string()))?;
-                }
-                Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => break,
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(fail(e.to_string())),
-                Err(_) => return Err(fail(format!("no answer within {limit:?}"))),
+        let mut present = false;
+        let mut refused = None;
+        let polled = poll_until(&mut eventloop, self.config.connect_timeout, |ev| match ev {
+            Event::Incoming(Packet::ConnAck(ack)) => {
+                present = ack.session_present;
+                refused = client.try_disconnect().err().map(|e| e.to_string());
+                refused.is_some()
+            }
+            Event::Outgoing(Outgoing::Disconnect) => true,
+            _ => false,
+        })
+        .await;
+        match polled.err().or(refused) {
+            None => Ok(present),
+            Some(e) => {
+                let shown = &self.broker.shown;
+                Err(Error::pubsub_msg(
+                    NAME,
+                    format!("remove topic {topic}: {shown}: {e}"),
+                ))
             }
         }
-        Ok(present.unwrap_or(false))
     }
 
     fn name(&self) -> &'static str {
@@ -1008,24 +1031,15 @@ fn bench_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::pubsub_msg(NAME, format!("raw bench: {what}: {e}"))
 }
 
-/// Polls `eventloop` until `done` says so, for at most `limit`.
+/// [`poll_until`] for the raw benchmark's errors.
 async fn bench_poll(
     eventloop: &mut EventLoop,
     limit: Duration,
-    mut done: impl FnMut(&Event) -> bool,
+    done: impl FnMut(&Event) -> bool,
 ) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-            Ok(Ok(ev)) => {
-                if done(&ev) {
-                    return Ok(());
-                }
-            }
-            Ok(Err(e)) => return Err(bench_err("connection", e)),
-            Err(_) => return Err(bench_err("poll", "timed out")),
-        }
-    }
+    poll_until(eventloop, limit, done)
+        .await
+        .map_err(|e| bench_err("poll", e))
 }
 
 /// The raw client's throughput: QoS 1 publishes until every PUBACK is in, then a consumer
