@@ -19,6 +19,10 @@
 //!   settled the offset advances past the acked ones and the transaction commits. A nacked
 //!   message is delivered again, after the redelivery delay, before any later one.
 //!   One message of a group is in flight at a time, so order holds across subscribers.
+//! - Between batches a subscription stores its offset, commits and claims the row again in
+//!   one round trip (a multi-statement query on the claim's connection), and the rows after
+//!   a batch are read on another pooled connection while it is delivered; the next claim
+//!   takes them if the group's offset is where this subscription left it.
 //! - Wake-ups: consumers poll every `poll_interval`; a publish through this process wakes the
 //!   topic's consumers in this process at once.
 //! - Reconnect: sqlx's pool pings connections before handing them out and reconnects; the
@@ -66,8 +70,9 @@ pub struct MysqlConfig {
     /// at once).
     #[serde(with = "crate::config::duration")]
     pub poll_interval: Duration,
-    /// Size of the connection pool. Each subscription holds a connection while a message is
-    /// in flight, so keep it above the number of subscriptions plus concurrent publishers.
+    /// Size of the connection pool. Each subscription holds a connection while it delivers
+    /// (and borrows a second one for a moment to read ahead, when one is free), so keep it
+    /// above the number of subscriptions plus concurrent publishers.
     pub max_connections: u32,
     /// How long to wait for a pooled connection (and, at start, for the server).
     #[serde(with = "crate::config::duration")]
@@ -479,11 +484,88 @@ struct Claim {
 /// offset row and reads up to `batch_size` rows after it; when they are all settled (the
 /// next fetch, or the end of the subscription), the offset of the last acked one is stored
 /// and the transaction commits.
+///
+/// While a batch is delivered, the rows after it are read ahead on another pooled
+/// connection ([`Prefetch`]): the next delivery transaction takes them instead of reading,
+/// if the group's offset is where this subscription left it.
 struct MysqlFetch {
     pubsub: MysqlPubSub,
     table: String,
     claim: Option<Claim>,
+    prefetch: Option<Prefetch>,
     backoff: Duration,
+}
+
+/// The rows after offset `after`, read without a lock while the batch before them is
+/// delivered. Valid for a delivery transaction whose claimed offset is `after`: publishers
+/// commit a topic's rows in offset order (the topic lock), so rows read after an offset are
+/// a gap-free run of what follows it.
+struct Prefetch {
+    after: i64,
+    rows: tokio::task::JoinHandle<Option<Vec<(Message, i64)>>>,
+}
+
+impl Prefetch {
+    /// How long a read-ahead waits for a pooled connection: none free means the pool is busy
+    /// with other subscriptions, and the next delivery transaction reads for itself.
+    const ACQUIRE: Duration = Duration::from_millis(50);
+
+    /// Starts reading up to `max` rows of `table` after `after` on a connection of the pool.
+    fn start(pubsub: &MysqlPubSub, table: &str, after: i64, max: usize) -> Self {
+        let pool = pubsub.pool.clone();
+        let sql = select_after(table);
+        let rows = tokio::spawn(async move {
+            let mut conn = tokio::time::timeout(Self::ACQUIRE, pool.acquire())
+                .await
+                .ok()?
+                .ok()?;
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(after)
+                .bind(max as u64)
+                .fetch_all(&mut *conn)
+                .await
+                .ok()?;
+            rows.iter()
+                .map(|row| decode(row).map(|(offset, msg)| (msg, offset)).ok())
+                .collect()
+        });
+        Prefetch { after, rows }
+    }
+
+    /// The rows read ahead, if they follow `claimed` (the offset a delivery transaction
+    /// claimed) and any came; `None` means "read them".
+    async fn take(self, claimed: i64) -> Option<Vec<(Message, i64)>> {
+        if self.after != claimed {
+            self.rows.abort();
+            return None;
+        }
+        self.rows
+            .await
+            .ok()
+            .flatten()
+            .filter(|rows| !rows.is_empty())
+    }
+}
+
+/// `text` as a MySQL string literal in utf8mb4 with the binary collation of the
+/// `consumer_group` column, written in hex so that no character needs escaping.
+fn hex_literal(text: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(text.len() * 2 + 32);
+    out.push_str("_utf8mb4 X'");
+    for byte in text.bytes() {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out.push_str("' COLLATE utf8mb4_bin");
+    out
+}
+
+/// The statement reading up to `?` rows of `table` after offset `?`.
+fn select_after(table: &str) -> String {
+    format!(
+        "SELECT `offset`, uuid, metadata, payload FROM `{table}`
+         WHERE `offset` > ? ORDER BY `offset` LIMIT ?"
+    )
 }
 
 impl MysqlFetch {
@@ -513,21 +595,70 @@ impl MysqlFetch {
             .map_err(|e| db_err(format!("ack offset {acked} of {table}"), e))
     }
 
-    /// Claims the group's offset row and reads the rows after it; `None` (and no claim) when
-    /// another subscriber of the group holds the row.
+    /// Settles `claim` and claims the group's row again in one round trip, on the claim's
+    /// connection: the acked offset is stored, the transaction commits (the row is free for
+    /// an instant) and a new one claims it. Returns that transaction and the offset it
+    /// claimed, `None` when another subscriber of the group took the row in between.
+    async fn renew(
+        pubsub: &MysqlPubSub,
+        table: &str,
+        claim: Claim,
+    ) -> Result<(sqlx::Transaction<'static, MySql>, Option<i64>)> {
+        let Claim {
+            mut tx,
+            stored,
+            acked,
+        } = claim;
+        // No binds in a multi-statement query: the table name is a safe identifier and the
+        // group goes as a hex literal.
+        let key = format!(
+            "topic_table = '{table}' AND consumer_group = {}",
+            hex_literal(pubsub.group())
+        );
+        let store = if acked > stored {
+            format!("UPDATE wasmill_offsets SET acked = {acked} WHERE {key};")
+        } else {
+            String::new()
+        };
+        // sqlx still counts one open transaction on the connection, which is true again
+        // after `START TRANSACTION`.
+        let sql = format!(
+            "{store} COMMIT; START TRANSACTION;
+             SELECT acked FROM wasmill_offsets WHERE {key} FOR UPDATE SKIP LOCKED"
+        );
+        let rows = sqlx::raw_sql(AssertSqlSafe(sql))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| db_err(format!("ack offset {acked} of {table}"), e))?;
+        let claimed = match rows.first() {
+            Some(row) => Some(row.try_get(0).map_err(|e| db_err("read offset", e))?),
+            None => None,
+        };
+        Ok((tx, claimed))
+    }
+
+    /// Claims the group's offset row (renewing the claim this subscription holds, if any) and
+    /// reads the rows after it; `None` (and no claim) when another subscriber of the group
+    /// holds the row.
     async fn read(&mut self, max: usize) -> Result<Option<Vec<(Message, i64)>>> {
         let ps = &self.pubsub;
         let (table, group) = (&self.table, ps.group());
-        let mut tx = ps.pool.begin().await.map_err(|e| db_err("begin", e))?;
-        let acked: Option<i64> = sqlx::query_scalar(
-            "SELECT acked FROM wasmill_offsets WHERE topic_table = ? AND consumer_group = ?
-             FOR UPDATE SKIP LOCKED",
-        )
-        .bind(table)
-        .bind(group)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| db_err(format!("claim consumer group {group} of {table}"), e))?;
+        let (mut tx, acked) = match self.claim.take() {
+            Some(claim) => Self::renew(ps, table, claim).await?,
+            None => {
+                let mut tx = ps.pool.begin().await.map_err(|e| db_err("begin", e))?;
+                let acked: Option<i64> = sqlx::query_scalar(
+                    "SELECT acked FROM wasmill_offsets WHERE topic_table = ? AND consumer_group = ?
+                     FOR UPDATE SKIP LOCKED",
+                )
+                .bind(table)
+                .bind(group)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db_err(format!("claim consumer group {group} of {table}"), e))?;
+                (tx, acked)
+            }
+        };
         let Some(start) = acked else {
             let _ = tx.rollback().await;
             // Held by another subscriber, or the row is gone (then create it again).
@@ -537,29 +668,36 @@ impl MysqlFetch {
             ps.ensure_group(table).await?;
             return Ok(Some(Vec::new()));
         };
-        let sql = format!(
-            "SELECT `offset`, uuid, metadata, payload FROM `{table}`
-             WHERE `offset` > ? ORDER BY `offset` LIMIT ?"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(start)
-            .bind(max as u64)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| {
-                if errno(&e) == Some(1146) {
-                    ps.forget_table(table);
-                }
-                db_err(format!("read {table}"), e)
-            })?;
-        if rows.is_empty() {
+        let read_ahead = match self.prefetch.take() {
+            Some(prefetch) => prefetch.take(start).await,
+            None => None,
+        };
+        let messages = match read_ahead {
+            Some(messages) => messages,
+            None => {
+                let rows = sqlx::query(AssertSqlSafe(select_after(table)))
+                    .bind(start)
+                    .bind(max as u64)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| {
+                        if errno(&e) == Some(1146) {
+                            ps.forget_table(table);
+                        }
+                        db_err(format!("read {table}"), e)
+                    })?;
+                rows.iter()
+                    .map(|row| decode(row).map(|(offset, msg)| (msg, offset)))
+                    .collect::<Result<Vec<_>>>()?
+            }
+        };
+        let Some(&(_, last)) = messages.last() else {
             let _ = tx.rollback().await;
             return Ok(Some(Vec::new()));
-        }
-        let messages = rows
-            .iter()
-            .map(|row| decode(row).map(|(offset, msg)| (msg, offset)))
-            .collect::<Result<Vec<_>>>()?;
+        };
+        // Delivered in order and acked one by one, this batch ends at `last`: read what
+        // follows while it is handled.
+        self.prefetch = Some(Prefetch::start(ps, table, last, max));
         self.claim = Some(Claim {
             tx,
             stored: start,
@@ -575,12 +713,7 @@ impl Fetcher for MysqlFetch {
 
     async fn fetch(&mut self, max: usize) -> Fetched<i64> {
         let since = Instant::now().into();
-        // Everything read before is settled: store the offset, let the group's row go.
-        if let Some(claim) = self.claim.take()
-            && let Err(e) = Self::settle(&self.pubsub, &self.table, claim).await
-        {
-            tracing::warn!(table = %self.table, "mysql: {e} (the messages are delivered again)");
-        }
+        // Everything read before is settled: `read` stores the offset as it claims again.
         let wake = waker(&self.pubsub.config.url, &self.table);
         let woken = wake.notified();
         let poll = self.pubsub.config.poll_interval;
@@ -632,8 +765,12 @@ impl Fetcher for MysqlFetch {
             pubsub,
             table,
             claim,
+            prefetch,
             ..
         } = self;
+        if let Some(prefetch) = prefetch {
+            prefetch.rows.abort();
+        }
         if let Some(claim) = claim {
             tokio::spawn(async move {
                 if let Err(e) = Self::settle(&pubsub, &table, claim).await {
@@ -709,6 +846,7 @@ impl Subscriber for MysqlPubSub {
             pubsub: self.clone(),
             table,
             claim: None,
+            prefetch: None,
             backoff: Duration::from_millis(100),
         };
         let options = ReadAheadOptions {
@@ -1059,6 +1197,55 @@ mod tests {
         // Closing the backend closes tails made from it.
         let late = ps.tail_subscriber();
         assert!(late.subscribe(&topic).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_group_named_with_quotes_keeps_its_offset_across_batches() {
+        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
+        // Renewing a claim sends the group in the text of a multi-statement query.
+        let group = format!("it's a \\ group ✓ {}", uuid::Uuid::new_v4().simple());
+        let config = MysqlConfig {
+            batch_size: 3,
+            ..test_config(&group)
+        };
+        let ps = MysqlPubSub::connect(config.clone()).await.unwrap();
+        let topic = unique_topic("quoted_group");
+        let msgs: Vec<Message> = (0..10).map(|i| Message::new(format!("m{i}"))).collect();
+        let want: Vec<String> = msgs.iter().map(|m| m.uuid.clone()).collect();
+        ps.subscribe_initialize(&topic).await.unwrap();
+        ps.publish(&topic, msgs).await.unwrap();
+        let mut sub = ps.subscribe(&topic).await.unwrap();
+        let got =
+            crate::pubsub::conformance::bulk_read(&mut sub, 10, Duration::from_secs(10)).await;
+        let ids: Vec<String> = got.iter().map(|m| m.uuid.clone()).collect();
+        assert_eq!(ids, want, "in order, across four batches");
+        drop(sub);
+        Publisher::close(&ps).await.unwrap();
+        // The group's offset was stored: a new subscriber of the group gets only what follows.
+        let again = MysqlPubSub::connect(config).await.unwrap();
+        again
+            .publish(&topic, vec![Message::with_uuid("later", "l")])
+            .await
+            .unwrap();
+        let mut sub = again.subscribe(&topic).await.unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.uuid, "later");
+        m.ack();
+        drop(sub);
+        again.remove_topic(&topic).await.unwrap();
+        Publisher::close(&again).await.unwrap();
+    }
+
+    #[test]
+    fn group_literals_need_no_escaping() {
+        assert_eq!(
+            hex_literal("a'b\\"),
+            "_utf8mb4 X'6127625c' COLLATE utf8mb4_bin"
+        );
+        assert_eq!(hex_literal(""), "_utf8mb4 X'' COLLATE utf8mb4_bin");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
