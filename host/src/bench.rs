@@ -278,6 +278,17 @@ impl Tally {
     }
 }
 
+/// Why a backend may have stopped short of the messages published, when it is known.
+fn stall_hint(backend: &str, delivered: usize) -> String {
+    if backend == "mqtt" && delivered >= 65_535 {
+        return "; Mosquitto keeps at most receive_maximum + max_queued_messages \
+                (65,535 + 1,000 by default) unread messages for a session and drops the rest: \
+                bench with fewer --messages, or set max_queued_messages 0 in mosquitto.conf"
+            .into();
+    }
+    String::new()
+}
+
 /// Runs the benchmark with `handler` between `publisher`/`subscriber` topics.
 pub async fn run(
     publisher: DynPublisher,
@@ -404,8 +415,9 @@ pub async fn run(
             (seen, progressed) = (count, Instant::now());
         } else if progressed.elapsed() > idle_limit {
             return Err(Error::Other(format!(
-                "bench: no output for {idle_limit:?} after {count} of {total} messages (handler last error: {})",
-                h.stats().last_error().unwrap_or_default()
+                "bench: no output for {idle_limit:?} after {count} of {total} messages (handler last error: {}){}",
+                h.stats().last_error().unwrap_or_default(),
+                stall_hint(subscriber.name(), count)
             )));
         }
         if reader.as_ref().is_some_and(|r| r.is_finished()) {
@@ -484,6 +496,14 @@ pub fn peak_rss_mib() -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_stall_past_mosquittos_queue_names_it() {
+        let hint = super::stall_hint("mqtt", 66_535);
+        assert!(hint.contains("max_queued_messages"), "{hint}");
+        assert!(super::stall_hint("mqtt", 10).is_empty());
+        assert!(super::stall_hint("redis", 66_535).is_empty());
+    }
+
     use super::*;
     use crate::pubsub::memory::MemoryPubSub;
 
