@@ -942,8 +942,9 @@ pub async fn publish_in_tx(
 }
 
 /// The raw client's throughput: multi-row INSERTs in transactions of 100 under the topic
-/// lock, then transactions that claim the offset row, read 100 rows and advance the offset
-/// (what the backend does, without Wasmill around it).
+/// lock, then transactions that claim the offset row, read 100 rows and advance the offset,
+/// written with sqlx's transaction API as a hand-written client would (the backend itself
+/// renews its claim in one round trip and reads the next rows while a batch is delivered).
 pub async fn raw_bench(
     url: &str,
     messages: usize,
