@@ -696,8 +696,11 @@ impl MysqlFetch {
             return Ok(Some(Vec::new()));
         };
         // Delivered in order and acked one by one, this batch ends at `last`: read what
-        // follows while it is handled.
-        self.prefetch = Some(Prefetch::start(ps, table, last, max));
+        // follows while it is handled. A short batch reached the end of the table, so a read
+        // ahead would mostly find nothing (one wasted query per batch of a slow stream).
+        if messages.len() >= max {
+            self.prefetch = Some(Prefetch::start(ps, table, last, max));
+        }
         self.claim = Some(Claim {
             tx,
             stored: start,
