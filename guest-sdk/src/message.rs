@@ -140,10 +140,12 @@ impl Message {
 }
 
 impl From<wit::Message> for Message {
+    /// Takes the record's fields as they are: the WIT contract has the host send unique
+    /// metadata keys, so the pairs become the [`Metadata`] without a copy or a check.
     fn from(m: wit::Message) -> Self {
         Self {
             uuid: m.uuid,
-            metadata: m.metadata.into_iter().collect(),
+            metadata: Metadata(m.metadata),
             payload: m.payload,
         }
     }

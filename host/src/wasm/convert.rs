@@ -50,9 +50,8 @@ pub fn from_wit(m: types::MessageResult) -> Message {
         m.uuid
     };
     let mut out = Message::with_uuid(uuid, Bytes::from(m.payload));
-    for (k, v) in m.metadata {
-        out.metadata.set(k, v);
-    }
+    // Collected at once: one map sized for the pairs (a repeated key keeps its last value).
+    out.metadata = m.metadata.into_iter().collect();
     out
 }
 
