@@ -10,7 +10,8 @@
 //!   the `_watermill_message_uuid` header (Watermill's name) and in `message_id` when it fits,
 //!   metadata in headers of their own names, the payload as the body.
 //! - Consume: `basic.qos(prefetch)` (default 128, at least `max_in_flight`), messages handed
-//!   over `max_in_flight` at a time; ack = `basic.ack`. A nacked message is delivered again by
+//!   over `max_in_flight` at a time; ack = `basic.ack`, written in the background: the next
+//!   delivery waits for the last one's settlement, not for its ack to reach the socket. A nacked message is delivered again by
 //!   the subscription itself after `nack_requeue_delay` (or the message's own redelivery
 //!   delay, so that a poisoned message does not spin a core): requeued, it would come back
 //!   behind the messages the channel already holds, so one in flight keeps publish order.
@@ -782,12 +783,22 @@ fn to_message(properties: &BasicProperties, data: Vec<u8>) -> Message {
 /// ended first, nothing is sent: closing the channel requeues the message.
 async fn settle(acker: Acker, msg: Message, sender: SubscriptionSender, nack_delay: Duration) {
     let uuid = msg.uuid.clone();
+    if settled_acked(msg, &sender, nack_delay).await {
+        send_ack(acker, uuid).await;
+    }
+}
+
+/// Waits until the consumer acks `msg`, delivering it again after each nack; `false` when the
+/// subscription ended first (the channel closes with it, and the broker requeues the message).
+async fn settled_acked(msg: Message, sender: &SubscriptionSender, nack_delay: Duration) -> bool {
     // A nack is delivered again from here rather than requeued: the broker would put it back
     // behind the messages this channel already holds (read-ahead), out of order.
-    if !settle_redelivering(msg, &sender, nack_delay, || async {}).await {
-        // The channel closes with the subscription; the broker requeues the message.
-        return;
-    }
+    settle_redelivering(msg, sender, nack_delay, || async {}).await
+}
+
+/// Sends the ack of the delivery `acker` belongs to, logging (not returning) a failure: the
+/// broker then redelivers the message.
+async fn send_ack(acker: Acker, uuid: String) {
     // Bounded: an ack handed to a connection that dies under it may never be answered, and
     // the subscription must go on to notice the broken consumer and reconnect.
     let sent = tokio::time::timeout(ACK_TIMEOUT, acker.ack(BasicAckOptions::default())).await;
@@ -806,6 +817,13 @@ async fn settle(acker: Acker, msg: Message, sender: SubscriptionSender, nack_del
             "amqp: ack not sent within {ACK_TIMEOUT:?} (the broker redelivers the message)"
         ),
     }
+}
+
+/// The deliveries of one channel still being settled: the handler's permits (at most
+/// `max_in_flight` unsettled) and the acks written after a settlement.
+struct Settling {
+    in_flight: Arc<tokio::sync::Semaphore>,
+    acks: TaskTracker,
 }
 
 impl AmqpPubSub {
@@ -880,7 +898,7 @@ impl AmqpPubSub {
         &self,
         topic: &str,
         max_in_flight: usize,
-        in_flight: &Arc<tokio::sync::Semaphore>,
+        settling: &Settling,
         channel: &Channel,
         consumer: &mut Consumer,
         sender: &SubscriptionSender,
@@ -921,16 +939,23 @@ impl AmqpPubSub {
             let msg = to_message(&properties, data);
             // The broker pushes up to `prefetch` ahead; at most `max_in_flight` of them are
             // handed over and unsettled at once.
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            let Ok(permit) = settling.in_flight.clone().acquire_owned().await else {
                 return true;
             };
             if sender.send(msg.clone()).await.is_err() {
                 return true;
             }
-            let settled = settle(acker, msg, sender.clone(), self.config.nack_requeue_delay);
             if max_in_flight <= 1 {
-                settled.await;
+                // One at a time: the next delivery waits for this one's settlement, not for
+                // its ack to be written (acks on a channel keep their order; `pump_to_end`
+                // waits for them before the channel closes).
+                let uuid = msg.uuid.clone();
+                if settled_acked(msg, sender, self.config.nack_requeue_delay).await {
+                    settling.acks.spawn(send_ack(acker, uuid));
+                }
+                drop(permit);
             } else {
+                let settled = settle(acker, msg, sender.clone(), self.config.nack_requeue_delay);
                 tokio::spawn(async move {
                     settled.await;
                     drop(permit);
@@ -949,13 +974,21 @@ impl AmqpPubSub {
         consumer: &mut Consumer,
         sender: &SubscriptionSender,
     ) -> bool {
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
+        let settling = Settling {
+            in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))),
+            acks: TaskTracker::new(),
+        };
         let ended = self
-            .pump(topic, max_in_flight, &in_flight, channel, consumer, sender)
+            .pump(topic, max_in_flight, &settling, channel, consumer, sender)
             .await;
+        settling.acks.close();
         if ended {
             let all = u32::try_from(max_in_flight.max(1)).unwrap_or(u32::MAX);
-            let _ = tokio::time::timeout(ACK_TIMEOUT, in_flight.acquire_many(all)).await;
+            let _ = tokio::time::timeout(ACK_TIMEOUT, async {
+                let _ = settling.in_flight.acquire_many(all).await;
+                settling.acks.wait().await;
+            })
+            .await;
         }
         ended
     }
