@@ -64,11 +64,16 @@ pub enum Backlog {
     /// backlog: the publish and consume loops each run alone, as the raw client's do (a
     /// durable backend keeps the backlog; the in-memory one drops what nobody subscribed to).
     Stored,
-    /// As `Stored`, but the router starts first with its handler held until every message was
-    /// published: for brokers that keep little for a subscriber that is away (Mosquitto's
-    /// `max_queued_messages`), the subscription stays connected and takes the messages in as
-    /// they come, as the raw MQTT client's subscribed, not yet reading, consumer does.
-    Held,
+    /// As `Stored`, but the router starts first with its handler held while each round of
+    /// `round` messages is published, then released to drain it (the figure times the
+    /// draining only): for brokers that keep little for a subscriber that is away or slow
+    /// (Mosquitto's `max_queued_messages`), the subscription stays connected and takes the
+    /// messages in as they come, as the raw MQTT client's subscribed, not yet reading,
+    /// consumer does in rounds of the same size ([`crate::pubsub::bench_round`]).
+    Held {
+        /// Messages published per round (at least 1).
+        round: usize,
+    },
 }
 
 /// The figures of one run.
@@ -237,17 +242,12 @@ const SENT_AT: &str = "bench_sent_ns";
 /// Messages the bench's output reader may hold unacked.
 const READER_IN_FLIGHT: usize = 256;
 
-/// The bench's publish loop: finished before the router started, or running beside it.
-enum Publishing {
-    Done(Duration),
-    Running(tokio::task::JoinHandle<Result<Duration>>),
-}
-
 /// The latencies of the messages handled so far. The bench's main task is woken once, when
 /// the last one is in, rather than once per message: the measuring costs the run little.
 struct Tally {
     latencies: std::sync::Mutex<Vec<u64>>,
-    total: usize,
+    /// The count the main task waits for (the end of a round, or of the run).
+    target: std::sync::atomic::AtomicUsize,
     all_in: tokio::sync::Notify,
 }
 
@@ -255,7 +255,7 @@ impl Tally {
     fn new(total: usize) -> Self {
         Tally {
             latencies: std::sync::Mutex::new(Vec::with_capacity(total)),
-            total,
+            target: std::sync::atomic::AtomicUsize::new(total),
             all_in: tokio::sync::Notify::new(),
         }
     }
@@ -264,7 +264,7 @@ impl Tally {
     fn record(&self, latency_ns: u64) {
         let mut l = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
         l.push(latency_ns);
-        if l.len() == self.total {
+        if l.len() == self.target.load(std::sync::atomic::Ordering::Acquire) {
             self.all_in.notify_one();
         }
     }
@@ -305,13 +305,12 @@ pub async fn run(
     let sent_at = |m: &Message| m.metadata.get(SENT_AT).parse::<u128>().unwrap_or(0);
     let since = move |sent: u128| epoch.elapsed().as_nanos().saturating_sub(sent) as u64;
     subscriber.subscribe_initialize(&input).await?;
-    // With a held backlog the handler waits here until every message was published.
-    let gate = tokio_util::sync::CancellationToken::new();
-    let handler = if options.backlog == Backlog::Held {
-        held(handler, gate.clone())
-    } else {
-        gate.cancel();
-        handler
+    // With a held backlog the handler takes a permit per message: a round's worth is added
+    // once the round is published.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let handler = match options.backlog {
+        Backlog::Held { .. } => held(handler, gate.clone()),
+        _ => handler,
     };
     let (spec, reader) = if options.consume_only {
         let tally = tally.clone();
@@ -354,15 +353,15 @@ pub async fn run(
     let payload = bytes::Bytes::from(vec![b'x'; options.payload_size]);
     let total = options.messages;
     let batch = options.batch.max(1);
-    let publish_all = || {
+    let publish = |count: usize| {
         let publisher = publisher.clone();
         let input = input.clone();
         let payload = payload.clone();
         tokio::spawn(async move {
             let start = Instant::now();
             let mut sent = 0;
-            while sent < total {
-                let n = batch.min(total - sent);
+            while sent < count {
+                let n = batch.min(count - sent);
                 let now = epoch.elapsed().as_nanos().to_string();
                 let msgs = (0..n)
                     .map(|_| Message::new(payload.clone()).with_metadata(SENT_AT, now.clone()))
@@ -378,7 +377,7 @@ pub async fn run(
     };
     // With a backlog, the publish loop runs alone first, as the raw client's does.
     let published_first = if options.backlog == Backlog::Stored {
-        Some(joined(publish_all().await)?)
+        Some(joined(publish(total).await)?)
     } else {
         None
     };
@@ -390,50 +389,42 @@ pub async fn run(
     router.running().await;
     h.started().await;
 
-    let published_first = match published_first {
-        None if options.backlog == Backlog::Held => {
-            let took = joined(publish_all().await)?;
-            gate.cancel();
-            Some(took)
-        }
-        done => done,
+    let progress = Progress {
+        tally: &tally,
+        handler: &h,
+        backend: subscriber.name(),
+        reader: reader.as_ref(),
+        total,
     };
-    let start = Instant::now();
-    let publishing = match published_first {
-        Some(took) => Publishing::Done(took),
-        None => Publishing::Running(publish_all()),
+    let (elapsed, publish_time) = match (options.backlog, published_first) {
+        (Backlog::Held { round }, _) => {
+            let (mut draining, mut publishing) = (Duration::ZERO, Duration::ZERO);
+            let mut released = 0;
+            while released < total {
+                let n = round.max(1).min(total - released);
+                publishing += joined(publish(n).await)?;
+                released += n;
+                let start = Instant::now();
+                gate.add_permits(n);
+                progress.wait_for(released).await?;
+                draining += start.elapsed();
+            }
+            (draining, publishing)
+        }
+        (_, Some(took)) => {
+            let start = Instant::now();
+            progress.wait_for(total).await?;
+            (start.elapsed(), took)
+        }
+        (_, None) => {
+            let start = Instant::now();
+            let publishing = publish(total);
+            progress.wait_for(total).await?;
+            let elapsed = start.elapsed();
+            (elapsed, joined(publishing.await)?)
+        }
     };
-
-    let idle_limit = Duration::from_secs(30);
-    let (mut seen, mut progressed) = (0, Instant::now());
-    loop {
-        let count = tally.count();
-        if count >= total {
-            break;
-        }
-        if count > seen {
-            (seen, progressed) = (count, Instant::now());
-        } else if progressed.elapsed() > idle_limit {
-            return Err(Error::Other(format!(
-                "bench: no output for {idle_limit:?} after {count} of {total} messages (handler last error: {}){}",
-                h.stats().last_error().unwrap_or_default(),
-                stall_hint(subscriber.name(), count)
-            )));
-        }
-        if reader.as_ref().is_some_and(|r| r.is_finished()) {
-            return Err(Error::Other("bench: output subscription ended".into()));
-        }
-        tokio::select! {
-            _ = tally.all_in.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-        }
-    }
-    let elapsed = start.elapsed();
     let mut latencies = tally.take();
-    let publish_time = match publishing {
-        Publishing::Done(took) => took,
-        Publishing::Running(task) => joined(task.await)?,
-    };
     if let Some(reader) = reader {
         reader.abort();
     }
@@ -474,17 +465,65 @@ pub async fn run(
     })
 }
 
-/// `handler`, held until `gate` is cancelled.
-fn held(handler: BoxHandler, gate: tokio_util::sync::CancellationToken) -> BoxHandler {
+/// `handler`, taking one of `gate`'s permits (for good) before each message.
+fn held(handler: BoxHandler, gate: Arc<tokio::sync::Semaphore>) -> BoxHandler {
     handler_fn(move |msg: Message| {
         let handler = handler.clone();
         let gate = gate.clone();
         async move {
-            gate.cancelled().await;
+            if let Ok(permit) = gate.acquire().await {
+                permit.forget();
+            }
             handler.handle(msg).await
         }
     })
 }
+
+/// What the main task watches while the router drains the messages.
+struct Progress<'a> {
+    tally: &'a Tally,
+    handler: &'a crate::router::HandlerHandle,
+    backend: &'a str,
+    reader: Option<&'a tokio::task::JoinHandle<()>>,
+    total: usize,
+}
+
+impl Progress<'_> {
+    /// Waits until `target` messages were handled; an error once nothing was handled for
+    /// [`IDLE_LIMIT`] or the output reader ended.
+    async fn wait_for(&self, target: usize) -> Result<()> {
+        self.tally
+            .target
+            .store(target, std::sync::atomic::Ordering::Release);
+        let (mut seen, mut progressed) = (0, Instant::now());
+        loop {
+            let count = self.tally.count();
+            if count >= target {
+                return Ok(());
+            }
+            if count > seen {
+                (seen, progressed) = (count, Instant::now());
+            } else if progressed.elapsed() > IDLE_LIMIT {
+                return Err(Error::Other(format!(
+                    "bench: no output for {IDLE_LIMIT:?} after {count} of {} messages (handler last error: {}){}",
+                    self.total,
+                    self.handler.stats().last_error().unwrap_or_default(),
+                    stall_hint(self.backend, count)
+                )));
+            }
+            if self.reader.is_some_and(|r| r.is_finished()) {
+                return Err(Error::Other("bench: output subscription ended".into()));
+            }
+            tokio::select! {
+                _ = self.tally.all_in.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+}
+
+/// How long the bench waits without progress before it gives up.
+const IDLE_LIMIT: Duration = Duration::from_secs(30);
 
 /// The process's peak resident set size in MiB, read from `/proc/self/status` (Linux).
 pub fn peak_rss_mib() -> Option<f64> {
@@ -616,31 +655,34 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_held_backlog_is_all_published_before_the_handler_runs() {
+    async fn a_held_backlog_is_handled_only_once_its_round_is_published() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let ps = MemoryPubSub::default();
         let published = Arc::new(AtomicUsize::new(0));
-        // The fewest messages published at any handler call.
-        let fewest = Arc::new(AtomicUsize::new(usize::MAX));
-        let (count, low) = (published.clone(), fewest.clone());
+        // Per handler call, in order: how many messages had been published.
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (count, calls) = (published.clone(), seen.clone());
         let handler = handler_fn(move |msg: Message| {
-            low.fetch_min(count.load(Ordering::SeqCst), Ordering::SeqCst);
+            calls.lock().unwrap().push(count.load(Ordering::SeqCst));
             async move { Ok(vec![msg]) }
         });
         let opts = BenchOptions {
             messages: 50,
             batch: 10,
             consume_only: true,
-            backlog: Backlog::Held,
+            backlog: Backlog::Held { round: 20 },
             ..BenchOptions::default()
         };
         let publisher = Arc::new(Counting(ps.clone(), published));
         let report = run(publisher, Arc::new(ps), handler, &opts).await.unwrap();
         assert_eq!(report.messages, 50);
-        assert_eq!(
-            fewest.load(Ordering::SeqCst),
-            50,
-            "handled before all were published"
-        );
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 50);
+        for (i, published) in seen.into_iter().enumerate() {
+            // Rounds of 20, 20 and 10: message i runs once its whole round is published, and
+            // before the next round is (the handler drains each round alone).
+            let round_end = (i / 20 + 1) * 20;
+            assert_eq!(published, round_end.min(50), "message {i}");
+        }
     }
 }

@@ -404,13 +404,15 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
         consume_only: a.consume_only,
         // Against a broker with its raw client beside, publish first and then drain the
         // backlog, the raw client's order, so each loop runs alone in both. Not on memory (it
-        // keeps nothing for absent subscribers); on MQTT with the subscription connected
-        // (brokers cap what they queue for an offline session: Mosquitto's
-        // max_queued_messages is 1000).
+        // keeps nothing for absent subscribers); on MQTT with the subscription connected, in
+        // the raw loop's rounds (brokers cap what they queue for an offline or slow session:
+        // Mosquitto's max_queued_messages is 1000).
         backlog: match kind.as_str() {
             _ if a.no_raw => Backlog::None,
             "memory" => Backlog::None,
-            "mqtt" => Backlog::Held,
+            "mqtt" => Backlog::Held {
+                round: wasmill::pubsub::bench_round(size),
+            },
             _ => Backlog::Stored,
         },
         ..BenchOptions::default()

@@ -320,6 +320,15 @@ where
     }
 }
 
+/// Messages per publish-then-consume round of a bench against a broker that keeps little for a
+/// consumer that is not reading (MQTT's raw loop, and `wasmill bench`'s held backlog): about
+/// 1 MiB. While the consumer does not read, what the socket buffers cannot hold waits in
+/// Mosquitto's per-client queue (`max_queued_messages`, 1000 packets, beyond the 65,535 a
+/// session may have in flight), which drops the rest; a round must fit.
+pub fn bench_round(payload_size: usize) -> usize {
+    ((1 << 20) / (payload_size + 64)).clamp(100, 50_000)
+}
+
 /// How many messages the raw clients' publish loops send before waiting for their confirms:
 /// the batch `wasmill bench` publishes per call, so both publish loops wait equally often.
 pub const RAW_PUBLISH_WINDOW: usize = 100;

@@ -1022,11 +1022,6 @@ impl Subscriber for MqttPubSub {
 // ---------------------------------------------------------------------------------------------
 // Raw client benchmark
 
-/// Bytes per publish-then-consume round of [`raw_bench`]. While the consumer does not read,
-/// what the socket buffers cannot hold waits in Mosquitto's per-client packet queue, which
-/// holds at most `max_queued_messages` (1000) packets and drops the rest; a round must fit.
-const BENCH_ROUND_BYTES: usize = 1 << 20;
-
 fn bench_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::pubsub_msg(NAME, format!("raw bench: {what}: {e}"))
 }
@@ -1055,7 +1050,7 @@ pub async fn raw_bench(
     let id = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("raw_bench_{id}");
     let limit = Duration::from_secs(60);
-    let round = (BENCH_ROUND_BYTES / (payload_size + 64)).clamp(100, 50_000);
+    let round = super::bench_round(payload_size);
 
     let mut options = base_options(&broker, &config, format!("wasmill-raw-sub-{id}"));
     options
