@@ -11,10 +11,11 @@
 //!   metadata in headers of their own names, the payload as the body.
 //! - Consume: `basic.qos(prefetch)` (default 128, at least `max_in_flight`), messages handed
 //!   over `max_in_flight` at a time; ack = `basic.ack`, written in the background: the next
-//!   delivery waits for the last one's settlement, not for its ack to reach the socket. A nacked message is delivered again by
-//!   the subscription itself after `nack_requeue_delay` (or the message's own redelivery
-//!   delay, so that a poisoned message does not spin a core): requeued, it would come back
-//!   behind the messages the channel already holds, so one in flight keeps publish order.
+//!   delivery waits for the last one's settlement, not for its ack to reach the socket. A
+//!   nacked message is delivered again by the subscription itself after `nack_requeue_delay`
+//!   (or the message's own redelivery delay, so that a poisoned message does not spin a
+//!   core): requeued, it would come back behind the messages the channel already holds, so
+//!   one in flight keeps publish order.
 //!   When the subscription ends, the acks of what its consumer settled are sent first, then
 //!   its channel closes and the broker requeues whatever it held unacked; `close` waits
 //!   (bounded) for ended subscriptions so their last acks go out before the connection does.
