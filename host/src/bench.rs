@@ -405,6 +405,7 @@ pub async fn run(
                 publishing += joined(publish(n).await)?;
                 released += n;
                 let start = Instant::now();
+                let _profiled = Profiled::start();
                 gate.add_permits(n);
                 progress.wait_for(released).await?;
                 draining += start.elapsed();
@@ -413,6 +414,7 @@ pub async fn run(
         }
         (_, Some(took)) => {
             let start = Instant::now();
+            let _profiled = Profiled::start();
             progress.wait_for(total).await?;
             (start.elapsed(), took)
         }
@@ -518,6 +520,32 @@ impl Progress<'_> {
                 _ = self.tally.all_in.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
+        }
+    }
+}
+
+/// A timed section for a profiler: with `WASMILL_PERF_CTL` naming `perf record --control`'s
+/// control fifo (and `perf record -D -1`, which starts disabled), `perf` samples only while
+/// the bench drains, not while it publishes or compiles.
+struct Profiled(Option<std::fs::File>);
+
+impl Profiled {
+    /// Tells the profiler to start sampling, if one listens.
+    fn start() -> Profiled {
+        let ctl = std::env::var_os("WASMILL_PERF_CTL")
+            .and_then(|path| std::fs::OpenOptions::new().write(true).open(path).ok());
+        Profiled(ctl.and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(b"enable\n").ok().map(|()| f)
+        }))
+    }
+}
+
+impl Drop for Profiled {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.as_mut() {
+            use std::io::Write;
+            let _ = f.write_all(b"disable\n");
         }
     }
 }

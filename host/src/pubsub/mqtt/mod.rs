@@ -763,7 +763,14 @@ impl MqttPubSub {
             (self.session_client_id(topic), topic.to_string())
         };
         let mut options = base_options(&self.broker, &self.config, client_id.clone());
+        let mut network = options.network_options();
+        // A subscription's only small packets are its PUBACKs, and nothing waits for them while
+        // fewer than receive_maximum are due: Nagle's algorithm may hold them back until the
+        // broker's ACK and send many in one segment (a busy session spent ~30% of its CPU
+        // sending one segment per PUBACK over loopback).
+        network.set_tcp_nodelay(false);
         options
+            .set_network_options(network)
             .set_manual_acks(true)
             .set_receive_maximum(Some(self.config.receive_maximum))
             // Subscriptions publish nothing: keep the client's publish table tiny.
@@ -1053,7 +1060,11 @@ pub async fn raw_bench(
     let round = super::bench_round(payload_size);
 
     let mut options = base_options(&broker, &config, format!("wasmill-raw-sub-{id}"));
+    // Like a subscription's client (and rumqttc's default): Nagle's algorithm on.
+    let mut network = options.network_options();
+    network.set_tcp_nodelay(false);
     options
+        .set_network_options(network)
         .set_manual_acks(true)
         .set_receive_maximum(Some(u16::MAX))
         .set_outgoing_inflight_upper_limit(1);

@@ -1,6 +1,6 @@
 //! Subscription sessions: one MQTT session per (broker, client id) in a process, its
-//! connection driven by a task of its own, and the messages it received pulled by the
-//! subscriptions that share it.
+//! connection driven by a task on a thread of its own ([`spawn_session`]), and the messages it
+//! received pulled by the subscriptions that share it.
 //!
 //! The session task polls the connection's event loop itself (kept alive across its
 //! `select!`: rumqttc's `EventLoop::poll` is not cancel-safe) and queues every PUBLISH in the
@@ -133,7 +133,7 @@ pub(super) async fn attach(
                     });
                     let _ = shared.requests.send(request);
                     map.insert(spec.key.clone(), shared.clone());
-                    tokio::spawn(Session::new(spec.clone(), shared.clone(), rx).run());
+                    spawn_session(Session::new(spec.clone(), shared.clone(), rx));
                     return (shared, answer);
                 }
             }
@@ -149,6 +149,52 @@ pub(super) async fn attach(
             }
         }
     }
+}
+
+/// Runs `session` on a thread of its own (a current-thread runtime), or as a task of the
+/// current runtime when no thread can be started.
+///
+/// A session's work is mostly system calls (reading PUBLISHes, writing a PUBACK per message),
+/// and its consumers wake it with every ack. As a task of the consumers' runtime it is woken
+/// into the waking worker's LIFO slot, which no other worker may steal: the session then waits
+/// for the consumer to yield, and the two take turns on one worker while the other idles. On a
+/// thread of its own it writes the PUBACKs while the consumer handles the next messages.
+fn spawn_session(session: Session) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::warn!(
+                "mqtt: no runtime for a session thread ({e}); the session shares the host's"
+            );
+            tokio::spawn(session.run());
+            return;
+        }
+    };
+    // The session goes over a channel so that it is still here if the thread cannot start.
+    let (hand_over, handed) = std::sync::mpsc::channel::<Session>();
+    let started = std::thread::Builder::new()
+        .name("wasmill-mqtt-session".into())
+        .spawn(move || {
+            if let Ok(session) = handed.recv() {
+                runtime.block_on(session.run());
+            }
+        });
+    let session = match started {
+        Ok(_) => match hand_over.send(session) {
+            Ok(()) => return,
+            Err(std::sync::mpsc::SendError(session)) => session,
+        },
+        Err(e) => {
+            tracing::warn!(
+                "mqtt: no thread for a session ({e}); the session shares the host's runtime"
+            );
+            session
+        }
+    };
+    tokio::spawn(session.run());
 }
 
 // ---------------------------------------------------------------------------------------------
