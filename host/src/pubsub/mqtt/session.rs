@@ -7,9 +7,11 @@
 //! session's [`Delivery`]. A subscription ([`MqttSource`]) takes the next message from there
 //! in its consumer's own task, and on its next call finds its deliveries settled and queues
 //! their PUBACKs in the client, in the order the broker sent the messages; the session task
-//! writes them out on its next poll. No message crosses a channel between tasks: at
-//! concurrency 1 a message costs the session task one wake-up (the socket) and the consumer at
-//! most one (a message arrived while it waited).
+//! writes them out on its next poll. A consumer that has the next message at hand holds the
+//! PUBACKs back, up to [`ACK_BATCH`] of them or for [`ACK_HOLD`] (the session sends them then),
+//! so that it wakes the session's thread once for many. No message crosses a channel between
+//! tasks: at concurrency 1 a message costs the session task one wake-up (the socket) and the
+//! consumer at most one (a message arrived while it waited).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
@@ -238,7 +240,17 @@ pub(super) struct Delivery {
     state: Mutex<DeliveryState>,
     /// Told whenever messages arrive or come back for delivery.
     arrived: Notify,
+    /// Told when a consumer starts holding PUBACKs back: the session sends them within
+    /// [`ACK_HOLD`] unless the consumer did first.
+    acks_held: Notify,
 }
+
+/// How many acked messages a busy consumer lets wait before it queues their PUBACKs: each
+/// queueing wakes the session's thread, a system call for the consumer.
+const ACK_BATCH: usize = 32;
+
+/// How long the PUBACK of a handled message may wait for more to go with it.
+const ACK_HOLD: Duration = Duration::from_millis(1);
 
 #[derive(Default)]
 struct DeliveryState {
@@ -254,6 +266,9 @@ struct DeliveryState {
     /// Each consumer's deliveries not settled yet, by sequence number.
     /// (A few consumers at most: a list.)
     in_flight: Vec<(u64, Vec<(u64, DeliveryHandle)>)>,
+    /// Messages acked since their PUBACKs were last queued, and since when the first waits.
+    held: usize,
+    held_since: Option<Instant>,
 }
 
 impl Delivery {
@@ -263,8 +278,19 @@ impl Delivery {
 
     /// Lets consumer `consumer` go: what it did not settle goes to the others.
     fn release(&self, consumer: u64) {
-        if self.lock().reap(consumer, true) {
+        let mut st = self.lock();
+        if st.reap(consumer, true) {
+            st.flush_acks();
+            drop(st);
             self.arrived.notify_waiters();
+        }
+    }
+
+    /// Queues the PUBACKs a consumer held back (the session's [`ACK_HOLD`] ran out).
+    fn flush_held(&self) {
+        let mut st = self.lock();
+        if st.held > 0 {
+            st.flush_acks();
         }
     }
 }
@@ -292,6 +318,7 @@ impl DeliveryState {
         self.fresh = self.front_seq;
         self.entries.clear();
         self.again.clear();
+        (self.held, self.held_since) = (0, None);
     }
 
     fn received(&mut self, publish: Publish) {
@@ -312,7 +339,8 @@ impl DeliveryState {
     }
 
     /// Settles what `consumer` has settled (with `gone`, also what it has not: those go to the
-    /// other consumers). Returns whether the consumer is registered.
+    /// other consumers); the PUBACKs wait for [`Self::flush_acks`]. Returns whether the
+    /// consumer is registered.
     fn reap(&mut self, consumer: u64, gone: bool) -> bool {
         let Some(i) = self.in_flight.iter().position(|(id, _)| *id == consumer) else {
             return false;
@@ -324,7 +352,7 @@ impl DeliveryState {
             in_flight,
             ..
         } = self;
-        let mut acked = false;
+        let mut acked = 0;
         in_flight[i].1.retain(|(seq, delivery)| {
             let state = match delivery.ack_state() {
                 AckState::Pending if !gone => return true,
@@ -337,7 +365,7 @@ impl DeliveryState {
             if let Some(entry) = entry {
                 entry.state = state;
                 if state == EntryState::Acked {
-                    acked = true;
+                    acked += 1;
                 } else {
                     entry.msg = Some(entry.reopen());
                     again.insert(*seq);
@@ -348,10 +376,29 @@ impl DeliveryState {
         if gone {
             in_flight.swap_remove(i);
         }
-        if acked {
+        self.held += acked;
+        true
+    }
+
+    /// Queues the held PUBACKs if the consumer is about to wait (`waiting`), holds enough of
+    /// them, or held the first long enough; otherwise keeps holding them. Returns whether the
+    /// session must be told to send them in time (the first one is held).
+    fn send_or_hold_acks(&mut self, waiting: bool) -> bool {
+        if self.held == 0 {
+            return false;
+        }
+        let due = match self.held_since {
+            _ if waiting || self.held >= ACK_BATCH => true,
+            Some(since) => since.elapsed() >= ACK_HOLD,
+            None => {
+                self.held_since = Some(Instant::now());
+                return true;
+            }
+        };
+        if due {
             self.flush_acks();
         }
-        true
+        false
     }
 
     /// Queues the PUBACKs of the acked messages at the front (an acked message waits for the
@@ -373,6 +420,8 @@ impl DeliveryState {
             self.front_seq += 1;
         }
         self.fresh = self.fresh.max(self.front_seq);
+        // What stays acked waits behind an unsettled message: its ack queues them too.
+        (self.held, self.held_since) = (0, None);
     }
 
     /// The next message for `consumer` (if it has room under `max_in_flight`), in order: a
@@ -463,8 +512,17 @@ impl MessageSource for MqttSource {
                     return None;
                 }
                 match st.take(self.id, self.max_in_flight, &self.settled) {
-                    Ok(msg) => return Some(msg),
-                    Err(due) => due,
+                    Ok(msg) => {
+                        if st.send_or_hold_acks(false) {
+                            drop(st);
+                            delivery.acks_held.notify_one();
+                        }
+                        return Some(msg);
+                    }
+                    Err(due) => {
+                        st.send_or_hold_acks(true);
+                        due
+                    }
                 }
             };
             tokio::select! {
@@ -567,6 +625,8 @@ impl Session {
         while let Ok(request) = self.requests.try_recv() {
             self.take(request);
         }
+        // When the PUBACKs a consumer holds back are to go out (ACK_HOLD after it said so).
+        let mut acks_due = None;
         loop {
             if self.idle() && self.retiring() {
                 break;
@@ -579,6 +639,7 @@ impl Session {
             } else {
                 None
             };
+            let delivery = self.shared.delivery.clone();
             tokio::select! {
                 request = self.requests.recv() => {
                     if let Some(request) = request {
@@ -588,6 +649,13 @@ impl Session {
                 Some(id) = self.closing.next(), if !self.closing.is_empty() => self.let_go(id),
                 polled = poll_link(&mut self.link) => self.on_polled(polled),
                 _ = super::sleep_until_opt(timer) => {}
+                () = delivery.acks_held.notified(), if acks_due.is_none() => {
+                    acks_due = Some(Instant::now() + ACK_HOLD);
+                }
+                _ = super::sleep_until_opt(acks_due), if acks_due.is_some() => {
+                    acks_due = None;
+                    delivery.flush_held();
+                }
             }
         }
         self.retire().await;
@@ -808,6 +876,74 @@ mod tests {
         &m.payload
     }
 
+    /// What a consumer does before it waits: settles its deliveries and queues the PUBACKs.
+    fn settle(st: &mut DeliveryState, consumer: u64) {
+        st.reap(consumer, false);
+        st.send_or_hold_acks(true);
+    }
+
+    /// Takes, acks and reaps the next message, as a busy consumer's next call does.
+    fn handle_next(st: &mut DeliveryState) {
+        take(st, 1, 1).unwrap().ack();
+        st.reap(1, false);
+    }
+
+    #[test]
+    fn a_busy_consumer_holds_pubacks_back_until_a_batch_is_due() {
+        let (mut st, _el) = state();
+        for pkid in 5..=(ACK_BATCH as u16 + 8) {
+            st.received(publish(pkid));
+        }
+        st.register(1);
+        handle_next(&mut st);
+        assert!(
+            st.send_or_hold_acks(false),
+            "the first held: the session is told"
+        );
+        assert_eq!(st.front_seq, 0, "held back");
+        for _ in 1..ACK_BATCH - 1 {
+            handle_next(&mut st);
+            assert!(!st.send_or_hold_acks(false), "told once");
+        }
+        assert_eq!(st.front_seq, 0, "still held back");
+        handle_next(&mut st);
+        assert!(!st.send_or_hold_acks(false));
+        assert_eq!(st.front_seq, ACK_BATCH as u64, "a batch queued at once");
+        handle_next(&mut st);
+        assert!(st.send_or_hold_acks(false), "the next batch starts");
+    }
+
+    #[test]
+    fn held_pubacks_go_out_when_the_consumer_waits_or_the_hold_ends() {
+        let (mut st, _el) = state();
+        st.register(1);
+        handle_next(&mut st);
+        assert!(st.send_or_hold_acks(false));
+        assert!(!st.send_or_hold_acks(true));
+        assert_eq!(st.front_seq, 1, "queued before waiting");
+
+        handle_next(&mut st);
+        assert!(st.send_or_hold_acks(false));
+        std::thread::sleep(ACK_HOLD * 2);
+        handle_next(&mut st);
+        assert!(!st.send_or_hold_acks(false));
+        assert_eq!(st.front_seq, 3, "the first waited ACK_HOLD: both queued");
+    }
+
+    #[test]
+    fn the_session_sends_what_a_consumer_holds_back() {
+        let (st, _el) = state();
+        let delivery = Delivery {
+            state: Mutex::new(st),
+            ..Delivery::default()
+        };
+        delivery.lock().register(1);
+        handle_next(&mut delivery.lock());
+        assert!(delivery.lock().send_or_hold_acks(false));
+        delivery.flush_held();
+        assert_eq!(delivery.lock().front_seq, 1);
+    }
+
     #[test]
     fn pubacks_leave_in_the_order_received_whatever_the_order_of_acks() {
         let (mut st, _el) = state();
@@ -816,10 +952,10 @@ mod tests {
         let b = take(&mut st, 1, 2).unwrap();
         assert!(take(&mut st, 1, 2).is_none(), "max_in_flight holds");
         b.ack();
-        st.reap(1, false);
+        settle(&mut st, 1);
         assert_eq!(st.front_seq, 0, "the second waits for the first");
         a.ack();
-        st.reap(1, false);
+        settle(&mut st, 1);
         assert_eq!(st.front_seq, 2);
         assert_eq!(payload(&take(&mut st, 1, 2).unwrap()), b"m3");
     }
@@ -867,12 +1003,13 @@ mod tests {
         let done = take(&mut st, 1, 2).unwrap();
         done.ack();
         assert!(st.reap(1, true));
+        st.flush_acks();
         assert!(!st.reap(1, false), "unregistered");
         let again = take(&mut st, 2, 1).unwrap();
         assert_eq!(payload(&again), payload(&kept));
         assert_eq!(st.front_seq, 0, "the acked second waits for the first");
         again.ack();
-        st.reap(2, false);
+        settle(&mut st, 2);
         assert_eq!(st.front_seq, 2, "both PUBACKed, in order");
     }
 
