@@ -629,6 +629,7 @@ impl Session {
         }
         // When the PUBACKs a consumer holds back are to go out (ACK_HOLD after it said so).
         let mut acks_due = None;
+        let delivery = self.shared.delivery.clone();
         loop {
             if self.idle() && self.retiring() {
                 break;
@@ -641,7 +642,6 @@ impl Session {
             } else {
                 None
             };
-            let delivery = self.shared.delivery.clone();
             tokio::select! {
                 request = self.requests.recv() => {
                     if let Some(request) = request {
