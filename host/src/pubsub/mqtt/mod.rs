@@ -385,6 +385,16 @@ fn spawn_poller(
     (rx, task)
 }
 
+/// Turns Nagle's algorithm back on for a subscription's client. Its only small packets are
+/// its PUBACKs, and nothing waits for them while fewer than receive_maximum are due: Nagle's
+/// algorithm may hold them back until the broker's ACK and send many in one segment (a busy
+/// session spent ~30% of its CPU sending one segment per PUBACK over loopback).
+fn leave_nagle_on(options: &mut MqttOptions) {
+    let mut network = options.network_options();
+    network.set_tcp_nodelay(false);
+    options.set_network_options(network);
+}
+
 /// The connection options shared by every client of a backend.
 fn base_options(broker: &Broker, config: &MqttConfig, client_id: String) -> MqttOptions {
     let mut o = MqttOptions::new(client_id, broker.host.clone(), broker.port);
@@ -763,14 +773,8 @@ impl MqttPubSub {
             (self.session_client_id(topic), topic.to_string())
         };
         let mut options = base_options(&self.broker, &self.config, client_id.clone());
-        let mut network = options.network_options();
-        // A subscription's only small packets are its PUBACKs, and nothing waits for them while
-        // fewer than receive_maximum are due: Nagle's algorithm may hold them back until the
-        // broker's ACK and send many in one segment (a busy session spent ~30% of its CPU
-        // sending one segment per PUBACK over loopback).
-        network.set_tcp_nodelay(false);
+        leave_nagle_on(&mut options);
         options
-            .set_network_options(network)
             .set_manual_acks(true)
             .set_receive_maximum(Some(self.config.receive_maximum))
             // Subscriptions publish nothing: keep the client's publish table tiny.
@@ -1060,11 +1064,9 @@ pub async fn raw_bench(
     let round = super::bench_round(payload_size);
 
     let mut options = base_options(&broker, &config, format!("wasmill-raw-sub-{id}"));
-    // Like a subscription's client (and rumqttc's default): Nagle's algorithm on.
-    let mut network = options.network_options();
-    network.set_tcp_nodelay(false);
+    // Like a subscription's client (and rumqttc's default).
+    leave_nagle_on(&mut options);
     options
-        .set_network_options(network)
         .set_manual_acks(true)
         .set_receive_maximum(Some(u16::MAX))
         .set_outgoing_inflight_upper_limit(1);
