@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::plugins::manager::BuiltMiddleware;
 use crate::pubsub::registry::Backend;
 use crate::router::BoxMiddleware;
 use crate::wasm::{Grants, InstancePool, Limits, WasmEngine, WasmMiddleware};
@@ -17,12 +18,12 @@ pub fn build_middleware(
     backends: &HashMap<String, Backend>,
     plugins_dir: &Path,
     default_pubsub: &str,
-) -> Result<Vec<BoxMiddleware>> {
+) -> Result<BuiltMiddleware> {
     let (entries, notes) = crate::router::middleware::normalize_order(entries);
     for note in notes {
         tracing::info!("{note}");
     }
-    let mut out = Vec::new();
+    let mut out = BuiltMiddleware::default();
     for entry in &entries {
         if let Some(file) = entry.get("wasm").and_then(|v| v.as_str()) {
             let bytes = std::fs::read(plugins_dir.join(file)).map_err(|e| {
@@ -45,10 +46,13 @@ pub fn build_middleware(
                 Grants::default(),
                 4,
             );
-            out.push(Arc::new(WasmMiddleware::new(Arc::new(pool))) as BoxMiddleware);
+            let pool = Arc::new(pool);
+            out.wasm.push((file.to_string(), pool.clone()));
+            out.chain
+                .push(Arc::new(WasmMiddleware::new(pool)) as BoxMiddleware);
             continue;
         }
-        out.push(crate::router::middleware::from_config(
+        out.chain.push(crate::router::middleware::from_config(
             entry,
             &|name: Option<&str>| {
                 let name = name.unwrap_or(default_pubsub);

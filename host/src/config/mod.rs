@@ -3,6 +3,8 @@
 
 mod file;
 mod units;
+mod wasm_middleware;
 
 pub use file::{Config, Defaults, HandlerConfig, HostConfig, PubSubEntry, TopicSpec};
 pub use units::{duration, size};
+pub use wasm_middleware::WasmMiddlewareEntry;

@@ -55,8 +55,18 @@ pub struct HandlerRoute {
     pub from_sidecar: bool,
 }
 
+/// The middleware of one route as built: the chain, outermost first, and the instance pool of
+/// each WASM middleware with its file, so that a new version of that file can be swapped in.
+#[derive(Default)]
+pub struct BuiltMiddleware {
+    /// The chain, outermost first.
+    pub chain: Vec<BoxMiddleware>,
+    /// `(file name, pool)` of every `{ wasm = "FILE" }` entry of the chain.
+    pub wasm: Vec<(String, Arc<InstancePool>)>,
+}
+
 /// Builds the middleware list of a route (router-level built-ins and WASM middleware).
-pub type MiddlewareFactory = Arc<dyn Fn(&HandlerRoute) -> Result<Vec<BoxMiddleware>> + Send + Sync>;
+pub type MiddlewareFactory = Arc<dyn Fn(&HandlerRoute) -> Result<BuiltMiddleware> + Send + Sync>;
 
 /// Reads the sidecar `FILE.toml` of `FILE.wasm` into a route.
 pub type SidecarReader = Arc<dyn Fn(&Path, &Path) -> Result<HandlerRoute> + Send + Sync>;
@@ -113,6 +123,8 @@ struct Running {
     handle: Option<HandlerHandle>,
     pool: Option<Arc<InstancePool>>,
     middleware: Vec<String>,
+    /// The pools of the route's WASM middleware, by file.
+    wasm_middleware: Vec<(String, Arc<InstancePool>)>,
     last_error: Option<String>,
     reloads: u64,
 }
@@ -311,7 +323,7 @@ impl PluginManager {
         let mut handlers = lock(&self.handlers);
         let reloads = handlers.get(&name).map_or(0, |r| r.reloads);
         match result {
-            Ok((handle, pool, middleware)) => {
+            Ok((handle, pool, middleware, wasm_middleware)) => {
                 tracing::info!(handler = %name, plugin = %route.plugin, sha256 = %short(&pool.current().sha256), "handler loaded");
                 handlers.insert(
                     name,
@@ -320,6 +332,7 @@ impl PluginManager {
                         handle: Some(handle),
                         pool: Some(pool),
                         middleware,
+                        wasm_middleware,
                         last_error: None,
                         reloads,
                     },
@@ -334,6 +347,7 @@ impl PluginManager {
                         handle: None,
                         pool: None,
                         middleware: Vec::new(),
+                        wasm_middleware: Vec::new(),
                         last_error: Some(e.to_string()),
                         reloads,
                     },
@@ -345,7 +359,12 @@ impl PluginManager {
     async fn try_start(
         &self,
         route: &HandlerRoute,
-    ) -> Result<(HandlerHandle, Arc<InstancePool>, Vec<String>)> {
+    ) -> Result<(
+        HandlerHandle,
+        Arc<InstancePool>,
+        Vec<String>,
+        Vec<(String, Arc<InstancePool>)>,
+    )> {
         let plugin: Arc<CompiledPlugin> = self
             .engine
             .compile_file(&self.dir.join(&route.plugin))
@@ -386,13 +405,13 @@ impl PluginManager {
         if let Some(k) = &route.order_key {
             spec = spec.order_key(k.clone());
         }
-        let middleware = (self.middleware)(route)?;
-        let names = middleware.iter().map(|m| m.name().to_string()).collect();
-        for m in middleware {
+        let built = (self.middleware)(route)?;
+        let names = built.chain.iter().map(|m| m.name().to_string()).collect();
+        for m in built.chain {
             spec = spec.middleware(m);
         }
         let handle = self.router.add(spec)?;
-        Ok((handle, pool, names))
+        Ok((handle, pool, names, built.wasm))
     }
 
     /// What `GET /handlers` shows.
