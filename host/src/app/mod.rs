@@ -139,8 +139,22 @@ pub async fn run(
         let backends = backends.clone();
         let dir = plugins_dir.clone();
         let default = cfg.host.default_pubsub.clone();
+        let limits = Limits {
+            fuel: cfg.defaults.fuel,
+            timeout: cfg.defaults.timeout,
+            memory: cfg.defaults.memory,
+            max_output_bytes: cfg.defaults.max_output_bytes,
+            max_output_messages: cfg.defaults.max_output_messages,
+        };
         Arc::new(move |route: &HandlerRoute| {
-            build_middleware(&route.middleware, &engine, &backends, &dir, &default)
+            build_middleware(
+                &route.middleware,
+                &engine,
+                &backends,
+                &dir,
+                &default,
+                &limits,
+            )
         })
     };
     let sidecar_reader = {

@@ -124,6 +124,7 @@ struct Running {
     pool: Option<Arc<InstancePool>>,
     middleware: Vec<String>,
     /// The pools of the route's WASM middleware, by file.
+    #[allow(dead_code)]
     wasm_middleware: Vec<(String, Arc<InstancePool>)>,
     last_error: Option<String>,
     reloads: u64,

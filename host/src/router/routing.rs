@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use super::handler::{BoxHandler, BoxMiddleware, apply_middleware};
 use super::stats::HandlerStats;
 use crate::error::{Error, ErrorKind, HandlerError, Result};
-use crate::message::{Message, RouteInfo};
+use crate::message::{CloseSignals, Message, RouteInfo};
 use crate::pubsub::{DynPublisher, DynSubscriber, SubscribeOptions, Subscription};
 
 /// Router settings.
@@ -194,6 +194,9 @@ struct Inner {
     started: AtomicBool,
     running: CancellationToken,
     shutdown: CancellationToken,
+    /// Handed to every message's route: `closing` is `shutdown`, `abort` is cancelled when
+    /// `close_timeout` passed with messages in flight.
+    close_signals: CloseSignals,
     closed: CancellationToken,
     tasks: TaskTracker,
     close_result: tokio::sync::OnceCell<std::result::Result<(), Duration>>,
@@ -203,6 +206,10 @@ enum PubSubRef {
     Pub(DynPublisher),
     Sub(DynSubscriber),
 }
+
+/// How long a close waits, after cancelling what was still in flight at `close_timeout`, for
+/// those messages to be nacked.
+const ABORT_GRACE: Duration = Duration::from_secs(2);
 
 /// Routes messages from subscribers through handlers to publishers.
 ///
@@ -215,6 +222,7 @@ pub struct Router {
 impl Router {
     /// A router with no handlers.
     pub fn new(config: RouterConfig) -> Self {
+        let shutdown = CancellationToken::new();
         Router {
             inner: Arc::new(Inner {
                 config,
@@ -224,7 +232,11 @@ impl Router {
                 pubsubs: Mutex::new(Vec::new()),
                 started: AtomicBool::new(false),
                 running: CancellationToken::new(),
-                shutdown: CancellationToken::new(),
+                shutdown: shutdown.clone(),
+                close_signals: CloseSignals {
+                    closing: shutdown,
+                    abort: CancellationToken::new(),
+                },
                 closed: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 close_result: tokio::sync::OnceCell::new(),
@@ -411,6 +423,17 @@ impl Router {
                 inner.tasks.close();
                 let timeout = inner.config.close_timeout;
                 let drained = tokio::time::timeout(timeout, inner.tasks.wait()).await;
+                if drained.is_err() {
+                    // Cut off what still runs (a computing guest sees `abort` on its next
+                    // epoch tick) so its message is nacked rather than dropped mid-way, and
+                    // give the handlers a moment to settle before the backends close.
+                    tracing::warn!(
+                        ?timeout,
+                        "close_timeout passed with messages in flight: cancelling them"
+                    );
+                    inner.close_signals.abort.cancel();
+                    let _ = tokio::time::timeout(ABORT_GRACE, inner.tasks.wait()).await;
+                }
                 let refs = std::mem::take(&mut *lock(&inner.pubsubs));
                 for r in refs {
                     let res = match &r {
@@ -451,6 +474,7 @@ impl Router {
             subscribe_topic: spec.subscribe_topic.as_str().into(),
             publish_topic: spec.publish.as_ref().map(|(t, _)| t.as_str().into()),
             stats: Some(entry.stats.clone()),
+            close: Some(self.inner.close_signals.clone()),
         });
         let worker = Arc::new(Worker {
             chain,

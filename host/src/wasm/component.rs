@@ -47,8 +47,12 @@ pub struct ComponentInfo {
 /// The instantiation-ready form of a plugin's world.
 pub(crate) enum Pre {
     /// A handler whose imports never wait: instantiated and called synchronously, without
-    /// the async call's fiber.
-    SyncHandler(handler_sync::HandlerPre<PluginState>),
+    /// the async call's fiber, and the same handler linked async for when a call computes
+    /// too long to hold its thread (`InstancePool`'s demotion).
+    SyncHandler(
+        handler_sync::HandlerPre<PluginState>,
+        handler::HandlerPre<PluginState>,
+    ),
     Handler(handler::HandlerPre<PluginState>),
     Middleware(middleware::MiddlewarePre<PluginState>),
 }
@@ -173,19 +177,18 @@ fn prepare(engine: &WasmEngine, name: &str, component: &Component, world: World)
         World::Handler => {
             // Linking fails here when the handler imports something that may wait (publish,
             // clock subscriptions, ...): it then runs async.
-            if let Ok(pre) = inner.handler_sync_linker.instantiate_pre(component)
-                && let Ok(pre) = handler_sync::HandlerPre::new(pre)
-            {
-                return Ok(Pre::SyncHandler(pre));
-            }
             let pre = inner
                 .handler_linker
                 .instantiate_pre(component)
                 .map_err(|e| err(name, format!("cannot link as a handler: {e:#}")))?;
-            Pre::Handler(
-                handler::HandlerPre::new(pre)
-                    .map_err(|e| err(name, format!("export `handle` has the wrong type: {e:#}")))?,
-            )
+            let pre = handler::HandlerPre::new(pre)
+                .map_err(|e| err(name, format!("export `handle` has the wrong type: {e:#}")))?;
+            if let Ok(sync) = inner.handler_sync_linker.instantiate_pre(component)
+                && let Ok(sync) = handler_sync::HandlerPre::new(sync)
+            {
+                return Ok(Pre::SyncHandler(sync, pre));
+            }
+            Pre::Handler(pre)
         }
         World::Middleware => {
             let pre = inner

@@ -9,11 +9,14 @@ pub mod convert;
 pub mod engine;
 pub mod guest_output;
 pub mod instance;
+pub mod lane;
 pub mod limits;
 pub mod state;
 mod sync_io;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_chain;
 
 pub use adapters::{WasmHandler, WasmMiddleware};
 pub use component::{CompiledPlugin, ComponentInfo, World, inspect};
