@@ -2,19 +2,18 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::FutureExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::handler::{BoxHandler, BoxMiddleware, apply_middleware};
 use super::stats::HandlerStats;
-use crate::error::{Error, ErrorKind, HandlerError, Result};
+use super::worker::Worker;
+use crate::error::{Error, Result};
 use crate::message::{CloseSignals, Message, RouteInfo};
 use crate::pubsub::{DynPublisher, DynSubscriber, SubscribeOptions, Subscription};
 
@@ -608,88 +607,5 @@ async fn run_in_lanes(
         if senders[lane].send(msg).await.is_err() {
             break;
         }
-    }
-}
-
-/// Runs one message through the chain, publishes the output, acks or nacks.
-struct Worker {
-    chain: BoxHandler,
-    route: Arc<RouteInfo>,
-    publish: Option<(String, DynPublisher)>,
-    stats: Arc<HandlerStats>,
-}
-
-impl Worker {
-    async fn process(&self, mut msg: Message) {
-        msg.context_mut().set_route(&self.route);
-        let started = Instant::now();
-        // The chain takes the message; the router keeps what it settles and logs, which is
-        // cheaper than a clone of the content.
-        let delivery = msg.delivery_handle();
-        let uuid = msg.uuid.clone();
-        let result = AssertUnwindSafe(self.chain.handle(msg))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| {
-                Err(HandlerError::with_kind(
-                    ErrorKind::Panic,
-                    format!("panic: {}", panic_message(&*panic)),
-                ))
-            });
-        let result = match result {
-            Ok(out) => self.publish_output(out).await,
-            Err(e) => Err(e),
-        };
-        self.stats.record_duration(started.elapsed());
-        match result {
-            Ok(()) => {
-                delivery.ack();
-                HandlerStats::inc(&self.stats.processed);
-            }
-            Err(e) => {
-                tracing::warn!(
-                    handler = %self.route.handler,
-                    uuid = %uuid,
-                    kind = e.kind().as_str(),
-                    "handler failed, nacking: {e}"
-                );
-                HandlerStats::inc(&self.stats.failed);
-                self.stats.set_last_error(&e);
-                delivery.nack();
-            }
-        }
-    }
-
-    async fn publish_output(&self, mut out: Vec<Message>) -> std::result::Result<(), HandlerError> {
-        if out.is_empty() {
-            return Ok(());
-        }
-        let Some((topic, publisher)) = &self.publish else {
-            return Err(HandlerError::with_kind(
-                ErrorKind::Publish,
-                format!(
-                    "handler {} has no publisher but returned {} messages",
-                    self.route.handler,
-                    out.len()
-                ),
-            ));
-        };
-        for m in &mut out {
-            m.context_mut().set_route(&self.route);
-        }
-        publisher.publish(topic, out).await.map_err(|e| {
-            HandlerError::with_kind(ErrorKind::Publish, format!("publish to {topic}: {e}"))
-        })
-    }
-}
-
-/// The text of a panic payload.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_string()
     }
 }
