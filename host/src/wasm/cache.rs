@@ -431,5 +431,5 @@ fn create_key(path: &Path) -> Result<Option<[u8; KEY_LEN]>> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests;
