@@ -387,7 +387,10 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
     } else {
         // The same compile cache as `wasmill run`, kept out of the plugin's own folder (a
         // bench runs without one rather than fail on it).
-        let plugin_dir = Path::new(&a.handler).parent().unwrap_or(Path::new("."));
+        let plugin_dir = Path::new(&a.handler)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let cache_dir =
             wasmill::wasm::cache::resolve_dir(cache_dir, plugin_dir).unwrap_or_else(|e| {
                 eprintln!("warning: {e}; benchmarking without the compile cache");
