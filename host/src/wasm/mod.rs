@@ -4,6 +4,7 @@
 
 pub mod adapters;
 pub mod bindings;
+pub mod cache;
 pub mod component;
 pub mod convert;
 pub mod engine;
