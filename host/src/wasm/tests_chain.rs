@@ -233,3 +233,64 @@ async fn a_granted_topic_is_published_to() {
     m.ack();
     let _ = fixture;
 }
+
+/// The router's close cuts a computing guest off at `close_timeout` and nacks its message,
+/// instead of waiting for the guest's own 30 s deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_timeout_cuts_a_computing_guest_off() {
+    use crate::pubsub::Publisher;
+    use crate::router::{HandlerSpec, Router, RouterConfig};
+    let ps = Arc::new(MemoryPubSub::default());
+    let spin = pool(
+        "spin-forever",
+        Limits {
+            fuel: u64::MAX / 4,
+            timeout: Duration::from_secs(30),
+            ..Limits::default()
+        },
+        Grants::default(),
+    )
+    .await;
+    let router = Router::new(RouterConfig {
+        close_timeout: Duration::from_millis(300),
+    });
+    router
+        .add(HandlerSpec::new(
+            "spin",
+            "in",
+            ps.clone(),
+            Arc::new(WasmHandler::new(spin.clone())),
+        ))
+        .unwrap();
+    let r = router.clone();
+    tokio::spawn(async move { r.run().await });
+    router.running().await;
+    for h in router.handlers() {
+        h.started().await;
+    }
+    ps.publish("in", vec![Message::new("x")]).await.unwrap();
+    while spin.fuel_used() == 0 && !spin.is_demoted() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    let closed = router.close().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "close waited {:?} for a guest with a 30 s deadline",
+        started.elapsed()
+    );
+    assert!(
+        closed.is_err(),
+        "close reports that it timed out with a message in flight"
+    );
+    let stats = router.handler("spin").unwrap().stats().snapshot();
+    assert_eq!(stats.failed, 1, "the cut-off message was nacked");
+    assert!(
+        stats
+            .last_error
+            .unwrap_or_default()
+            .contains("close_timeout"),
+        "the reason names the close"
+    );
+}
