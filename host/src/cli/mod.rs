@@ -128,6 +128,19 @@ pub async fn tail(a: TailArgs) -> Result<()> {
         buf.push_str(&String::from_utf8_lossy(&chunk?));
         while let Some(end) = buf.find("\n\n") {
             let event: String = buf.drain(..end + 2).collect();
+            if let Some(kind) = event.lines().find_map(|l| l.strip_prefix("event:")) {
+                // Not a message: `lagged` says how many this client missed.
+                eprintln!(
+                    "wasmill tail: {}: {}",
+                    kind.trim(),
+                    event
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data:"))
+                        .collect::<String>()
+                        .trim()
+                );
+                continue;
+            }
             let data: Vec<&str> = event
                 .lines()
                 .filter_map(|l| l.strip_prefix("data:"))

@@ -60,6 +60,14 @@ pub fn render_metrics(router: &Router, plugins: Option<&PluginManager>) -> Strin
             );
         }
     }
+    let name = "wasmill_sse_dropped_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Messages an SSE client missed because it read slower than its topic was written.\n# TYPE {name} counter"
+    );
+    for (topic, n) in super::tail::dropped_by_topic() {
+        let _ = writeln!(out, "{name}{{topic=\"{}\"}} {n}", escape(&topic));
+    }
     let name = "wasmill_handler_duration_seconds";
     let _ = writeln!(
         out,

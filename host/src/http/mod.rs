@@ -3,9 +3,11 @@
 
 mod envelope;
 mod metrics;
+pub mod tail;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use axum::Router as HttpRouter;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -137,15 +139,9 @@ async fn stream(
         Ok(s) => s,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
-    // One event per message; the subscription (and so the backend consumer) ends when the
-    // client goes away and the stream is dropped.
-    let events = futures::stream::unfold(subscription, |mut sub| async move {
-        let msg = sub.recv().await?;
-        let data = serde_json::to_string(&Envelope::from(&msg)).unwrap_or_default();
-        msg.ack();
-        Some((Ok::<_, Infallible>(Event::default().data(data)), sub))
-    });
-    Sse::new(events)
+    // One event per message; when the client goes away the reader ends the tail, and with it
+    // its consumer group on the broker.
+    Sse::new(tail::events(sub, topic, subscription))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }

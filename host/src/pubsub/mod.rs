@@ -110,6 +110,17 @@ pub trait Subscriber: Send + Sync + 'static {
         Ok(false)
     }
 
+    /// Ends a subscriber made to read one topic once (an SSE client, `wasmill tail`: a tail
+    /// in a consumer group of its own, see `registry::Backend::tail_subscriber`): closes it and
+    /// deletes what it left on the broker for `topic` (its consumer group, durable consumer or
+    /// offsets row), so that a thousand clients leave nothing behind. Only for tails: on a
+    /// handler's subscriber it would delete the handler's group. The default does nothing,
+    /// for backends whose tails leave nothing (in-memory; AMQP's exclusive auto-delete queue;
+    /// MQTT's clean session).
+    async fn end_tail(&self, _topic: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// A short name for logs, metrics and the `subscriber_poisoned` metadata.
     fn name(&self) -> &'static str;
 }

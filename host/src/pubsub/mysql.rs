@@ -869,6 +869,17 @@ impl Subscriber for MysqlPubSub {
         Publisher::close(self).await
     }
 
+    async fn end_tail(&self, topic: &str) -> Result<()> {
+        // The pool is shared with the backend the tail reads from: only its row goes.
+        sqlx::query("DELETE FROM wasmill_offsets WHERE topic_table = ? AND consumer_group = ?")
+            .bind(table_name(topic))
+            .bind(self.group())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_err(format!("end tail {} of {topic}", self.group()), e))?;
+        Ok(())
+    }
+
     async fn remove_topic(&self, topic: &str) -> Result<bool> {
         let table = table_name(topic);
         let failed = |e| db_err(format!("remove topic {topic}"), e);

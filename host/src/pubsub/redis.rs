@@ -255,6 +255,24 @@ impl Subscriber for RedisPubSub {
         Publisher::close(self).await
     }
 
+    async fn end_tail(&self, topic: &str) -> Result<()> {
+        // Its readers stop first: a read that finds no group makes it again.
+        Publisher::close(self).await?;
+        let mut con = self.commands.clone();
+        tokio::time::timeout(
+            self.config.command_timeout,
+            redis::cmd("XGROUP")
+                .arg("DESTROY")
+                .arg(topic)
+                .arg(self.group())
+                .query_async::<Value>(&mut con),
+        )
+        .await
+        .map_err(|_| Error::pubsub_msg(NAME, format!("destroy group of {topic}: timed out")))?
+        .map_err(|e| rerr(format!("destroy group {} of {topic}", self.group()), e))?;
+        Ok(())
+    }
+
     async fn remove_topic(&self, topic: &str) -> Result<bool> {
         let mut con = self.commands.clone();
         let deleted: i64 = tokio::time::timeout(
@@ -569,7 +587,11 @@ async fn read(
     match result {
         Ok(v) => read(parse_read(v), false),
         Err(e) if e.to_string().contains("NOGROUP") => {
-            let _ = ps.create_group(&mut con, topic, ps.group_start).await;
+            // A closed subscriber's group was destroyed on purpose (`end_tail`): a read still
+            // in flight must not make it again.
+            if !ps.closed.is_cancelled() {
+                let _ = ps.create_group(&mut con, topic, ps.group_start).await;
+            }
             read(Vec::new(), false)
         }
         Err(e) => {

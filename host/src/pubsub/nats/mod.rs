@@ -191,6 +191,13 @@ impl NatsPubSub {
             } else {
                 jetstream::consumer::DeliverPolicy::All
             },
+            // A tail (only new messages, a group of its own) that its host never ended (the
+            // host was killed) is deleted by the server after a while.
+            inactive_threshold: if self.only_new {
+                TAIL_INACTIVE_THRESHOLD
+            } else {
+                Duration::ZERO
+            },
             ..Default::default()
         };
         let mut consumer: jetstream::consumer::PullConsumer =
@@ -309,6 +316,31 @@ impl Subscriber for NatsPubSub {
         Publisher::close(self).await
     }
 
+    async fn end_tail(&self, topic: &str) -> Result<()> {
+        Publisher::close(self).await?;
+        let group = stream_name(&self.group());
+        match self
+            .js
+            .get_stream(stream_name(topic))
+            .await
+            .map_err(|e| nerr(format!("stream of {topic}"), e))?
+            .delete_consumer(&group)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::stream::ConsumerErrorKind::JetStream(ref j)
+                        if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(nerr(format!("delete consumer {group} of {topic}"), e)),
+        }
+    }
+
     async fn remove_topic(&self, topic: &str) -> Result<bool> {
         self.known_streams
             .lock()
@@ -370,6 +402,10 @@ const ACK_BATCH: usize = 256;
 
 /// How long a flush of the connection may take (the server may be away).
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the server keeps a tail's consumer that nobody reads (its host was killed before
+/// `end_tail`).
+const TAIL_INACTIVE_THRESHOLD: Duration = Duration::from_secs(600);
 
 /// How a subscription reads its durable consumer: pull requests of `READ_AHEAD` messages
 /// (or `max_in_flight`, if larger) on one inbox ([`pull::PullInbox`]), the next one sent
