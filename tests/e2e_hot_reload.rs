@@ -16,7 +16,8 @@ use support::{Host, install_atomically, next_event, plugin};
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A host whose plugins folder holds `files` (name, plugin to copy) and `sidecars` (name,
-/// text).
+/// text), once the handler of every sidecar has subscribed (a message published to the
+/// in-memory pub/sub before that would reach no one).
 async fn start_folder(files: &[(&str, &str)], sidecars: &[(&str, &str)]) -> anyhow::Result<Host> {
     let (dir, plugins) = Host::scratch()?;
     for (name, version) in files {
@@ -25,7 +26,15 @@ async fn start_folder(files: &[(&str, &str)], sidecars: &[(&str, &str)]) -> anyh
     for (name, text) in sidecars {
         std::fs::write(plugins.join(name), text)?;
     }
-    Host::start(dir, plugins, &[]).await
+    let host = Host::start(dir, plugins, &[]).await?;
+    for (name, _) in sidecars {
+        let wasm = name.replace(".toml", ".wasm");
+        host.wait_handler(&format!("{wasm} running"), WAIT, |h| {
+            h["plugin"] == wasm.as_str() && h["state"] == "running"
+        })
+        .await?;
+    }
+    Ok(host)
 }
 
 async fn start_with(name: &str, version: &str) -> anyhow::Result<Host> {
@@ -272,7 +281,11 @@ async fn a_second_sidecar_claiming_a_running_name_changes_nothing_for_the_owner(
 -> anyhow::Result<()> {
     let host = start_with("uppercase", "uppercase").await?;
     let mut out = host.sse("out").await?;
-    let owner = host.handler("uppercase").await?;
+    let owner = host
+        .wait_handler("uppercase running", WAIT, |h| {
+            h["name"] == "uppercase" && h["state"] == "running"
+        })
+        .await?;
     std::fs::copy(plugin("passthrough"), host.plugins.join("dup.wasm"))?;
     std::fs::write(
         host.plugins.join("dup.toml"),

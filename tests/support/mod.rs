@@ -233,7 +233,7 @@ impl Host {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let list = self.handler_list().await?;
-            if !list.iter().any(|h| pred(h)) {
+            if !list.iter().any(&pred) {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {

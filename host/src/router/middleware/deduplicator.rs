@@ -138,7 +138,7 @@ impl Deduplicator {
     /// copy of the message is being handled.
     async fn claim(&self, key: &str) -> Option<Claim<'_>> {
         loop {
-            let mut ended = {
+            let mut ended: watch::Receiver<()> = {
                 let mut keys = self.lock();
                 if keys.done.contains(key) {
                     return None;
@@ -312,6 +312,17 @@ mod tests {
         (h, rx)
     }
 
+    /// The verdict channel of the next call of a [`gated`] handler; fails the test if the
+    /// handler is not called.
+    async fn next_call(
+        calls: &mut tokio::sync::mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<bool>>,
+    ) -> tokio::sync::oneshot::Sender<bool> {
+        tokio::time::timeout(Duration::from_secs(30), calls.recv())
+            .await
+            .expect("the handler was not called")
+            .unwrap()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_duplicate_in_flight_waits_and_is_dropped_when_the_first_succeeds() {
         let calls = Arc::new(AtomicUsize::new(0));
@@ -321,7 +332,7 @@ mod tests {
             let h = h.clone();
             async move { h.handle(Message::new("a")).await }
         });
-        let first_verdict = verdicts.recv().await.unwrap();
+        let first_verdict = next_call(&mut verdicts).await;
         let second = tokio::spawn({
             let h = h.clone();
             async move { h.handle(Message::new("a")).await }
@@ -348,7 +359,7 @@ mod tests {
             let h = h.clone();
             async move { h.handle(Message::new("a")).await }
         });
-        let first_verdict = verdicts.recv().await.unwrap();
+        let first_verdict = next_call(&mut verdicts).await;
         let second = tokio::spawn({
             let h = h.clone();
             async move { h.handle(Message::new("a")).await }
@@ -362,7 +373,7 @@ mod tests {
         first_verdict.send(false).unwrap();
         assert!(first.await.unwrap().is_err());
         // The copy now runs the handler itself.
-        verdicts.recv().await.unwrap().send(true).unwrap();
+        next_call(&mut verdicts).await.send(true).unwrap();
         second.await.unwrap().unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 2, "the copy was handled");
         h.handle(Message::new("a")).await.unwrap();
@@ -378,12 +389,12 @@ mod tests {
         let timed_out =
             tokio::time::timeout(Duration::from_secs(1), h.handle(Message::new("a"))).await;
         assert!(timed_out.is_err());
-        drop(verdicts.recv().await);
+        drop(next_call(&mut verdicts).await);
         let again = tokio::spawn({
             let h = h.clone();
             async move { h.handle(Message::new("a")).await }
         });
-        verdicts.recv().await.unwrap().send(true).unwrap();
+        next_call(&mut verdicts).await.send(true).unwrap();
         again.await.unwrap().unwrap();
         assert_eq!(
             calls.load(Ordering::SeqCst),
