@@ -518,3 +518,41 @@ async fn a_changed_wasm_middleware_is_hot_reloaded() -> anyhow::Result<()> {
     assert_eq!(ev["metadata"]["audit_after"], "1", "{ev}");
     Ok(())
 }
+
+/// When the owner of a handler name goes away, a file refused that name gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_claim_gets_the_name_once_its_owner_leaves() -> anyhow::Result<()> {
+    let (dir, plugins) = Host::scratch()?;
+    std::fs::copy(plugin("uppercase"), plugins.join("uppercase.wasm"))?;
+    std::fs::copy(plugin("passthrough"), plugins.join("dup.wasm"))?;
+    std::fs::write(
+        plugins.join("uppercase.toml"),
+        "subscribe = \"in\"\npublish = \"out\"\n",
+    )?;
+    std::fs::write(
+        plugins.join("dup.toml"),
+        "name = \"uppercase\"\nsubscribe = \"in\"\npublish = \"out\"\n",
+    )?;
+    let host = Host::start(dir, plugins, &[]).await?;
+    // At start the file named after the handler claims first, whatever the listing order.
+    let refused = host
+        .wait_handler("dup.wasm refused at start", WAIT, |h| {
+            h["plugin"] == "dup.wasm" && h["state"] == "failed"
+        })
+        .await?;
+    assert_eq!(refused["name"], "uppercase", "{refused}");
+    host.wait_handler("uppercase.wasm running", WAIT, |h| {
+        h["plugin"] == "uppercase.wasm" && h["state"] == "running"
+    })
+    .await?;
+    std::fs::remove_file(host.plugins.join("uppercase.wasm"))?;
+    let h = host
+        .wait_handler("dup.wasm taking the freed name", WAIT, |h| {
+            h["name"] == "uppercase" && h["plugin"] == "dup.wasm" && h["state"] == "running"
+        })
+        .await?;
+    assert_eq!(h["last_error"], serde_json::Value::Null, "{h}");
+    let list = host.handler_list().await?;
+    assert_eq!(list.len(), 1, "only dup.wasm's handler is left: {list:?}");
+    Ok(())
+}
