@@ -11,6 +11,7 @@ BIN=${WASMILL_BIN:-target/release/wasmill}
 scripts/build-plugins.sh >/dev/null
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+export XDG_CACHE_HOME="$work/cache"  # a compile cache of its own: the first start is cold
 python3 - "$N" "$work/plugins" plugins/passthrough.wasm <<'PY'
 import os, sys
 n, out, src = int(sys.argv[1]), sys.argv[2], sys.argv[3]

@@ -58,3 +58,82 @@ async fn memory_hog_never_grows_the_host_past_its_cap() -> anyhow::Result<()> {
     assert_eq!(h["state"], "running", "the handler keeps serving: {h}");
     Ok(())
 }
+
+/// Two handlers whose guests compute until their 3 s deadline, five messages each, on the
+/// real binary (a 2-core machine): `/healthz` keeps answering quickly, a third handler keeps
+/// serving, and SIGTERM still closes the host (cutting the guests off at `close_timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_guests_leave_the_http_api_and_other_handlers_alone() -> anyhow::Result<()> {
+    let (dir, plugins) = Host::scratch()?;
+    for name in ["spin1", "spin2"] {
+        std::fs::copy(plugin("spin-forever"), plugins.join(format!("{name}.wasm")))?;
+        std::fs::write(
+            plugins.join(format!("{name}.toml")),
+            format!("subscribe = \"{name}_in\"\nfuel = 1_000_000_000_000\ntimeout = \"3s\"\n"),
+        )?;
+    }
+    std::fs::copy(plugin("uppercase"), plugins.join("up.wasm"))?;
+    std::fs::write(
+        plugins.join("up.toml"),
+        "subscribe = \"up_in\"\npublish = \"up_out\"\n",
+    )?;
+    std::fs::write(
+        dir.path().join("wasmill.toml"),
+        "[host]\nclose_timeout = \"2s\"\n",
+    )?;
+    let host = Host::start(dir, plugins, &["--config", "wasmill.toml"]).await?;
+    let mut out = host.sse("up_out").await?;
+
+    // The third handler's rate alone, then beside the spinning guests.
+    let alone = relay_rate(&host, &mut out, 200).await?;
+    for _ in 0..5 {
+        host.publish("spin1_in", "x").await?;
+        host.publish("spin2_in", "x").await?;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut latencies = Vec::new();
+    for _ in 0..100 {
+        let asked = std::time::Instant::now();
+        let r = host
+            .http
+            .get(format!("{}/healthz", host.url))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?;
+        assert!(r.status().is_success());
+        latencies.push(asked.elapsed());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let beside = relay_rate(&host, &mut out, 200).await?;
+    latencies.sort();
+    let p99 = latencies[98];
+    println!(
+        "two spinning guests: /healthz p99 {p99:?} (max {:?}); third handler {beside:.0} msgs/s beside them, {alone:.0} alone",
+        latencies[99]
+    );
+    // Generous bounds (a shared 2-core machine): the figures themselves are printed above.
+    assert!(p99 < Duration::from_millis(250), "/healthz p99 {p99:?}");
+    assert!(
+        beside >= alone / 2.0,
+        "the third handler fell from {alone:.0} to {beside:.0} msgs/s"
+    );
+    let status = host.terminate(Duration::from_secs(30)).await?;
+    assert!(status.code().is_some(), "SIGTERM closed the host: {status}");
+    Ok(())
+}
+
+/// Messages/s through the `up` handler: `n` published over HTTP, the `n` outputs read back.
+async fn relay_rate(
+    host: &Host,
+    out: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    n: u32,
+) -> anyhow::Result<f64> {
+    let started = std::time::Instant::now();
+    for _ in 0..n {
+        host.publish("up_in", "x").await?;
+    }
+    for _ in 0..n {
+        next_event(out, Duration::from_secs(30)).await?;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}

@@ -365,6 +365,23 @@ impl MessageContext {
         self.route.as_ref().and_then(|r| r.stats.as_ref())
     }
 
+    /// The token cancelled when the router handling this message starts closing, if any.
+    pub fn closing(&self) -> Option<&CancellationToken> {
+        self.route
+            .as_ref()
+            .and_then(|r| r.close.as_ref())
+            .map(|c| &c.closing)
+    }
+
+    /// Whether the router's close timed out with this message in flight: whatever still runs
+    /// for it should stop.
+    pub fn is_aborted(&self) -> bool {
+        self.route
+            .as_ref()
+            .and_then(|r| r.close.as_ref())
+            .is_some_and(|c| c.abort.is_cancelled())
+    }
+
     /// Sets the router's values on the context; used by the router for each message.
     pub fn set_route(&mut self, route: &Arc<RouteInfo>) {
         self.route = Some(route.clone());
@@ -386,6 +403,19 @@ pub struct RouteInfo {
     pub publish_topic: Option<Arc<str>>,
     /// The handler's counters.
     pub stats: Option<Arc<HandlerStats>>,
+    /// The router's close signals, when the handler runs in a router.
+    pub close: Option<CloseSignals>,
+}
+
+/// What a router's graceful close tells the messages in flight.
+#[derive(Debug, Clone, Default)]
+pub struct CloseSignals {
+    /// Cancelled when the router starts closing: waits that only delay a message (a Retry
+    /// backoff) end early, so they do not sleep through `close_timeout`.
+    pub closing: CancellationToken,
+    /// Cancelled when `close_timeout` passed with messages still in flight: work still running
+    /// (a WebAssembly guest computing) is cut off and its message nacked.
+    pub abort: CancellationToken,
 }
 
 /// A message: UUID, metadata and payload, with its delivery state.

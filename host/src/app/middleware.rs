@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::config::WasmMiddlewareEntry;
 use crate::error::{Error, Result};
 use crate::plugins::manager::BuiltMiddleware;
 use crate::pubsub::registry::Backend;
@@ -18,50 +19,76 @@ pub fn build_middleware(
     backends: &HashMap<String, Backend>,
     plugins_dir: &Path,
     default_pubsub: &str,
+    defaults: &Limits,
 ) -> Result<BuiltMiddleware> {
     let (entries, notes) = crate::router::middleware::normalize_order(entries);
     for note in notes {
         tracing::info!("{note}");
     }
+    let publisher = |name: Option<&str>| {
+        let name = name.unwrap_or(default_pubsub);
+        backends
+            .get(name)
+            .map(|b| b.publisher.clone())
+            .ok_or_else(|| Error::Config(format!("unknown pubsub {name:?}")))
+    };
     let mut out = BuiltMiddleware::default();
     for entry in &entries {
-        if let Some(file) = entry.get("wasm").and_then(|v| v.as_str()) {
-            let bytes = std::fs::read(plugins_dir.join(file)).map_err(|e| {
-                Error::Config(format!(
-                    "middleware {{ wasm = {file:?} }}: cannot read {}: {e}",
-                    plugins_dir.join(file).display()
-                ))
-            })?;
-            let plugin = engine.compile_blocking(file, &bytes)?;
-            if plugin.info.world != crate::wasm::World::Middleware {
-                return Err(Error::Config(format!(
-                    "middleware {{ wasm = {file:?} }}: implements {}, not wasmill:plugin/middleware",
-                    plugin.info.world
-                )));
-            }
-            let pool = InstancePool::new(
-                engine.clone(),
-                plugin,
-                Limits::default(),
-                Grants::default(),
-                4,
-            );
-            let pool = Arc::new(pool);
-            out.wasm.push((file.to_string(), pool.clone()));
+        if let Some(wasm) = WasmMiddlewareEntry::parse(entry)? {
+            let pool = Arc::new(wasm_middleware_pool(
+                &wasm,
+                engine,
+                plugins_dir,
+                default_pubsub,
+                defaults,
+                &publisher,
+            )?);
+            out.wasm.push((wasm.wasm.clone(), pool.clone()));
             out.chain
                 .push(Arc::new(WasmMiddleware::new(pool)) as BoxMiddleware);
             continue;
         }
-        out.chain.push(crate::router::middleware::from_config(
-            entry,
-            &|name: Option<&str>| {
-                let name = name.unwrap_or(default_pubsub);
-                backends
-                    .get(name)
-                    .map(|b| b.publisher.clone())
-                    .ok_or_else(|| Error::Config(format!("unknown pubsub {name:?}")))
-            },
-        )?);
+        out.chain
+            .push(crate::router::middleware::from_config(entry, &publisher)?);
     }
     Ok(out)
+}
+
+/// The instance pool of a `{ wasm = "FILE" }` middleware: compiled from the plugins folder,
+/// checked to be a middleware, with its own limits (else `defaults`) and grants.
+fn wasm_middleware_pool(
+    entry: &WasmMiddlewareEntry,
+    engine: &WasmEngine,
+    plugins_dir: &Path,
+    default_pubsub: &str,
+    defaults: &Limits,
+    publisher: &dyn Fn(Option<&str>) -> Result<crate::pubsub::DynPublisher>,
+) -> Result<InstancePool> {
+    let file = &entry.wasm;
+    let path = plugins_dir.join(file);
+    let bytes = std::fs::read(&path).map_err(|e| {
+        Error::Config(format!(
+            "middleware {{ wasm = {file:?} }}: cannot read {}: {e}",
+            path.display()
+        ))
+    })?;
+    let plugin = engine.compile_blocking(file, &bytes)?;
+    if plugin.info.world != crate::wasm::World::Middleware {
+        return Err(Error::Config(format!(
+            "middleware {{ wasm = {file:?} }}: implements {}, not wasmill:plugin/middleware",
+            plugin.info.world
+        )));
+    }
+    let limits = Limits {
+        fuel: entry.fuel.unwrap_or(defaults.fuel),
+        timeout: entry.timeout.unwrap_or(defaults.timeout),
+        memory: entry.memory.unwrap_or(defaults.memory),
+        ..*defaults
+    };
+    let mut grants = Grants::default();
+    for t in &entry.allow_publish {
+        let (pubsub, topic) = t.resolve(default_pubsub);
+        grants.publish.insert(topic, publisher(Some(&pubsub))?);
+    }
+    Ok(InstancePool::new(engine.clone(), plugin, limits, grants, 4))
 }

@@ -116,15 +116,9 @@ pub async fn run(
         })?;
     }
     let backends = connect_backends(&cfg).await?;
-    let cache_dir = cfg
-        .host
-        .cache_dir
-        .clone()
-        .map(|d| cfg.base_dir.join(d))
-        .unwrap_or_else(|| plugins_dir.join(".wasmill-cache"));
-    let engine = WasmEngine::new(EngineConfig {
-        cache_dir: Some(cache_dir),
-    })?;
+    let configured = cfg.host.cache_dir.as_ref().map(|d| cfg.base_dir.join(d));
+    let cache_dir = crate::wasm::cache::resolve_dir(configured, &plugins_dir)?;
+    let engine = WasmEngine::new(EngineConfig { cache_dir })?;
     let router = Router::new(RouterConfig {
         close_timeout: cfg.host.close_timeout,
     });
@@ -139,8 +133,22 @@ pub async fn run(
         let backends = backends.clone();
         let dir = plugins_dir.clone();
         let default = cfg.host.default_pubsub.clone();
+        let limits = Limits {
+            fuel: cfg.defaults.fuel,
+            timeout: cfg.defaults.timeout,
+            memory: cfg.defaults.memory,
+            max_output_bytes: cfg.defaults.max_output_bytes,
+            max_output_messages: cfg.defaults.max_output_messages,
+        };
         Arc::new(move |route: &HandlerRoute| {
-            build_middleware(&route.middleware, &engine, &backends, &dir, &default)
+            build_middleware(
+                &route.middleware,
+                &engine,
+                &backends,
+                &dir,
+                &default,
+                &limits,
+            )
         })
     };
     let sidecar_reader = {

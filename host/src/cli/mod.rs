@@ -370,21 +370,33 @@ pub struct BenchArgs {
 pub async fn bench(a: BenchArgs) -> Result<()> {
     use wasmill::bench::{Backlog, BenchOptions, native_passthrough, run};
     let size = wasmill::config::size::parse(&a.size).map_err(anyhow::Error::msg)? as usize;
-    let (kind, table) = match &a.config {
+    let (kind, table, cache_dir) = match &a.config {
         Some(path) => {
             let cfg = wasmill::config::Config::load(path)?;
             let e = cfg
                 .pubsub
                 .get(&a.pubsub)
                 .with_context(|| format!("{}: no [pubsub.{}]", path.display(), a.pubsub))?;
-            (e.kind.clone(), e.settings.clone())
+            let cache_dir = cfg.host.cache_dir.as_ref().map(|d| cfg.base_dir.join(d));
+            (e.kind.clone(), e.settings.clone(), cache_dir)
         }
-        None => (a.pubsub.clone(), toml::Table::new()),
+        None => (a.pubsub.clone(), toml::Table::new(), None),
     };
     let handler: wasmill::BoxHandler = if a.handler == "native" {
         native_passthrough()
     } else {
-        let engine = wasmill::wasm::WasmEngine::new(Default::default())?;
+        // The same compile cache as `wasmill run`, kept out of the plugin's own folder (a
+        // bench runs without one rather than fail on it).
+        let plugin_dir = Path::new(&a.handler)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let cache_dir =
+            wasmill::wasm::cache::resolve_dir(cache_dir, plugin_dir).unwrap_or_else(|e| {
+                eprintln!("warning: {e}; benchmarking without the compile cache");
+                None
+            });
+        let engine = wasmill::wasm::WasmEngine::new(wasmill::wasm::EngineConfig { cache_dir })?;
         let plugin = engine.compile_file(Path::new(&a.handler)).await?;
         let pool = wasmill::wasm::InstancePool::new(
             engine,

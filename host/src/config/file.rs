@@ -46,7 +46,8 @@ pub struct HostConfig {
     pub close_timeout: Duration,
     /// The backend used when a topic names none (default `memory`).
     pub default_pubsub: String,
-    /// Where compiled components are cached (default `<plugins_dir>/.wasmill-cache`).
+    /// Where compiled components are cached (default `$XDG_CACHE_HOME/wasmill` or
+    /// `~/.cache/wasmill`); must not be inside `plugins_dir` (see `docs/SECURITY.md`).
     pub cache_dir: Option<PathBuf>,
 }
 

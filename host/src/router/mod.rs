@@ -4,16 +4,17 @@
 mod handler;
 pub mod middleware;
 pub mod plugin;
+mod repeat_limit;
 mod routing;
 mod stats;
 #[cfg(test)]
 mod tests;
+mod worker;
 
 pub use handler::{
     BoxHandler, BoxMiddleware, Handler, HandlerResult, Middleware, apply_middleware, handler_fn,
     middleware_fn,
 };
-pub use routing::{
-    HandlerHandle, HandlerSpec, HandlerState, Plugin, Router, RouterConfig, panic_message,
-};
+pub use routing::{HandlerHandle, HandlerSpec, HandlerState, Plugin, Router, RouterConfig};
 pub use stats::{DURATION_BUCKETS, HandlerStats, StatsSnapshot};
+pub use worker::panic_message;

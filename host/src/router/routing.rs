@@ -2,20 +2,19 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::FutureExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::handler::{BoxHandler, BoxMiddleware, apply_middleware};
 use super::stats::HandlerStats;
-use crate::error::{Error, ErrorKind, HandlerError, Result};
-use crate::message::{Message, RouteInfo};
+use super::worker::Worker;
+use crate::error::{Error, Result};
+use crate::message::{CloseSignals, Message, RouteInfo};
 use crate::pubsub::{DynPublisher, DynSubscriber, SubscribeOptions, Subscription};
 
 /// Router settings.
@@ -194,6 +193,9 @@ struct Inner {
     started: AtomicBool,
     running: CancellationToken,
     shutdown: CancellationToken,
+    /// Handed to every message's route: `closing` is `shutdown`, `abort` is cancelled when
+    /// `close_timeout` passed with messages in flight.
+    close_signals: CloseSignals,
     closed: CancellationToken,
     tasks: TaskTracker,
     close_result: tokio::sync::OnceCell<std::result::Result<(), Duration>>,
@@ -203,6 +205,10 @@ enum PubSubRef {
     Pub(DynPublisher),
     Sub(DynSubscriber),
 }
+
+/// How long a close waits, after cancelling what was still in flight at `close_timeout`, for
+/// those messages to be nacked.
+const ABORT_GRACE: Duration = Duration::from_secs(2);
 
 /// Routes messages from subscribers through handlers to publishers.
 ///
@@ -215,6 +221,7 @@ pub struct Router {
 impl Router {
     /// A router with no handlers.
     pub fn new(config: RouterConfig) -> Self {
+        let shutdown = CancellationToken::new();
         Router {
             inner: Arc::new(Inner {
                 config,
@@ -224,7 +231,11 @@ impl Router {
                 pubsubs: Mutex::new(Vec::new()),
                 started: AtomicBool::new(false),
                 running: CancellationToken::new(),
-                shutdown: CancellationToken::new(),
+                shutdown: shutdown.clone(),
+                close_signals: CloseSignals {
+                    closing: shutdown,
+                    abort: CancellationToken::new(),
+                },
                 closed: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 close_result: tokio::sync::OnceCell::new(),
@@ -411,6 +422,17 @@ impl Router {
                 inner.tasks.close();
                 let timeout = inner.config.close_timeout;
                 let drained = tokio::time::timeout(timeout, inner.tasks.wait()).await;
+                if drained.is_err() {
+                    // Cut off what still runs (a computing guest sees `abort` on its next
+                    // epoch tick) so its message is nacked rather than dropped mid-way, and
+                    // give the handlers a moment to settle before the backends close.
+                    tracing::warn!(
+                        ?timeout,
+                        "close_timeout passed with messages in flight: cancelling them"
+                    );
+                    inner.close_signals.abort.cancel();
+                    let _ = tokio::time::timeout(ABORT_GRACE, inner.tasks.wait()).await;
+                }
                 let refs = std::mem::take(&mut *lock(&inner.pubsubs));
                 for r in refs {
                     let res = match &r {
@@ -451,6 +473,7 @@ impl Router {
             subscribe_topic: spec.subscribe_topic.as_str().into(),
             publish_topic: spec.publish.as_ref().map(|(t, _)| t.as_str().into()),
             stats: Some(entry.stats.clone()),
+            close: Some(self.inner.close_signals.clone()),
         });
         let worker = Arc::new(Worker {
             chain,
@@ -584,88 +607,5 @@ async fn run_in_lanes(
         if senders[lane].send(msg).await.is_err() {
             break;
         }
-    }
-}
-
-/// Runs one message through the chain, publishes the output, acks or nacks.
-struct Worker {
-    chain: BoxHandler,
-    route: Arc<RouteInfo>,
-    publish: Option<(String, DynPublisher)>,
-    stats: Arc<HandlerStats>,
-}
-
-impl Worker {
-    async fn process(&self, mut msg: Message) {
-        msg.context_mut().set_route(&self.route);
-        let started = Instant::now();
-        // The chain takes the message; the router keeps what it settles and logs, which is
-        // cheaper than a clone of the content.
-        let delivery = msg.delivery_handle();
-        let uuid = msg.uuid.clone();
-        let result = AssertUnwindSafe(self.chain.handle(msg))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| {
-                Err(HandlerError::with_kind(
-                    ErrorKind::Panic,
-                    format!("panic: {}", panic_message(&*panic)),
-                ))
-            });
-        let result = match result {
-            Ok(out) => self.publish_output(out).await,
-            Err(e) => Err(e),
-        };
-        self.stats.record_duration(started.elapsed());
-        match result {
-            Ok(()) => {
-                delivery.ack();
-                HandlerStats::inc(&self.stats.processed);
-            }
-            Err(e) => {
-                tracing::warn!(
-                    handler = %self.route.handler,
-                    uuid = %uuid,
-                    kind = e.kind().as_str(),
-                    "handler failed, nacking: {e}"
-                );
-                HandlerStats::inc(&self.stats.failed);
-                self.stats.set_last_error(&e);
-                delivery.nack();
-            }
-        }
-    }
-
-    async fn publish_output(&self, mut out: Vec<Message>) -> std::result::Result<(), HandlerError> {
-        if out.is_empty() {
-            return Ok(());
-        }
-        let Some((topic, publisher)) = &self.publish else {
-            return Err(HandlerError::with_kind(
-                ErrorKind::Publish,
-                format!(
-                    "handler {} has no publisher but returned {} messages",
-                    self.route.handler,
-                    out.len()
-                ),
-            ));
-        };
-        for m in &mut out {
-            m.context_mut().set_route(&self.route);
-        }
-        publisher.publish(topic, out).await.map_err(|e| {
-            HandlerError::with_kind(ErrorKind::Publish, format!("publish to {topic}: {e}"))
-        })
-    }
-}
-
-/// The text of a panic payload.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_string()
     }
 }

@@ -471,3 +471,48 @@ async fn publish_failure_nacks() {
     h.stop();
     router.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn close_ends_a_retry_backoff_instead_of_sleeping_through_close_timeout() {
+    use crate::router::middleware::{Retry, RetryConfig};
+    let ps = memory();
+    let router = Router::new(RouterConfig {
+        close_timeout: Duration::from_secs(20),
+    });
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let a = attempts.clone();
+    let spec = HandlerSpec::new(
+        "failing",
+        "in",
+        ps.clone(),
+        handler_fn(move |_m: Message| {
+            let a = a.clone();
+            async move {
+                a.fetch_add(1, Ordering::SeqCst);
+                Err(HandlerError::new("not yet"))
+            }
+        }),
+    )
+    .middleware(Arc::new(Retry::new(RetryConfig {
+        max_retries: 5,
+        initial_interval: Duration::from_secs(60),
+        ..RetryConfig::default()
+    })));
+    router.add(spec).unwrap();
+    let _run = started(&router).await;
+    ps.publish("in", vec![Message::new("x")]).await.unwrap();
+    while attempts.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let t = std::time::Instant::now();
+    router
+        .close()
+        .await
+        .expect("the message in its backoff is nacked at once, not after close_timeout");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "close took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+}

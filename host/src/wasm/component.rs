@@ -1,5 +1,5 @@
-//! Compiling a component, checking which Wasmill world it implements, and the on-disk cache
-//! of compiled components.
+//! Compiling a component (through the authenticated compile cache, [`super::cache`]) and
+//! checking which Wasmill world it implements.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -47,8 +47,12 @@ pub struct ComponentInfo {
 /// The instantiation-ready form of a plugin's world.
 pub(crate) enum Pre {
     /// A handler whose imports never wait: instantiated and called synchronously, without
-    /// the async call's fiber.
-    SyncHandler(handler_sync::HandlerPre<PluginState>),
+    /// the async call's fiber, and the same handler linked async for when a call computes
+    /// too long to hold its thread (`InstancePool`'s demotion).
+    SyncHandler(
+        handler_sync::HandlerPre<PluginState>,
+        handler::HandlerPre<PluginState>,
+    ),
     Handler(handler::HandlerPre<PluginState>),
     Middleware(middleware::MiddlewarePre<PluginState>),
 }
@@ -173,19 +177,18 @@ fn prepare(engine: &WasmEngine, name: &str, component: &Component, world: World)
         World::Handler => {
             // Linking fails here when the handler imports something that may wait (publish,
             // clock subscriptions, ...): it then runs async.
-            if let Ok(pre) = inner.handler_sync_linker.instantiate_pre(component)
-                && let Ok(pre) = handler_sync::HandlerPre::new(pre)
-            {
-                return Ok(Pre::SyncHandler(pre));
-            }
             let pre = inner
                 .handler_linker
                 .instantiate_pre(component)
                 .map_err(|e| err(name, format!("cannot link as a handler: {e:#}")))?;
-            Pre::Handler(
-                handler::HandlerPre::new(pre)
-                    .map_err(|e| err(name, format!("export `handle` has the wrong type: {e:#}")))?,
-            )
+            let pre = handler::HandlerPre::new(pre)
+                .map_err(|e| err(name, format!("export `handle` has the wrong type: {e:#}")))?;
+            if let Ok(sync) = inner.handler_sync_linker.instantiate_pre(component)
+                && let Ok(sync) = handler_sync::HandlerPre::new(sync)
+            {
+                return Ok(Pre::SyncHandler(sync, pre));
+            }
+            Pre::Handler(pre)
         }
         World::Middleware => {
             let pre = inner
@@ -202,7 +205,7 @@ fn prepare(engine: &WasmEngine, name: &str, component: &Component, world: World)
 
 impl WasmEngine {
     /// Compiles and validates a plugin (on a blocking thread: compiling takes milliseconds
-    /// to seconds and must stay off the message path). Uses the on-disk cache when set.
+    /// to seconds and must stay off the message path). Uses the compile cache when set.
     pub async fn compile(&self, name: &str, bytes: Vec<u8>) -> Result<Arc<CompiledPlugin>> {
         let engine = self.clone();
         let name = name.to_string();
@@ -227,12 +230,15 @@ impl WasmEngine {
     pub fn compile_blocking(&self, name: &str, bytes: &[u8]) -> Result<Arc<CompiledPlugin>> {
         check_header(name, bytes)?;
         let sha256 = sha256_hex(bytes);
-        let component = match self.load_cached(&sha256) {
+        let cache = self.inner.cache.as_ref();
+        let component = match cache.and_then(|c| c.load(self.engine(), &sha256)) {
             Some(c) => c,
             None => {
                 let c = Component::new(self.engine(), bytes)
                     .map_err(|e| err(name, format!("invalid component: {e:#}")))?;
-                self.store_cached(&sha256, &c);
+                if let Some(cache) = cache {
+                    cache.store(&sha256, &c);
+                }
                 c
             }
         };
@@ -245,50 +251,5 @@ impl WasmEngine {
             info,
             pre,
         }))
-    }
-
-    fn cache_path(&self, sha256: &str) -> Option<std::path::PathBuf> {
-        // The engine's settings are part of the key: a .cwasm only loads into an engine
-        // compiled the same way (fuel and epochs on here).
-        let dir = self.inner.cache_dir.as_ref()?;
-        let hash = self.engine().precompile_compatibility_hash();
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        hash.hash(&mut h);
-        Some(dir.join(format!("{sha256}-{:016x}.cwasm", h.finish())))
-    }
-
-    fn store_cached(&self, sha256: &str, component: &Component) {
-        let Some(path) = self.cache_path(sha256) else {
-            return;
-        };
-        let Ok(bytes) = component.serialize() else {
-            return;
-        };
-        // Write beside, then rename: a reader never sees a half-written cache file.
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, &path).is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-    }
-
-    #[allow(unsafe_code)]
-    fn load_cached(&self, sha256: &str) -> Option<Component> {
-        let path = self.cache_path(sha256)?;
-        if !path.exists() {
-            return None;
-        }
-        // SAFETY: deserializing runs native code compiled earlier. The file is only ever
-        // written by `store_cached` of this program (atomically, named by the sha256 of the
-        // source component and the engine's compatibility hash), in a cache directory the
-        // host owns; wasmtime additionally checks the engine and version header.
-        match unsafe { Component::deserialize_file(self.engine(), &path) } {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), "ignoring unusable compile cache entry: {e}");
-                let _ = std::fs::remove_file(&path);
-                None
-            }
-        }
     }
 }

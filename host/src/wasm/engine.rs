@@ -10,6 +10,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
 use super::bindings::{handler, middleware};
+use super::cache::CompileCache;
 use super::state::PluginState;
 use crate::error::{Error, Result};
 
@@ -19,7 +20,9 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Engine settings.
 #[derive(Debug, Clone, Default)]
 pub struct EngineConfig {
-    /// Where compiled components are cached, keyed by content hash; `None` disables it.
+    /// The folder of the compile cache ([`super::cache`]), created `0700` if missing; `None`
+    /// disables the cache. [`super::cache::resolve_dir`] picks it and keeps it out of the
+    /// plugins folder.
     pub cache_dir: Option<PathBuf>,
 }
 
@@ -36,7 +39,7 @@ pub(crate) struct EngineInner {
     /// (`sync_io`).
     pub(crate) handler_sync_linker: Linker<PluginState>,
     pub(crate) middleware_linker: Linker<PluginState>,
-    pub(crate) cache_dir: Option<PathBuf>,
+    pub(crate) cache: Option<CompileCache>,
     stop: Arc<AtomicBool>,
 }
 
@@ -89,17 +92,17 @@ impl WasmEngine {
             })
             .map_err(|e| Error::io("spawn the epoch ticker thread", e))?;
 
-        if let Some(dir) = &config.cache_dir {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::io(format!("create cache dir {}", dir.display()), e))?;
-        }
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(CompileCache::open(dir, &engine)?),
+            None => None,
+        };
         Ok(WasmEngine {
             inner: Arc::new(EngineInner {
                 engine,
                 handler_linker,
                 handler_sync_linker,
                 middleware_linker,
-                cache_dir: config.cache_dir,
+                cache,
                 stop,
             }),
         })
@@ -108,6 +111,11 @@ impl WasmEngine {
     /// The wasmtime engine.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// The compile cache, when on.
+    pub fn cache(&self) -> Option<&CompileCache> {
+        self.inner.cache.as_ref()
     }
 }
 

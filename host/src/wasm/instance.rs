@@ -5,12 +5,13 @@ use std::sync::{Arc, Mutex};
 
 use wasmtime::Store;
 
+use super::bindings::handler::wasmill::plugin::types;
 use super::bindings::{handler, handler_sync, middleware};
 use super::component::{CompiledPlugin, Pre};
 use super::convert::{from_wit, from_wit_error, to_wit_param, wit_metadata};
-use super::engine::{WasmEngine, ticks_for};
+use super::engine::WasmEngine;
 use super::limits::Limits;
-use super::state::{Grants, PluginState};
+use super::state::{CallBudget, Grants, Interruption, PluginState};
 use crate::error::{ErrorKind, HandlerError};
 use crate::message::Message;
 use crate::router::{BoxHandler, HandlerResult};
@@ -44,7 +45,23 @@ pub struct InstancePool {
     grants: Arc<Grants>,
     max_idle: usize,
     fuel_used: std::sync::atomic::AtomicU64,
+    /// Set once a synchronous call of this pool held its thread for a whole
+    /// [`SYNC_SLICE`]: from then on every call is async, yielding on each epoch tick.
+    demoted: std::sync::atomic::AtomicBool,
 }
+
+/// Fuel an async guest call burns between two yields of its thread: about 0.1-0.3 ms of
+/// computation here (8e9 fuel/s on a quiet core), well above what a message usually costs
+/// (a Rust pass-through burns ~5,000), so a quick handler never yields and a computing one
+/// lets other tasks run several times per epoch tick, at the cost of a fiber switch each time.
+pub const YIELD_FUEL: u64 = 1_000_000;
+
+/// How long a synchronous guest call (one that cannot yield) may hold a runtime thread. A
+/// call that is still computing then is interrupted and run again async, on a fresh instance,
+/// where it yields its thread on every epoch tick; the pool stays async from then on. A
+/// synchronous handler reaches only imports that never wait and cannot publish, so running it
+/// again repeats at most its log lines.
+pub const SYNC_SLICE: std::time::Duration = std::time::Duration::from_millis(10);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -68,6 +85,7 @@ impl InstancePool {
             grants: Arc::new(grants),
             max_idle: max_idle.max(1),
             fuel_used: std::sync::atomic::AtomicU64::new(0),
+            demoted: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -102,6 +120,11 @@ impl InstancePool {
         self.fuel_used.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Whether calls run async only (see [`SYNC_SLICE`]).
+    pub fn is_demoted(&self) -> bool {
+        self.demoted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn instantiate(&self) -> Result<Instance, HandlerError> {
         // The version and its generation, read together.
         let (version, generation) = {
@@ -115,14 +138,28 @@ impl InstancePool {
         );
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| s.limiter());
+        store.epoch_deadline_callback(|mut cx| Ok(cx.data_mut().on_epoch_tick()));
         // Instantiation runs guest code (initializers) too, under the same budgets.
         store
             .set_fuel(self.limits.fuel)
             .map_err(|e| HandlerError::with_kind(ErrorKind::Trap, format!("set fuel: {e}")))?;
-        store.set_epoch_deadline(ticks_for(self.limits.timeout));
+        let sync = matches!(version.pre, Pre::SyncHandler(..)) && !self.is_demoted();
+        if !sync {
+            // Besides every epoch tick, an async guest gives its thread back every
+            // YIELD_FUEL: the tasks it shares a worker with wait a fraction of a millisecond
+            // for it, not a whole tick.
+            store
+                .fuel_async_yield_interval(Some(YIELD_FUEL))
+                .map_err(|e| {
+                    HandlerError::with_kind(ErrorKind::Trap, format!("set fuel yield: {e}"))
+                })?;
+        }
+        arm(&mut store, self.limits.timeout, None, sync);
         let bindings = match &version.pre {
-            Pre::SyncHandler(pre) => pre.instantiate(&mut store).map(Bindings::SyncHandler),
-            Pre::Handler(pre) => pre
+            Pre::SyncHandler(pre, _) if sync => {
+                pre.instantiate(&mut store).map(Bindings::SyncHandler)
+            }
+            Pre::SyncHandler(_, pre) | Pre::Handler(pre) => pre
                 .instantiate_async(&mut store)
                 .await
                 .map(Bindings::Handler),
@@ -132,6 +169,7 @@ impl InstancePool {
                 .map(Bindings::Middleware),
         }
         .map_err(|e| classify(&store, e, "instantiate"))?;
+        store.data_mut().call = None;
         Ok(Instance {
             store,
             bindings,
@@ -141,11 +179,13 @@ impl InstancePool {
 
     async fn checkout(&self) -> Result<Instance, HandlerError> {
         let generation = self.generation();
+        let demoted = self.is_demoted();
         loop {
             let Some(inst) = lock(&self.idle).pop() else {
                 break;
             };
-            if inst.generation == generation {
+            let sync = matches!(inst.bindings, Bindings::SyncHandler(_));
+            if inst.generation == generation && !(sync && demoted) {
                 return Ok(inst);
             }
         }
@@ -163,44 +203,126 @@ impl InstancePool {
     }
 
     /// Runs `handle` on `msg` in an instance of the current version. For a middleware,
-    /// `next` is what its `next` import calls.
+    /// `next` is what its `next` import calls, and `msg` is what it passes on.
+    ///
+    /// The guest never holds a runtime thread for long: an async call yields on every epoch
+    /// tick, and a synchronous one is cut after [`SYNC_SLICE`] and run again async. On every
+    /// tick the call's budget is checked: its own `timeout` (not counting the time spent inside
+    /// `next`), the deadline of the message's context (a Timeout middleware) and the router's
+    /// close.
     pub async fn call(&self, msg: &Message, next: Option<BoxHandler>) -> HandlerResult {
-        let mut inst = self.checkout().await?;
         let limits = self.limits;
-        inst.store
-            .set_fuel(limits.fuel)
-            .map_err(|e| HandlerError::with_kind(ErrorKind::Trap, format!("set fuel: {e}")))?;
-        inst.store.set_epoch_deadline(ticks_for(limits.timeout));
-        inst.store.data_mut().next = next;
-        let metadata = wit_metadata(msg);
-        let input = to_wit_param(msg, &metadata);
-        let result = match &inst.bindings {
-            // Runs on this task's thread until the guest returns, like the async call does
-            // while the guest computes (fuel and the epoch deadline bound it).
-            Bindings::SyncHandler(b) => b.call_handle(&mut inst.store, input),
-            Bindings::Handler(b) => b.call_handle(&mut inst.store, input).await,
-            Bindings::Middleware(b) => b.call_handle(&mut inst.store, input).await,
-        };
-        inst.store.data_mut().next = None;
-        let fuel_left = inst.store.get_fuel().unwrap_or(0);
-        self.fuel_used.fetch_add(
-            limits.fuel.saturating_sub(fuel_left),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        match result {
-            Ok(Ok(out)) => {
-                self.checkin(inst);
-                check_output(&out, &limits)?;
-                Ok(out.into_iter().map(from_wit).collect())
+        let deadline = std::time::Instant::now() + limits.timeout;
+        let mut fuel_left = limits.fuel;
+        loop {
+            let mut inst = self.checkout().await?;
+            let sync = matches!(inst.bindings, Bindings::SyncHandler(_));
+            inst.store
+                .set_fuel(fuel_left)
+                .map_err(|e| HandlerError::with_kind(ErrorKind::Trap, format!("set fuel: {e}")))?;
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            arm(&mut inst.store, remaining, Some(msg), sync);
+            if next.is_some() {
+                let state = inst.store.data_mut();
+                state.next = next.clone();
+                state.current = Some(msg.clone());
             }
-            Ok(Err(e)) => {
-                self.checkin(inst);
-                Err(from_wit_error(e))
-            }
-            // A trap leaves the instance unusable: drop it; the next call makes a fresh one.
-            Err(e) => Err(classify(&inst.store, e, "handle")),
+            let (mut inst, result) = if let Bindings::SyncHandler(b) = &inst.bindings {
+                // Runs on this task's thread for at most SYNC_SLICE (then it is run again
+                // async, below).
+                let metadata = wit_metadata(msg);
+                let input = to_wit_param(msg, &metadata);
+                let result = b.call_handle(&mut inst.store, input);
+                (inst, result)
+            } else {
+                match call_async(inst, msg.clone()).await {
+                    Some(done) => done,
+                    None => {
+                        return Err(HandlerError::with_kind(
+                            ErrorKind::Trap,
+                            "the guest call was dropped by the guest runtime",
+                        ));
+                    }
+                }
+            };
+            let state = inst.store.data_mut();
+            state.next = None;
+            state.current = None;
+            state.call = None;
+            let left = inst.store.get_fuel().unwrap_or(0);
+            self.fuel_used.fetch_add(
+                fuel_left.saturating_sub(left),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            return match result {
+                Ok(Ok(out)) => {
+                    self.checkin(inst);
+                    check_output(&out, &limits)?;
+                    Ok(out.into_iter().map(from_wit).collect())
+                }
+                Ok(Err(e)) => {
+                    self.checkin(inst);
+                    Err(from_wit_error(e))
+                }
+                Err(_) if inst.store.data().interrupted == Some(Interruption::SliceEnded) => {
+                    if !self
+                        .demoted
+                        .swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        tracing::info!(
+                            plugin = %inst.store.data().plugin(),
+                            "a call computed longer than {SYNC_SLICE:?}: calls of this handler run async from now on, yielding their thread on every epoch tick"
+                        );
+                    }
+                    fuel_left = left;
+                    continue;
+                }
+                // A trap leaves the instance unusable: drop it; the next call makes a fresh one.
+                Err(e) => Err(classify(&inst.store, e, "handle")),
+            };
         }
     }
+}
+
+type CallOutput = wasmtime::Result<Result<Vec<types::MessageResult>, types::HandlerError>>;
+
+/// An async call of `inst` on `msg`, on this task while it is quick, on the guest runtime once
+/// it computes long (`lane`). The instance comes back with the result.
+async fn call_async(mut inst: Instance, msg: Message) -> Option<(Instance, CallOutput)> {
+    let long = inst.store.data().long_call.clone();
+    long.store(false, std::sync::atomic::Ordering::Relaxed);
+    let call = async move {
+        let metadata = wit_metadata(&msg);
+        let input = to_wit_param(&msg, &metadata);
+        let result = match &inst.bindings {
+            Bindings::Handler(b) => b.call_handle(&mut inst.store, input).await,
+            Bindings::Middleware(b) => b.call_handle(&mut inst.store, input).await,
+            Bindings::SyncHandler(b) => b.call_handle(&mut inst.store, input),
+        };
+        (inst, result)
+    };
+    super::lane::run(call, &long).await
+}
+
+/// Sets the budget of the next guest call in `store`: an epoch deadline one tick away (the
+/// callback then checks the budget on every tick), `timeout` from now, and `msg`'s context.
+fn arm(
+    store: &mut Store<PluginState>,
+    timeout: std::time::Duration,
+    msg: Option<&Message>,
+    sync: bool,
+) {
+    let now = std::time::Instant::now();
+    let state = store.data_mut();
+    state.interrupted = None;
+    state.call = Some(CallBudget {
+        started: now,
+        deadline: now + timeout,
+        ctx: msg.map(|m| m.context().clone()),
+        yields: !sync,
+        slice_end: sync.then(|| now + SYNC_SLICE),
+    });
+    store.set_epoch_deadline(1);
 }
 
 fn check_output(
@@ -239,7 +361,16 @@ fn classify(store: &Store<PluginState>, e: wasmtime::Error, during: &str) -> Han
                 return HandlerError::with_kind(ErrorKind::FuelExhausted, "fuel exhausted");
             }
             wasmtime::Trap::Interrupt => {
-                return HandlerError::with_kind(ErrorKind::Timeout, "timeout");
+                let reason = match store.data().interrupted {
+                    Some(Interruption::ContextDeadline) => {
+                        "timeout (the deadline of a timeout middleware)"
+                    }
+                    Some(Interruption::Aborted) => {
+                        "timeout (cut off: the router's close_timeout passed)"
+                    }
+                    _ => "timeout",
+                };
+                return HandlerError::with_kind(ErrorKind::Timeout, reason);
             }
             _ => {}
         }

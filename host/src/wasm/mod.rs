@@ -4,16 +4,20 @@
 
 pub mod adapters;
 pub mod bindings;
+pub mod cache;
 pub mod component;
 pub mod convert;
 pub mod engine;
 pub mod guest_output;
 pub mod instance;
+pub mod lane;
 pub mod limits;
 pub mod state;
 mod sync_io;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_chain;
 
 pub use adapters::{WasmHandler, WasmMiddleware};
 pub use component::{CompiledPlugin, ComponentInfo, World, inspect};

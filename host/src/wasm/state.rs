@@ -12,6 +12,7 @@ use super::bindings::handler::wasmill::plugin::{host, types};
 use super::bindings::middleware;
 use super::convert::{from_wit, to_wit_error, to_wit_messages};
 use super::guest_output::{GuestOutput, GuestStream};
+use crate::message::{Message, MessageContext};
 use crate::pubsub::DynPublisher;
 use crate::router::BoxHandler;
 
@@ -43,7 +44,87 @@ pub struct PluginState {
     grants: Arc<Grants>,
     /// The rest of the chain, set for the duration of a middleware call.
     pub(crate) next: Option<BoxHandler>,
+    /// The message a middleware is handling: `next` passes this very message on (its
+    /// delivery, context and route), with the uuid, metadata and payload the guest gave.
+    pub(crate) current: Option<Message>,
+    /// The budget of the call in progress, checked on every epoch tick.
+    pub(crate) call: Option<CallBudget>,
+    /// Why the epoch callback last interrupted the guest.
+    pub(crate) interrupted: Option<Interruption>,
+    /// Set when the call in progress computes past [`LONG_CALL`](super::lane::LONG_CALL): it
+    /// moves to the guest runtime at its next yield (see `lane`).
+    pub(crate) long_call: super::lane::LongCallFlag,
     started: Instant,
+}
+
+/// What a guest call may use of the wall clock, checked on every epoch tick (every
+/// [`EPOCH_TICK`](super::engine::EPOCH_TICK)) while the guest runs.
+#[derive(Debug, Clone)]
+pub(crate) struct CallBudget {
+    /// When the call started.
+    pub started: Instant,
+    /// The end of the plugin's own `timeout`; moved later by the time spent inside `next`,
+    /// which is the rest of the chain's time, not the middleware's.
+    pub deadline: Instant,
+    /// The message's context: a Timeout middleware's deadline and the router's close.
+    pub ctx: Option<MessageContext>,
+    /// Whether the call may yield to the async executor (an async call): a computing guest
+    /// then gives its worker thread back on every tick.
+    pub yields: bool,
+    /// For a synchronous call, which cannot yield: when it has held its thread too long.
+    pub slice_end: Option<Instant>,
+}
+
+/// Why a guest was interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interruption {
+    /// Its own `timeout` passed.
+    Timeout,
+    /// The deadline of its message's context (a Timeout middleware) passed.
+    ContextDeadline,
+    /// The router's close timed out with the message in flight.
+    Aborted,
+    /// A synchronous call held its thread for a whole slice: it is run again async.
+    SliceEnded,
+}
+
+impl PluginState {
+    /// The epoch callback: interrupts a guest past its budget, else lets it go on for one
+    /// more tick, yielding its thread first when the call is async.
+    pub(crate) fn on_epoch_tick(&mut self) -> wasmtime::UpdateDeadline {
+        let Some(budget) = &self.call else {
+            return wasmtime::UpdateDeadline::Continue(1);
+        };
+        let now = Instant::now();
+        let why = if now >= budget.deadline {
+            Some(Interruption::Timeout)
+        } else if let Some(ctx) = &budget.ctx
+            && ctx.deadline().is_some_and(|d| now >= d.into_std())
+        {
+            Some(Interruption::ContextDeadline)
+        } else if budget.ctx.as_ref().is_some_and(|c| c.is_aborted()) {
+            Some(Interruption::Aborted)
+        } else if budget.slice_end.is_some_and(|end| now >= end) {
+            Some(Interruption::SliceEnded)
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.interrupted = Some(why);
+            return wasmtime::UpdateDeadline::Interrupt;
+        }
+        if budget.yields {
+            if now.duration_since(budget.started) >= super::lane::LONG_CALL {
+                self.long_call
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            // tokio's own yield: a task that wakes itself is otherwise run again at once
+            // from its worker's LIFO slot, ahead of the tasks it should let through.
+            wasmtime::UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+        } else {
+            wasmtime::UpdateDeadline::Continue(1)
+        }
+    }
 }
 
 impl PluginState {
@@ -65,6 +146,10 @@ impl PluginState {
             },
             grants,
             next: None,
+            current: None,
+            call: None,
+            interrupted: None,
+            long_call: Default::default(),
             started: Instant::now(),
         }
     }
@@ -72,6 +157,11 @@ impl PluginState {
     /// The memory limiter, for `Store::limiter`.
     pub fn limiter(&mut self) -> &mut MemoryLimiter {
         &mut self.limiter
+    }
+
+    /// The plugin's name.
+    pub fn plugin(&self) -> &str {
+        &self.plugin
     }
 
     /// Whether the instance tried to grow past its memory cap.
@@ -187,14 +277,65 @@ impl middleware::MiddlewareImports for PluginState {
         &mut self,
         msg: types::MessageResult,
     ) -> wasmtime::Result<Result<Vec<types::MessageResult>, types::HandlerError>> {
-        let Some(next) = self.next.clone() else {
+        let (Some(next), Some(current)) = (self.next.clone(), self.current.as_ref()) else {
             return Err(wasmtime::Error::msg(
                 "next called outside of a middleware call",
             ));
         };
-        Ok(match next.handle(from_wit(msg)).await {
+        let msg = pass_on(current, msg);
+        let entered = Instant::now();
+        let result = next.handle(msg).await;
+        // The rest of the chain's time is not the middleware's.
+        if let Some(budget) = self.call.as_mut() {
+            budget.deadline += entered.elapsed();
+            if let Some(end) = budget.slice_end.as_mut() {
+                *end += entered.elapsed();
+            }
+        }
+        Ok(match result {
             Ok(out) => Ok(to_wit_messages(&out)),
             Err(e) => Err(to_wit_error(&e)),
         })
+    }
+}
+
+/// The message a middleware hands to `next`: the one in flight (same delivery, context and
+/// route, so the chain inside acks, retries and poisons the real message) carrying the uuid,
+/// metadata and payload the guest passed. An empty uuid keeps the original.
+pub(crate) fn pass_on(current: &Message, from_guest: types::MessageResult) -> Message {
+    let mut msg = current.clone();
+    if !from_guest.uuid.is_empty() {
+        msg.uuid = from_guest.uuid;
+    }
+    msg.metadata = from_guest.metadata.into_iter().collect();
+    msg.payload = from_guest.payload.into();
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_passes_on_the_message_in_flight_with_the_guests_changes() {
+        let current = Message::with_uuid("u1", "old").with_metadata("a", "1");
+        let passed = pass_on(
+            &current,
+            types::MessageResult {
+                uuid: String::new(),
+                metadata: vec![("b".into(), "2".into())],
+                payload: b"new".to_vec(),
+            },
+        );
+        assert!(
+            passed.same_delivery(&current),
+            "a detached copy was passed on"
+        );
+        assert_eq!(passed.uuid, "u1");
+        assert_eq!(&passed.payload[..], b"new");
+        assert_eq!(passed.metadata.get("b"), "2");
+        assert!(!passed.metadata.contains("a"));
+        assert!(passed.ack());
+        assert_eq!(current.ack_state(), crate::message::AckState::Acked);
     }
 }

@@ -136,6 +136,7 @@ mod tests {
             subscribe_topic: "in".into(),
             publish_topic: None,
             stats: Some(Arc::new(HandlerStats::default())),
+            close: None,
         });
         let mut msg = Message::with_uuid("u", "p");
         msg.context_mut().set_route(&route);

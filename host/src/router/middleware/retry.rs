@@ -131,10 +131,14 @@ impl Handler for Retrying {
             if let Some(stats) = msg.context().stats() {
                 HandlerStats::inc(&stats.retried);
             }
+            let closing = msg.context().closing().cloned().unwrap_or_default();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 // The message's context ended (acked elsewhere, or shutting down): stop.
                 _ = msg.context().cancellation().cancelled() => return Err(err),
+                // The router is closing: give up now rather than sleep through its
+                // close_timeout; the nacked message is delivered again later.
+                _ = closing.cancelled() => return Err(err),
             }
         }
     }
