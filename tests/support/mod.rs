@@ -175,6 +175,74 @@ impl Host {
         Ok(body["uuid"].as_str().unwrap_or_default().to_string())
     }
 
+    /// POSTs a JSON envelope (`{"payload", "metadata"?, ...}`) to `topic`; returns the uuid
+    /// the host assigned.
+    pub async fn publish_json(&self, topic: &str, envelope: serde_json::Value) -> Result<String> {
+        let r = self
+            .http
+            .post(format!("{}/topics/{topic}", self.url))
+            .json(&envelope)
+            .send()
+            .await?;
+        let status = r.status();
+        let body: serde_json::Value = r.json().await?;
+        if status.as_u16() != 202 {
+            bail!("publish answered {status}: {body}");
+        }
+        Ok(body["uuid"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// The entries of GET /handlers.
+    pub async fn handler_list(&self) -> Result<Vec<serde_json::Value>> {
+        let all = self.handlers().await?;
+        Ok(all
+            .as_array()
+            .cloned()
+            .or_else(|| all["handlers"].as_array().cloned())
+            .unwrap_or_default())
+    }
+
+    /// Polls GET /handlers until an entry satisfies `pred`; returns it. Fails after `limit`
+    /// naming `what` and the last listing.
+    pub async fn wait_handler(
+        &self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let list = self.handler_list().await?;
+            if let Some(h) = list.iter().find(|h| pred(h)) {
+                return Ok(h.clone());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{what}: not within {limit:?}; /handlers: {list:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls GET /handlers until no entry satisfies `pred`.
+    pub async fn wait_no_handler(
+        &self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let list = self.handler_list().await?;
+            if !list.iter().any(&pred) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{what}: still listed after {limit:?}; /handlers: {list:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// GET /handlers as JSON.
     pub async fn handlers(&self) -> Result<serde_json::Value> {
         Ok(self

@@ -172,13 +172,10 @@ pub async fn run(
     );
     manager.start_all().await;
 
-    let mut events = crate::plugins::watch::watch(&plugins_dir, Duration::from_millis(300))?;
-    let watcher_manager = manager.clone();
-    tokio::spawn(async move {
-        while let Some(ev) = events.recv().await {
-            watcher_manager.on_event(ev).await;
-        }
-    });
+    manager.watch(crate::plugins::watch::watch(
+        &plugins_dir,
+        Duration::from_millis(300),
+    )?);
     tracing::info!(plugins = %plugins_dir.display(), "watching the plugins folder");
 
     let addr = options

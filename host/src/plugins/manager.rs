@@ -1,25 +1,35 @@
-//! The plugins folder's handlers: start them, hot-swap their versions, stop them.
+//! The plugins folder's handlers: who owns which handler name, and starting and stopping them.
 //!
 //! Reload is the only code path (Vector's topology controller): every file event goes through
-//! [`PluginManager::on_event`], which compiles off the message path and then either swaps the
-//! version behind a running handler's instance pool (in-flight messages finish on the old
-//! version, the next message runs the new one), starts a handler, or stops one. A file that
-//! does not compile never replaces a working version: the error is logged and shown.
+//! [`PluginManager::on_event`] (see `reload`), which compiles and checks a file off the message
+//! path and then swaps the version behind a running handler's (or `{ wasm }` middleware's)
+//! instance pool, starts a handler, or stops one.
+//!
+//! **One file owns a handler name at a time.** A route (from the config or a sidecar) claims
+//! its name before it starts; a route naming a handler that another file owns is refused
+//! without touching the owner, logged, and listed in `GET /handlers` as a separate `failed`
+//! entry of its own file. Removing the refused file removes that entry and changes nothing for
+//! the owner. When the owner's name is freed (its plugin or sidecar removed), the refused
+//! files are offered the name again, in their own event queues.
+//!
+//! **Deleting a plugin** stops its handlers after their in-flight messages; a sidecar-bound
+//! handler then leaves `GET /handlers`, a configured one stays as `stopped` (the config still
+//! declares it) and starts again when its file comes back.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use super::watch::FileEvent;
 use crate::error::{Error, Result};
 use crate::pubsub::registry::Backend;
-use crate::router::{
-    BoxMiddleware, HandlerHandle, HandlerSpec, HandlerState, Router, StatsSnapshot,
-};
-use crate::wasm::{CompiledPlugin, Grants, InstancePool, Limits, WasmEngine, WasmHandler};
+use crate::router::{BoxMiddleware, HandlerHandle, HandlerSpec, HandlerState, Router};
+use crate::wasm::{CompiledPlugin, Grants, InstancePool, Limits, WasmEngine, WasmHandler, World};
+
+pub use super::info::{Counts, HandlerInfo, MiddlewareVersion};
 
 /// A topic on a named backend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -74,81 +84,88 @@ pub type SidecarReader = Arc<dyn Fn(&Path, &Path) -> Result<HandlerRoute> + Send
 /// Called with a handler's name after a new version was swapped in.
 pub type ReloadListener = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// One handler as `GET /handlers` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct HandlerInfo {
-    /// Handler name.
-    pub name: String,
-    /// Plugin file name.
-    pub plugin: String,
-    /// sha256 of the version running (empty if none ever loaded).
-    pub sha256: String,
-    /// When that version was loaded (RFC 3339).
-    pub loaded_at: Option<String>,
-    /// Subscribed topic.
-    pub subscribe: TopicRef,
-    /// Output topic.
-    pub publish: Option<TopicRef>,
-    /// `running`, `failed`, `stopped` (or `pending`).
-    pub state: HandlerState,
-    /// Counters.
-    pub counts: Counts,
-    /// The last error: a failed reload, or the last message failure.
-    pub last_error: Option<String>,
-    /// How many times a new version was swapped in.
-    pub reloads: u64,
-    /// Fuel consumed by all messages so far.
-    pub fuel_consumed: u64,
-    /// Middleware, outermost first.
-    pub middleware: Vec<String>,
-    /// Whether it is bound by a sidecar.
-    pub sidecar: bool,
+/// A `{ wasm }` middleware of a handler's chain: its file, its pool and its reload record.
+pub(super) struct MiddlewareSlot {
+    pub(super) file: String,
+    pub(super) pool: Arc<InstancePool>,
+    pub(super) reloads: u64,
+    /// Why the last new version of the file was refused (cleared by a good one).
+    pub(super) error: Option<String>,
 }
 
-/// Message counters of a handler.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Counts {
-    /// Handled and acked.
-    pub processed: u64,
-    /// Failed (nacked).
-    pub failed: u64,
-    /// Retries made.
-    pub retried: u64,
-    /// Sent to a poison queue.
-    pub poisoned: u64,
+/// A handler name and the route (and so the file) that owns it.
+pub(super) struct Entry {
+    pub(super) route: HandlerRoute,
+    pub(super) handle: Option<HandlerHandle>,
+    pub(super) pool: Option<Arc<InstancePool>>,
+    pub(super) middleware: Vec<String>,
+    pub(super) wasm_middleware: Vec<MiddlewareSlot>,
+    /// A failed start, or the last refused version of the handler's own file.
+    pub(super) last_error: Option<String>,
+    pub(super) reloads: u64,
+    /// The state shown while there is no router handler: `Pending`, `Failed` or `Stopped`.
+    pub(super) idle: HandlerState,
 }
 
-struct Running {
-    route: HandlerRoute,
-    handle: Option<HandlerHandle>,
-    pool: Option<Arc<InstancePool>>,
-    middleware: Vec<String>,
-    /// The pools of the route's WASM middleware, by file.
-    #[allow(dead_code)]
-    wasm_middleware: Vec<(String, Arc<InstancePool>)>,
-    last_error: Option<String>,
-    reloads: u64,
+impl Entry {
+    /// Whether a router handler runs (or is stopping) for it.
+    pub(super) fn is_live(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.is_stopped())
+    }
+}
+
+/// A route refused because another file owns its handler name.
+pub(super) struct Refused {
+    pub(super) route: HandlerRoute,
+    pub(super) error: String,
+}
+
+/// The manager's record of handler names.
+#[derive(Default)]
+pub(super) struct Handlers {
+    /// By handler name: the owner of each name.
+    pub(super) entries: HashMap<String, Entry>,
+    /// Routes refused because their name is owned by another file.
+    pub(super) refused: Vec<Refused>,
 }
 
 /// Owns the WASM handlers of a running host.
 pub struct PluginManager {
-    engine: WasmEngine,
+    pub(super) engine: WasmEngine,
     router: Router,
     backends: HashMap<String, Backend>,
-    dir: PathBuf,
-    configured: Vec<HandlerRoute>,
+    pub(super) dir: PathBuf,
+    pub(super) configured: Vec<HandlerRoute>,
     middleware: MiddlewareFactory,
     sidecar: SidecarReader,
-    handlers: Mutex<HashMap<String, Running>>,
-    reload_listeners: Mutex<Vec<ReloadListener>>,
+    pub(super) state: Mutex<Handlers>,
+    pub(super) reload_listeners: Mutex<Vec<ReloadListener>>,
+    /// Feeds events back into the per-file queues (set by [`PluginManager::watch`]).
+    pub(super) requeue: OnceLock<mpsc::UnboundedSender<FileEvent>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+/// The file name of `path` (`x.wasm`).
+pub(super) fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The first 12 hex digits of a sha256, for logs.
+pub(super) fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+/// What started for a route.
+struct Started {
+    handle: HandlerHandle,
+    pool: Arc<InstancePool>,
+    middleware: Vec<String>,
+    wasm_middleware: Vec<(String, Arc<InstancePool>)>,
 }
 
 impl PluginManager {
@@ -170,8 +187,9 @@ impl PluginManager {
             configured,
             middleware,
             sidecar,
-            handlers: Mutex::new(HashMap::new()),
+            state: Mutex::new(Handlers::default()),
             reload_listeners: Mutex::new(Vec::new()),
+            requeue: OnceLock::new(),
         })
     }
 
@@ -181,6 +199,8 @@ impl PluginManager {
     }
 
     /// Starts every configured handler and every plugin in the folder that has a sidecar.
+    /// Configured handlers claim their names first; among sidecars, a file named after its
+    /// handler (`uppercase.wasm` for `uppercase`) claims before one that borrows the name.
     pub async fn start_all(self: &Arc<Self>) {
         for route in self.configured.clone() {
             self.start(route).await;
@@ -189,127 +209,36 @@ impl PluginManager {
             .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
         files.sort();
-        for wasm in files
+        let mut routes: Vec<HandlerRoute> = files
             .iter()
             .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
-        {
-            self.start_from_sidecar(wasm).await;
+            .filter_map(|wasm| self.read_sidecar(wasm))
+            .collect();
+        routes.sort_by_key(|r| Path::new(&r.plugin).file_stem() != Some(r.name.as_ref()));
+        for route in routes {
+            self.start(route).await;
         }
     }
 
-    fn file_name(path: &Path) -> String {
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    }
-
-    async fn start_from_sidecar(self: &Arc<Self>, wasm: &Path) {
+    /// The route of `wasm`'s sidecar, if it has one and the config does not bind the file.
+    pub(super) fn read_sidecar(&self, wasm: &Path) -> Option<HandlerRoute> {
         let sidecar = wasm.with_extension("toml");
-        let plugin = Self::file_name(wasm);
+        let plugin = file_name(wasm);
         if !sidecar.exists() || self.configured.iter().any(|r| r.plugin == plugin) {
-            return;
+            return None;
         }
         match (self.sidecar)(&sidecar, wasm) {
-            Ok(route) => self.start(route).await,
-            Err(e) => tracing::error!(sidecar = %sidecar.display(), "invalid sidecar: {e}"),
-        }
-    }
-
-    /// Handles one event of the plugins folder.
-    pub async fn on_event(self: &Arc<Self>, event: FileEvent) {
-        let path = event.path().to_path_buf();
-        let is_wasm = path.extension().is_some_and(|e| e == "wasm");
-        match (event, is_wasm) {
-            (FileEvent::Ready(_), true) => self.file_ready(&path).await,
-            (FileEvent::Removed(_), true) => self.file_removed(&Self::file_name(&path)).await,
-            (FileEvent::Ready(_), false) => {
-                // A sidecar changed: restart its handler with the new route.
-                let wasm = path.with_extension("wasm");
-                self.stop_plugin(&Self::file_name(&wasm), true).await;
-                if wasm.exists() {
-                    self.start_from_sidecar(&wasm).await;
-                }
-            }
-            (FileEvent::Removed(_), false) => {
-                let wasm = path.with_extension("wasm");
-                self.stop_plugin(&Self::file_name(&wasm), true).await;
+            Ok(route) => Some(route),
+            Err(e) => {
+                tracing::error!(sidecar = %sidecar.display(), "invalid sidecar: {e}");
+                None
             }
         }
     }
 
-    async fn file_ready(self: &Arc<Self>, path: &Path) {
-        let plugin = Self::file_name(path);
-        let bound: Vec<String> = lock(&self.handlers)
-            .iter()
-            .filter(|(_, r)| {
-                r.route.plugin == plugin && r.handle.as_ref().is_some_and(|h| !h.is_stopped())
-            })
-            .map(|(n, _)| n.clone())
-            .collect();
-        if bound.is_empty() {
-            // Not running: a configured route or a sidecar may bind it now.
-            if let Some(route) = self.configured.iter().find(|r| r.plugin == plugin).cloned() {
-                self.start(route).await;
-            } else {
-                self.start_from_sidecar(path).await;
-            }
-            return;
-        }
-        let compiled = self.engine.compile_file(path).await;
-        let mut handlers = lock(&self.handlers);
-        for name in bound {
-            let Some(running) = handlers.get_mut(&name) else {
-                continue;
-            };
-            match &compiled {
-                Ok(new) => {
-                    let Some(pool) = &running.pool else { continue };
-                    if pool.current().sha256 == new.sha256 {
-                        continue;
-                    }
-                    let old = pool.current().sha256.clone();
-                    pool.replace(new.clone());
-                    running.reloads += 1;
-                    running.last_error = None;
-                    tracing::info!(handler = %name, plugin = %plugin, from = %short(&old), to = %short(&new.sha256), "plugin reloaded: new version serves the next message");
-                    for f in lock(&self.reload_listeners).iter() {
-                        f(&name);
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(handler = %name, plugin = %plugin, "reload refused, the previous version keeps serving: {e}");
-                    running.last_error = Some(format!("reload refused: {e}"));
-                }
-            }
-        }
-    }
-
-    async fn file_removed(self: &Arc<Self>, plugin: &str) {
-        self.stop_plugin(plugin, false).await;
-    }
-
-    /// Stops the handlers bound to `plugin` (after their in-flight messages). With
-    /// `sidecar_only`, only those bound by a sidecar.
-    async fn stop_plugin(self: &Arc<Self>, plugin: &str, sidecar_only: bool) {
-        let handles: Vec<(String, HandlerHandle)> = lock(&self.handlers)
-            .iter()
-            .filter(|(_, r)| r.route.plugin == plugin && (!sidecar_only || r.route.from_sidecar))
-            .filter_map(|(n, r)| r.handle.clone().map(|h| (n.clone(), h)))
-            .collect();
-        for (name, h) in handles {
-            if h.is_stopped() {
-                continue;
-            }
-            let why = if sidecar_only {
-                "sidecar changed or removed"
-            } else {
-                "plugin removed"
-            };
-            tracing::info!(handler = %name, plugin, "{why}: stopping after in-flight messages");
-            h.stop();
-            h.stopped().await;
-            tracing::info!(handler = %name, "handler stopped");
-        }
+    /// Reads `sidecar` (of `wasm`) into a route.
+    pub(super) fn parse_sidecar(&self, sidecar: &Path, wasm: &Path) -> Result<HandlerRoute> {
+        (self.sidecar)(sidecar, wasm)
     }
 
     fn backend(&self, name: &str) -> Result<&Backend> {
@@ -318,59 +247,109 @@ impl PluginManager {
             .ok_or_else(|| Error::Config(format!("unknown pubsub {name:?}")))
     }
 
-    async fn start(self: &Arc<Self>, route: HandlerRoute) {
+    /// Claims the route's handler name for its file and starts the handler. A name owned by
+    /// another file is refused (the owner is not touched).
+    pub(super) async fn start(self: &Arc<Self>, route: HandlerRoute) {
         let name = route.name.clone();
-        let result = self.try_start(&route).await;
-        let mut handlers = lock(&self.handlers);
-        let reloads = handlers.get(&name).map_or(0, |r| r.reloads);
-        match result {
-            Ok((handle, pool, middleware, wasm_middleware)) => {
-                tracing::info!(handler = %name, plugin = %route.plugin, sha256 = %short(&pool.current().sha256), "handler loaded");
-                handlers.insert(
-                    name,
-                    Running {
-                        route,
-                        handle: Some(handle),
-                        pool: Some(pool),
-                        middleware,
-                        wasm_middleware,
-                        last_error: None,
-                        reloads,
-                    },
-                );
+        {
+            let mut guard = lock(&self.state);
+            let st = &mut *guard;
+            st.refused
+                .retain(|r| !(r.route.plugin == route.plugin && r.route.name == name));
+            match st.entries.get_mut(&name) {
+                Some(owner) if owner.route.plugin != route.plugin => {
+                    let by = if route.from_sidecar {
+                        format!(
+                            "sidecar {}",
+                            Path::new(&route.plugin).with_extension("toml").display()
+                        )
+                    } else {
+                        "the config".to_string()
+                    };
+                    let error = format!(
+                        "handler {name:?} already runs {}: {} (from {by}) refused",
+                        owner.route.plugin, route.plugin
+                    );
+                    tracing::error!(handler = %name, plugin = %route.plugin, owner = %owner.route.plugin, "handler name taken, refused; the owner is not touched: {error}");
+                    st.refused.push(Refused { route, error });
+                    return;
+                }
+                Some(e)
+                    if e.is_live() || (e.handle.is_none() && e.idle == HandlerState::Pending) =>
+                {
+                    tracing::warn!(handler = %name, plugin = %route.plugin, "already running or starting; not started again");
+                    return;
+                }
+                Some(e) => {
+                    e.route = route.clone();
+                    e.idle = HandlerState::Pending;
+                    e.handle = None;
+                    e.last_error = None;
+                }
+                None => {
+                    st.entries.insert(
+                        name.clone(),
+                        Entry {
+                            route: route.clone(),
+                            handle: None,
+                            pool: None,
+                            middleware: Vec::new(),
+                            wasm_middleware: Vec::new(),
+                            last_error: None,
+                            reloads: 0,
+                            idle: HandlerState::Pending,
+                        },
+                    );
+                }
             }
-            Err(e) => {
-                tracing::error!(handler = %name, plugin = %route.plugin, "cannot start handler: {e}");
-                handlers.insert(
-                    name,
-                    Running {
-                        route,
-                        handle: None,
-                        pool: None,
-                        middleware: Vec::new(),
-                        wasm_middleware: Vec::new(),
-                        last_error: Some(e.to_string()),
-                        reloads,
-                    },
-                );
+        }
+        let result = self.try_start(&route).await;
+        let mut st = lock(&self.state);
+        let Some(e) = st
+            .entries
+            .get_mut(&name)
+            .filter(|e| e.route.plugin == route.plugin)
+        else {
+            // Released while starting (cannot happen while a file's events run in order).
+            if let Ok(s) = result {
+                s.handle.stop();
+            }
+            return;
+        };
+        match result {
+            Ok(s) => {
+                tracing::info!(handler = %name, plugin = %route.plugin, sha256 = %short(&s.pool.current().sha256), "handler loaded");
+                e.handle = Some(s.handle);
+                e.pool = Some(s.pool);
+                e.middleware = s.middleware;
+                e.wasm_middleware = s
+                    .wasm_middleware
+                    .into_iter()
+                    .map(|(file, pool)| MiddlewareSlot {
+                        file,
+                        pool,
+                        reloads: 0,
+                        error: None,
+                    })
+                    .collect();
+            }
+            Err(err) => {
+                tracing::error!(handler = %name, plugin = %route.plugin, "cannot start handler: {err}");
+                e.idle = HandlerState::Failed;
+                e.pool = None;
+                e.middleware = Vec::new();
+                e.wasm_middleware = Vec::new();
+                e.last_error = Some(err.to_string());
             }
         }
     }
 
-    async fn try_start(
-        &self,
-        route: &HandlerRoute,
-    ) -> Result<(
-        HandlerHandle,
-        Arc<InstancePool>,
-        Vec<String>,
-        Vec<(String, Arc<InstancePool>)>,
-    )> {
+    async fn try_start(&self, route: &HandlerRoute) -> Result<Started> {
         let plugin: Arc<CompiledPlugin> = self
             .engine
             .compile_file(&self.dir.join(&route.plugin))
             .await?;
-        if plugin.info.world != crate::wasm::World::Handler {
+        if plugin.info.world != World::Handler {
             return Err(Error::Wasm {
                 plugin: route.plugin.clone(),
                 message: format!(
@@ -406,61 +385,89 @@ impl PluginManager {
         if let Some(k) = &route.order_key {
             spec = spec.order_key(k.clone());
         }
-        let built = (self.middleware)(route)?;
+        // Building compiles the `{ wasm }` middleware: off the async threads.
+        let built = {
+            let factory = self.middleware.clone();
+            let r = route.clone();
+            tokio::task::spawn_blocking(move || factory(&r))
+                .await
+                .map_err(|e| {
+                    Error::Other(format!(
+                        "build the middleware of handler {:?}: {e}",
+                        route.name
+                    ))
+                })??
+        };
         let names = built.chain.iter().map(|m| m.name().to_string()).collect();
         for m in built.chain {
             spec = spec.middleware(m);
         }
         let handle = self.router.add(spec)?;
-        Ok((handle, pool, names, built.wasm))
+        Ok(Started {
+            handle,
+            pool,
+            middleware: names,
+            wasm_middleware: built.wasm,
+        })
     }
 
-    /// What `GET /handlers` shows.
-    pub fn infos(&self) -> Vec<HandlerInfo> {
-        let handlers = lock(&self.handlers);
-        let mut out: Vec<HandlerInfo> = handlers
-            .iter()
-            .map(|(name, r)| {
-                let stats: StatsSnapshot = r
-                    .handle
-                    .as_ref()
-                    .map(|h| h.stats().snapshot())
-                    .unwrap_or_default();
-                let current = r.pool.as_ref().map(|p| p.current());
-                let state = match &r.handle {
-                    Some(h) => h.state(),
-                    None => HandlerState::Failed,
+    /// Stops the handlers bound to `plugin` (all at once, each after its in-flight messages),
+    /// with `sidecar_only` only those bound by a sidecar. Sidecar-bound ones are then removed,
+    /// configured ones stay as `stopped`. Files refused a name freed here get it offered again.
+    pub(super) async fn release(&self, plugin: &str, sidecar_only: bool, why: &str) {
+        let (names, handles) = {
+            let st = lock(&self.state);
+            let bound: Vec<&Entry> = st
+                .entries
+                .values()
+                .filter(|e| e.route.plugin == plugin && (!sidecar_only || e.route.from_sidecar))
+                .collect();
+            let names: Vec<String> = bound.iter().map(|e| e.route.name.clone()).collect();
+            let handles: Vec<HandlerHandle> = bound
+                .iter()
+                .filter(|e| e.is_live())
+                .filter_map(|e| e.handle.clone())
+                .collect();
+            (names, handles)
+        };
+        futures::future::join_all(handles.iter().map(|h| async move {
+            tracing::info!(handler = %h.name(), plugin, "{why}: stopping after in-flight messages");
+            h.stop();
+            h.stopped().await;
+            tracing::info!(handler = %h.name(), plugin, "handler stopped");
+        }))
+        .await;
+        let offer: Vec<String> = {
+            let mut st = lock(&self.state);
+            st.refused
+                .retain(|r| !(r.route.plugin == plugin && (!sidecar_only || r.route.from_sidecar)));
+            let mut freed = Vec::new();
+            for name in names {
+                let Some(e) = st
+                    .entries
+                    .get_mut(&name)
+                    .filter(|e| e.route.plugin == plugin)
+                else {
+                    continue;
                 };
-                HandlerInfo {
-                    name: name.clone(),
-                    plugin: r.route.plugin.clone(),
-                    sha256: current
-                        .as_ref()
-                        .map(|c| c.sha256.clone())
-                        .unwrap_or_default(),
-                    loaded_at: current.as_ref().map(|c| rfc3339(c.loaded_at)),
-                    subscribe: r.route.subscribe.clone(),
-                    publish: r.route.publish.clone(),
-                    state,
-                    counts: Counts {
-                        processed: stats.processed,
-                        failed: stats.failed,
-                        retried: stats.retried,
-                        poisoned: stats.poisoned,
-                    },
-                    last_error: r.last_error.clone().or(stats.last_error),
-                    reloads: r.reloads,
-                    fuel_consumed: r.pool.as_ref().map_or(0, |p| p.fuel_used()),
-                    middleware: r.middleware.clone(),
-                    sidecar: r.route.from_sidecar,
+                if e.route.from_sidecar {
+                    st.entries.remove(&name);
+                    freed.push(name);
+                } else if e.handle.is_none() {
+                    e.idle = HandlerState::Stopped;
                 }
-            })
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+            }
+            st.refused
+                .iter()
+                .filter(|r| freed.contains(&r.route.name))
+                .map(|r| r.route.plugin.clone())
+                .collect()
+        };
+        for file in offer {
+            tracing::info!(plugin = %file, "handler name freed: trying the refused file again");
+            if let Some(tx) = self.requeue.get() {
+                let _ = tx.send(FileEvent::Ready(self.dir.join(file)));
+            }
+        }
     }
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
 }

@@ -1,4 +1,7 @@
 //! The plugins folder: watch it, compile what changed off the message path, swap versions.
 
+mod info;
 pub mod manager;
+mod queue;
+mod reload;
 pub mod watch;
