@@ -101,7 +101,10 @@ async fn check_config_passes_the_readme_example_and_fails_a_broken_one() -> Resu
     std::fs::write(dir.path().join("wasmill.toml"), &broken)?;
     let out = wasmill(dir.path(), &["check", "--config", "wasmill.toml"]).await?;
     let stderr = text(&out.stderr);
-    assert!(!out.status.success(), "check passed a broken config:\n{broken}");
+    assert!(
+        !out.status.success(),
+        "check passed a broken config:\n{broken}"
+    );
     assert!(stderr.contains(UNKNOWN_OPTION), "{stderr}");
     assert!(
         stderr.contains("wasmill.toml: handlers[1].plugin: file ")

@@ -10,3 +10,6 @@ pub use file::{Config, Defaults, HandlerConfig, HostConfig, PubSubEntry, TopicSp
 pub use options::OptionError;
 pub use units::{duration, size};
 pub use wasm_middleware::WasmMiddlewareEntry;
+
+#[cfg(test)]
+mod doc_tests;

@@ -36,6 +36,21 @@ pub const NAMES: &[&str] = &[
     "delay_on_error",
 ];
 
+/// The options a built-in middleware takes as a table (empty: none, or not a table).
+pub fn option_names(name: &str) -> &'static [&'static str] {
+    use crate::config::options::field_names;
+    match name {
+        "retry" => field_names::<RetryConfig>(),
+        "circuit_breaker" => field_names::<CircuitBreakerConfig>(),
+        "delay_on_error" => field_names::<DelayOnError>(),
+        "poison_queue" => field_names::<PoisonQueueConfig>(),
+        "timeout" => field_names::<TimeoutOptions>(),
+        "throttle" => field_names::<ThrottleOptions>(),
+        "deduplicator" => field_names::<DedupOptions>(),
+        _ => &[],
+    }
+}
+
 /// A built-in middleware with its options, checked.
 #[derive(Debug, Clone)]
 pub enum MiddlewareSpec {
