@@ -101,7 +101,7 @@ pub fn route_for(cfg: &Config, h: &HandlerConfig, from_sidecar: bool) -> Handler
 /// Checks `cfg` with the plugins folder `plugins_dir` (`wasmill run` before it serves,
 /// `wasmill check --config`): every problem is in the report. Compiles through the compile
 /// cache the host uses.
-pub async fn check_options(cfg: &Config, plugins_dir: &Path) -> Result<CheckReport> {
+pub async fn check_setup(cfg: &Config, plugins_dir: &Path) -> Result<CheckReport> {
     let engine = WasmEngine::new(EngineConfig {
         cache_dir: Some(cfg.cache_dir(plugins_dir)),
     })?;
@@ -128,7 +128,7 @@ pub async fn run(
         })?;
     }
     // The whole configuration is checked before anything connects, subscribes or listens.
-    let report = check_options(&cfg, &plugins_dir).await?.into_result()?;
+    let report = check_setup(&cfg, &plugins_dir).await?.into_result()?;
     tracing::info!("{}", report.summary(&cfg.file));
     let backends = connect_backends(&cfg).await?;
     let cache_dir = cfg

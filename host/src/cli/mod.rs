@@ -33,7 +33,7 @@ pub fn check(file: &Path) -> Result<()> {
 pub async fn check_config(config: &Path, plugins: Option<PathBuf>) -> Result<()> {
     let cfg = wasmill::config::Config::load(config)?;
     let plugins_dir = plugins.unwrap_or_else(|| cfg.plugins_dir());
-    let report = wasmill::app::check_options(&cfg, &plugins_dir).await?;
+    let report = wasmill::app::check_setup(&cfg, &plugins_dir).await?;
     let summary = report.summary(&cfg.file);
     if !report.is_ok() {
         for e in &report.errors {
