@@ -50,10 +50,19 @@ enum Command {
         #[arg(long)]
         http: Option<String>,
     },
-    /// Says which world a component implements and what it imports.
+    /// Says which world a component implements and what it imports; with --config, checks a
+    /// whole configuration (handlers, sidecars, middleware, worlds, grants, backends' settings)
+    /// without running it.
     Check {
         /// The .wasm file.
-        file: PathBuf,
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// A config file to check as `wasmill run` would before serving.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Plugins folder (with --config; default: the config's).
+        #[arg(long, requires = "config")]
+        plugins: Option<PathBuf>,
     },
     /// Publishes a message to a topic of a running host.
     Publish(cli::PublishArgs),
@@ -98,7 +107,15 @@ async fn main() -> ExitCode {
                 .await
                 .map_err(anyhow::Error::from)
         }
-        Command::Check { file } => cli::check(&file),
+        Command::Check {
+            file,
+            config,
+            plugins,
+        } => match (file, config) {
+            (_, Some(config)) => cli::check_config(&config, plugins).await,
+            (Some(file), None) => cli::check(&file),
+            (None, None) => Err(anyhow::anyhow!("give FILE.wasm or --config FILE")),
+        },
         Command::Publish(a) => cli::publish(a).await,
         Command::Tail(a) => cli::tail(a).await,
         Command::Build(a) => cli::build(a),

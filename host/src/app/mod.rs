@@ -1,6 +1,7 @@
 //! `wasmill run`: the config, the backends, the router, the plugins folder and the HTTP API
 //! wired together, until a shutdown signal closes them gracefully.
 
+pub mod check;
 mod middleware;
 
 use std::collections::HashMap;
@@ -15,6 +16,7 @@ use crate::pubsub::registry::{self, Backend};
 use crate::router::{Router, RouterConfig};
 use crate::wasm::{EngineConfig, Limits, WasmEngine};
 
+pub use check::{CheckReport, check_config};
 pub use middleware::build_middleware;
 
 /// Options of `wasmill run` that override the config file.
@@ -96,6 +98,15 @@ pub fn route_for(cfg: &Config, h: &HandlerConfig, from_sidecar: bool) -> Handler
     }
 }
 
+/// Checks `cfg` with the plugins folder `plugins_dir` (`wasmill run` before it serves,
+/// `wasmill check --config`): every problem is in the report. Compiles through the compile
+/// cache the host uses.
+pub async fn check_setup(cfg: &Config, plugins_dir: &Path) -> Result<CheckReport> {
+    let cache_dir = crate::wasm::cache::resolve_dir(cfg.cache_dir(), plugins_dir)?;
+    let engine = WasmEngine::new(EngineConfig { cache_dir })?;
+    Ok(check_config(cfg, plugins_dir, &engine).await)
+}
+
 /// Runs the host until `shutdown` resolves, then closes it gracefully (in-flight messages
 /// finish within `close_timeout`).
 pub async fn run(
@@ -115,9 +126,11 @@ pub async fn run(
             )
         })?;
     }
+    // The whole configuration is checked before anything connects, subscribes or listens.
+    let report = check_setup(&cfg, &plugins_dir).await?.into_result()?;
+    tracing::info!("{}", report.summary(&cfg.file));
     let backends = connect_backends(&cfg).await?;
-    let configured = cfg.host.cache_dir.as_ref().map(|d| cfg.base_dir.join(d));
-    let cache_dir = crate::wasm::cache::resolve_dir(configured, &plugins_dir)?;
+    let cache_dir = crate::wasm::cache::resolve_dir(cfg.cache_dir(), &plugins_dir)?;
     let engine = WasmEngine::new(EngineConfig { cache_dir })?;
     let router = Router::new(RouterConfig {
         close_timeout: cfg.host.close_timeout,
@@ -153,11 +166,10 @@ pub async fn run(
     };
     let sidecar_reader = {
         let cfg = cfg.clone();
-        let backends: Vec<String> = backends.keys().cloned().collect();
+        let dir = plugins_dir.clone();
         Arc::new(move |sidecar: &Path, wasm: &Path| {
             let h = HandlerConfig::from_sidecar(sidecar, wasm)?;
-            let known = |p: &str| backends.iter().any(|b| b == p);
-            h.check_sidecar(&sidecar.display().to_string(), &known)?;
+            check::check_sidecar(&cfg, &dir, sidecar, &h)?;
             Ok(route_for(&cfg, &h, true))
         })
     };

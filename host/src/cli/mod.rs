@@ -27,6 +27,24 @@ pub fn check(file: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `wasmill check --config FILE [--plugins DIR]`: the whole configuration checked as
+/// `wasmill run` checks it before it serves, nothing run. A one-line summary when it is fine;
+/// otherwise every problem on stderr and an error.
+pub async fn check_config(config: &Path, plugins: Option<PathBuf>) -> Result<()> {
+    let cfg = wasmill::config::Config::load(config)?;
+    let plugins_dir = plugins.unwrap_or_else(|| cfg.plugins_dir());
+    let report = wasmill::app::check_setup(&cfg, &plugins_dir).await?;
+    let summary = report.summary(&cfg.file);
+    if !report.is_ok() {
+        for e in &report.errors {
+            eprintln!("{e}");
+        }
+        bail!("{summary}");
+    }
+    println!("{summary}");
+    Ok(())
+}
+
 /// Arguments of `wasmill publish`.
 #[derive(Args)]
 pub struct PublishArgs {

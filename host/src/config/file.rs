@@ -7,7 +7,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::pubsub::registry::KINDS;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -188,7 +187,9 @@ fn parse<T: serde::de::DeserializeOwned>(file: &str, text: &str) -> Result<T> {
 }
 
 impl Config {
-    /// Reads and validates `path`.
+    /// Reads and parses `path`: syntax, unknown keys and value formats. What parsing cannot
+    /// see (references, files, components, backends' settings) is checked as a whole by
+    /// `crate::app::check`.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("{}: cannot read: {e}", path.display())))?;
@@ -199,7 +200,6 @@ impl Config {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        cfg.validate()?;
         Ok(cfg)
     }
 
@@ -208,80 +208,19 @@ impl Config {
         self.base_dir.join(&self.host.plugins_dir)
     }
 
-    /// Checks what parsing cannot: backend kinds, references, names, files.
-    pub fn validate(&self) -> Result<()> {
-        let f = &self.file;
-        for (name, entry) in &self.pubsub {
-            if !KINDS.contains(&entry.kind.as_str()) {
-                return Err(Error::Config(format!(
-                    "{f}: pubsub.{name}.kind: unknown backend {:?}; expected one of {}",
-                    entry.kind,
-                    KINDS.join(", ")
-                )));
-            }
-        }
-        let known = |name: &str| name == "memory" || self.pubsub.contains_key(name);
-        if !known(&self.host.default_pubsub) {
-            return Err(Error::Config(format!(
-                "{f}: host.default_pubsub: unknown pubsub {:?}",
-                self.host.default_pubsub
-            )));
-        }
-        let mut names = std::collections::HashSet::new();
-        for (i, h) in self.handlers.iter().enumerate() {
-            let at = format!("{f}: handlers[{i}]");
-            let Some(name) = &h.name else {
-                return Err(Error::Config(format!("{at}: missing key \"name\"")));
-            };
-            if !names.insert(name.clone()) {
-                return Err(Error::Config(format!(
-                    "{at}.name: duplicate handler name {name:?}"
-                )));
-            }
-            let Some(plugin) = &h.plugin else {
-                return Err(Error::Config(format!("{at}: missing key \"plugin\"")));
-            };
-            let path = self.plugins_dir().join(plugin);
-            if !path.exists() {
-                return Err(Error::Config(format!(
-                    "{at}.plugin: file {} not found",
-                    path.display()
-                )));
-            }
-            h.check(&at, &known)?;
-        }
-        Ok(())
+    /// `[host] cache_dir` resolved against the config file's folder, if configured (see
+    /// `wasm::cache::resolve_dir` for the default and the checks).
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        self.host.cache_dir.as_ref().map(|d| self.base_dir.join(d))
+    }
+
+    /// Whether `name` is a backend of this config (`memory` always is).
+    pub fn knows_pubsub(&self, name: &str) -> bool {
+        name == "memory" || self.pubsub.contains_key(name)
     }
 }
 
 impl HandlerConfig {
-    fn check(&self, at: &str, known: &dyn Fn(&str) -> bool) -> Result<()> {
-        if self.concurrency == 0 {
-            return Err(Error::Config(format!(
-                "{at}.concurrency: must be at least 1"
-            )));
-        }
-        let mut topics = vec![("subscribe", &self.subscribe)];
-        if let Some(p) = &self.publish {
-            topics.push(("publish", p));
-        }
-        for t in &self.allow_publish {
-            topics.push(("allow_publish", t));
-        }
-        for (key, t) in topics {
-            if let TopicSpec::On {
-                pubsub: Some(p), ..
-            } = t
-                && !known(p)
-            {
-                return Err(Error::Config(format!(
-                    "{at}.{key}.pubsub: unknown pubsub {p:?} (declare it as [pubsub.{p}])"
-                )));
-            }
-        }
-        Ok(())
-    }
-
     /// Reads a sidecar `FILE.toml` for `FILE.wasm`: `name` defaults to the stem, `plugin` is
     /// the wasm file.
     pub fn from_sidecar(sidecar: &Path, wasm: &Path) -> Result<HandlerConfig> {
@@ -305,11 +244,6 @@ impl HandlerConfig {
         }
         h.plugin = Some(plugin);
         Ok(h)
-    }
-
-    /// Validates a sidecar's references against the known backends.
-    pub fn check_sidecar(&self, file: &str, known: &dyn Fn(&str) -> bool) -> Result<()> {
-        self.check(file, known)
     }
 }
 
@@ -394,43 +328,10 @@ middleware = [
             "{e}"
         );
 
-        let (_d, e) = setup("[pubsub.q]\nkind = \"kafka\"\n");
-        let e = e.unwrap_err().to_string();
-        assert!(
-            e.contains("pubsub.q.kind") && e.contains("kafka") && e.contains("memory"),
-            "{e}"
-        );
-
-        let (_d, e) =
-            setup("[[handlers]]\nname = \"a\"\nplugin = \"missing.wasm\"\nsubscribe = \"t\"\n");
-        let e = e.unwrap_err().to_string();
-        assert!(
-            e.contains("handlers[0].plugin") && e.contains("missing.wasm"),
-            "{e}"
-        );
-
         let (_d, e) =
             setup("[[handlers]]\nname = \"a\"\nplugin = \"uppercase.wasm\"\nsubscrib = \"t\"\n");
         let e = e.unwrap_err().to_string();
         assert!(e.contains("subscrib") && e.contains("line"), "{e}");
-
-        let (_d, e) = setup(
-            "[[handlers]]\nname = \"a\"\nplugin = \"uppercase.wasm\"\nsubscribe = { pubsub = \"nope\", topic = \"t\" }\n",
-        );
-        let e = e.unwrap_err().to_string();
-        assert!(
-            e.contains("handlers[0].subscribe.pubsub") && e.contains("nope"),
-            "{e}"
-        );
-
-        let (_d, e) = setup(
-            "[[handlers]]\nname = \"a\"\nplugin = \"uppercase.wasm\"\nsubscribe = \"t\"\n[[handlers]]\nname = \"a\"\nplugin = \"uppercase.wasm\"\nsubscribe = \"t\"\n",
-        );
-        assert!(
-            e.unwrap_err()
-                .to_string()
-                .contains("duplicate handler name")
-        );
     }
 
     #[test]

@@ -2,9 +2,14 @@
 //! the file, the key and what was expected.
 
 mod file;
+pub mod options;
 mod units;
 mod wasm_middleware;
 
 pub use file::{Config, Defaults, HandlerConfig, HostConfig, PubSubEntry, TopicSpec};
+pub use options::OptionError;
 pub use units::{duration, size};
 pub use wasm_middleware::WasmMiddlewareEntry;
+
+#[cfg(test)]
+mod doc_tests;

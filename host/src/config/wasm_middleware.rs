@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::TopicSpec;
+use super::{OptionError, TopicSpec};
 use crate::error::{Error, Result};
 
 /// A `{ wasm = "FILE.wasm", fuel = …, timeout = …, memory = …, allow_publish = […] }` entry.
@@ -42,18 +42,21 @@ impl WasmMiddlewareEntry {
     /// The entry if `entry` is a `{ wasm = … }` table, `None` for any other middleware entry;
     /// an error names the key that is wrong.
     pub fn parse(entry: &toml::Value) -> Result<Option<WasmMiddlewareEntry>> {
+        Self::parse_checked(entry).map_err(|e| Error::Config(format!("middleware {{ wasm }}: {e}")))
+    }
+
+    /// As [`WasmMiddlewareEntry::parse`], with an error that names the option: an unknown key
+    /// lists the known ones.
+    pub fn parse_checked(
+        entry: &toml::Value,
+    ) -> std::result::Result<Option<WasmMiddlewareEntry>, OptionError> {
         let toml::Value::Table(t) = entry else {
             return Ok(None);
         };
         if !t.contains_key("wasm") {
             return Ok(None);
         }
-        entry.clone().try_into().map(Some).map_err(|e| {
-            Error::Config(format!(
-                "middleware {{ wasm }}: {}",
-                e.to_string().trim_end()
-            ))
-        })
+        crate::config::options::parse(entry).map(Some)
     }
 }
 

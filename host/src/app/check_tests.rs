@@ -1,0 +1,250 @@
+//! Tests of the configuration check, with the example plugins as real components.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use super::*;
+
+/// A built example plugin (`plugins/NAME.wasm`, built once if missing).
+fn fixture(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let p = root.join("plugins").join(format!("{name}.wasm"));
+    if !p.exists() {
+        BUILT.get_or_init(|| {
+            let status = std::process::Command::new(root.join("scripts/build-plugins.sh"))
+                .status()
+                .expect("run scripts/build-plugins.sh");
+            assert!(status.success(), "scripts/build-plugins.sh failed");
+        });
+    }
+    assert!(p.exists(), "plugin {} missing after build", p.display());
+    p
+}
+
+/// A folder with `wasmill.toml` = `text` and `plugins/` holding uppercase.wasm (a handler),
+/// audit.wasm (a middleware) and junk.wasm (not a component).
+fn setup(text: &str) -> (tempfile::TempDir, Config) {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(fixture("uppercase"), plugins.join("uppercase.wasm")).unwrap();
+    std::fs::copy(fixture("audit"), plugins.join("audit.wasm")).unwrap();
+    std::fs::write(plugins.join("junk.wasm"), b"not wasm").unwrap();
+    let path = dir.path().join("wasmill.toml");
+    std::fs::write(&path, text).unwrap();
+    let cfg = Config::load(&path).unwrap();
+    (dir, cfg)
+}
+
+async fn check(cfg: &Config) -> CheckReport {
+    let engine = WasmEngine::new(Default::default()).unwrap();
+    check_config(cfg, &cfg.plugins_dir(), &engine).await
+}
+
+const GOOD: &str = r#"
+[pubsub.events]
+kind = "redis"
+url = "redis://127.0.0.1:6379"
+
+[defaults]
+middleware = ["recoverer", { wasm = "audit.wasm", fuel = 1000000, allow_publish = ["audit"] }]
+
+[[handlers]]
+name = "uppercase"
+plugin = "uppercase.wasm"
+subscribe = "incoming"
+publish = { pubsub = "events", topic = "outgoing" }
+allow_publish = [{ pubsub = "events", topic = "side" }]
+middleware = [
+  "correlation_id",
+  { retry = { max_retries = 3, initial_interval = "100ms" } },
+  { poison_queue = { topic = "poison", errors = ["timeout", "fuel_exhausted"] } },
+  { wasm = "audit.wasm" },
+]
+"#;
+
+#[tokio::test]
+async fn a_good_setup_passes_with_a_summary() {
+    let (dir, cfg) = setup(GOOD);
+    std::fs::copy(fixture("uppercase"), dir.path().join("plugins/up2.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("plugins/up2.toml"),
+        "subscribe = \"in2\"\nmiddleware = [{ wasm = \"audit.wasm\" }]\n",
+    )
+    .unwrap();
+    let r = check(&cfg).await;
+    assert!(r.is_ok(), "{:#?}", r.errors);
+    assert_eq!(
+        (r.handlers, r.sidecars, r.pubsubs, r.wasm_middleware),
+        (1, 1, 2, 1)
+    );
+    assert!(
+        r.summary("wasmill.toml").ends_with(": ok"),
+        "{}",
+        r.summary("x")
+    );
+    r.into_result().unwrap();
+}
+
+#[tokio::test]
+async fn every_problem_is_reported_naming_file_entry_and_key() {
+    let (dir, cfg) = setup(
+        r#"
+[host]
+default_pubsub = "nowhere"
+http = "8080"
+
+[pubsub.events]
+kind = "redis"
+urll = "redis://127.0.0.1:6379"
+
+[pubsub.stream]
+kind = "kafka"
+
+[defaults]
+fuel = 0
+middleware = [{ retry = { max_retry = 3 } }]
+
+[[handlers]]
+name = "a"
+plugin = "uppercase.wasm"
+subscribe = { pubsub = "nope", topic = "in" }
+concurrency = 0
+allow_publish = [{ pubsub = "ghost", topic = "x" }]
+middleware = [
+  "correlation_id",
+  { retry = { max_retry = 3 } },
+  { poison_queue = { topic = "p", pubsub = "gone", errors = ["fuel"] } },
+  { wasm = "uppercase.wasm", fuell = 1 },
+  { wasm = "uppercase.wasm", allow_publish = [{ pubsub = "ghost", topic = "x" }] },
+  { wasm = "missing.wasm" },
+  "retyr",
+]
+
+[[handlers]]
+name = "a"
+plugin = "audit.wasm"
+subscribe = "in"
+
+[[handlers]]
+name = "c"
+plugin = "../outside.wasm"
+subscribe = "in"
+
+[[handlers]]
+name = "d"
+plugin = "junk.wasm"
+subscribe = "in"
+
+[[handlers]]
+plugin = "missing.wasm"
+subscribe = "in"
+"#,
+    );
+    std::fs::copy(fixture("uppercase"), dir.path().join("plugins/side.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("plugins/side.toml"),
+        "name = \"a\"\nsubscribe = \"in\"\nmiddleware = [{ throttle = { count = 1 } }]\n",
+    )
+    .unwrap();
+    let r = check(&cfg).await;
+    let f = cfg.file.clone();
+    let side = dir.path().join("plugins/side.toml").display().to_string();
+    let plugins = cfg.plugins_dir().display().to_string();
+    let expected = [
+        format!(
+            "{f}: handlers[0].middleware[1].retry: unknown option \"max_retry\" (expected max_retries, initial_interval, max_interval, multiplier, max_elapsed_time, randomization_factor)"
+        ),
+        format!("{f}: defaults.middleware[0].retry: unknown option \"max_retry\""),
+        format!("{f}: pubsub.events.urll: unknown field `urll`"),
+        format!("{f}: pubsub.stream.kind: unknown backend \"kafka\""),
+        format!("{f}: host.default_pubsub: unknown pubsub \"nowhere\""),
+        format!("{f}: host.http: \"8080\" is not an address"),
+        format!("{f}: defaults.fuel: must be positive"),
+        format!("{f}: handlers[0].subscribe.pubsub: unknown pubsub \"nope\""),
+        format!("{f}: handlers[0].concurrency: must be at least 1"),
+        format!("{f}: handlers[0].allow_publish[0].pubsub: unknown pubsub \"ghost\""),
+        format!(
+            "{f}: handlers[0].middleware[2].poison_queue.errors[0]: unknown error kind \"fuel\""
+        ),
+        format!(
+            "{f}: handlers[0].middleware[3]: unknown option \"fuell\" (expected wasm, fuel, timeout, memory, allow_publish)"
+        ),
+        format!("{f}: handlers[0].middleware[4].allow_publish[0].pubsub: unknown pubsub \"ghost\""),
+        format!(
+            "{f}: handlers[0].middleware[4].wasm: {plugins}/uppercase.wasm implements wasmill:plugin/handler@0.1.0, not wasmill:plugin/middleware@0.1.0"
+        ),
+        format!("{f}: handlers[0].middleware[5].wasm: file {plugins}/missing.wasm not found"),
+        format!("{f}: handlers[0].middleware[6]: unknown middleware \"retyr\""),
+        format!("{f}: handlers[1].name: duplicate handler name \"a\" (also handlers[0])"),
+        format!(
+            "{f}: handlers[1].plugin: {plugins}/audit.wasm implements wasmill:plugin/middleware@0.1.0, not wasmill:plugin/handler@0.1.0"
+        ),
+        format!(
+            "{f}: handlers[2].plugin: \"../outside.wasm\" is not a file inside the plugins folder"
+        ),
+        format!("{f}: handlers[3].plugin: plugin junk.wasm:"),
+        format!("{f}: handlers[4]: missing key \"name\""),
+        format!("{f}: handlers[4].plugin: file {plugins}/missing.wasm not found"),
+        format!("{side}: name: duplicate handler name \"a\" (also handlers[0])"),
+        format!("{side}: middleware[0].throttle: missing field `per`"),
+    ];
+    let mut missing = Vec::new();
+    for e in &expected {
+        if !r.errors.iter().any(|got| got.starts_with(e.as_str())) {
+            missing.push(e.clone());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "missing:\n{}\ngot:\n{}",
+        missing.join("\n"),
+        r.errors.join("\n")
+    );
+    assert_eq!(r.errors.len(), expected.len(), "{}", r.errors.join("\n"));
+    assert!(
+        r.summary(&f)
+            .ends_with(&format!("{} error(s)", expected.len()))
+    );
+    let e = r.into_result().unwrap_err().to_string();
+    assert!(
+        e.contains("configuration error(s)") && e.contains("retyr"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_sidecar_of_a_configured_plugin_is_not_read() {
+    let (dir, cfg) = setup(GOOD);
+    std::fs::write(dir.path().join("plugins/uppercase.toml"), "not toml [").unwrap();
+    let r = check(&cfg).await;
+    assert!(r.is_ok(), "{:#?}", r.errors);
+    assert_eq!(r.sidecars, 0);
+}
+
+#[test]
+fn a_changed_sidecar_gets_the_static_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path();
+    std::fs::write(plugins.join("s.wasm"), b"x").unwrap();
+    let sidecar: &Path = &plugins.join("s.toml");
+    std::fs::write(
+        sidecar,
+        "subscribe = { pubsub = \"nope\", topic = \"t\" }\nmiddleware = [{ timeout = { afer = \"1s\" } }]\n",
+    )
+    .unwrap();
+    let h = HandlerConfig::from_sidecar(sidecar, &plugins.join("s.wasm")).unwrap();
+    let cfg = Config::default();
+    let e = check_sidecar(&cfg, plugins, sidecar, &h)
+        .unwrap_err()
+        .to_string();
+    let s = sidecar.display();
+    assert!(
+        e.contains(&format!("{s}: subscribe.pubsub: unknown pubsub \"nope\""))
+            && e.contains(&format!(
+                "{s}: middleware[0].timeout: unknown option \"afer\" (expected after)"
+            )),
+        "{e}"
+    );
+}
