@@ -137,3 +137,36 @@ async fn relay_rate(
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
+
+/// With no failure handling configured, the default policy retries an always-failing message
+/// with growing waits and then poisons it to `<topic>.poison` (the unit tests of
+/// `failure_policy` show the next message handled right after).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_policy_poisons_a_failing_message_and_moves_on() -> anyhow::Result<()> {
+    let (dir, plugins) = Host::scratch()?;
+    std::fs::copy(plugin("always-fail"), plugins.join("fail.wasm"))?;
+    std::fs::write(plugins.join("fail.toml"), "subscribe = \"jobs\"\n")?;
+    let host = Host::start(dir, plugins, &[]).await?;
+    let mut poison = host.sse("jobs.poison").await?;
+    let started = std::time::Instant::now();
+    host.publish("jobs", "x").await?;
+    let poisoned = next_event(&mut poison, Duration::from_secs(30)).await?;
+    let took = started.elapsed();
+    assert_eq!(
+        poisoned["metadata"]["reason_poisoned"], "always fails",
+        "{poisoned}"
+    );
+    assert_eq!(
+        poisoned["metadata"]["handler_poisoned"], "fail",
+        "{poisoned}"
+    );
+    // Five attempts, 100 + 200 + 400 + 800 ms apart.
+    assert!(
+        took >= Duration::from_millis(1400),
+        "poisoned after {took:?}"
+    );
+    let h = host.handler("fail").await?;
+    assert_eq!(h["counts"]["retried"], 4, "{h}");
+    assert_eq!(h["counts"]["poisoned"], 1, "{h}");
+    Ok(())
+}

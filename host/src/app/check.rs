@@ -14,7 +14,9 @@ use crate::config::options::join_key;
 use crate::config::{Config, HandlerConfig, TopicSpec, WasmMiddlewareEntry};
 use crate::error::{Error, Result};
 use crate::pubsub::registry::{self, KINDS};
+use crate::router::middleware::FailurePolicy;
 use crate::router::middleware::MiddlewareSpec;
+use crate::router::middleware::failure_policy::has_own_failure_handling;
 use crate::wasm::{WasmEngine, World};
 
 /// What a check found: counts of what was checked and every problem.
@@ -153,6 +155,34 @@ impl<'a> Static<'a> {
         };
         self.limits(&at, Some(d.fuel), Some(d.timeout), Some(d.memory));
         self.middleware_list(&at, &d.middleware);
+        self.on_failure(&at, &d.on_failure, None);
+    }
+
+    /// A failure policy: its values, its poison pub/sub, and that it does not poison into
+    /// the topic it came from.
+    fn on_failure(&mut self, at: &At, p: &FailurePolicy, subscribe: Option<&TopicSpec>) {
+        if let Err(e) = p.validate() {
+            let (key, message) = e.split_once(": ").unwrap_or(("", e.as_str()));
+            self.errors
+                .push(at.err(&join_key("on_failure", key), message));
+        }
+        if let Some(pubsub) = &p.poison_pubsub
+            && !self.cfg.knows_pubsub(pubsub)
+        {
+            self.errors.push(at.err(
+                "on_failure.poison_pubsub",
+                format!("unknown pubsub {pubsub:?} (declare it as [pubsub.{pubsub}])"),
+            ));
+        }
+        if let Some(t) = subscribe {
+            let (_, topic) = t.resolve(&self.cfg.host.default_pubsub);
+            if p.poison_topic_for(&topic).as_deref() == Some(topic.as_str()) {
+                self.errors.push(at.err(
+                    "on_failure.poison_topic",
+                    format!("{topic:?} is the subscribed topic: a poisoned message would come back forever"),
+                ));
+            }
+        }
     }
 
     fn limits(
@@ -292,6 +322,15 @@ impl<'a> Static<'a> {
         self.grants(at, &h.allow_publish);
         self.limits(at, h.fuel, h.timeout, h.memory);
         self.middleware_list(at, &h.middleware);
+        let policy = h
+            .on_failure
+            .as_ref()
+            .unwrap_or(&self.cfg.defaults.on_failure);
+        let mut chain = self.cfg.defaults.middleware.clone();
+        chain.extend(h.middleware.iter().cloned());
+        if !has_own_failure_handling(&chain) {
+            self.on_failure(at, policy, Some(&h.subscribe));
+        }
     }
 }
 

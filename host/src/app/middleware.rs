@@ -92,3 +92,22 @@ fn wasm_middleware_pool(
     }
     Ok(InstancePool::new(engine.clone(), plugin, limits, grants, 4))
 }
+
+/// The failure policy's middleware for `route` (outermost, before the rest of its chain), or
+/// none when the route has no policy (its chain lists its own `retry` or `poison_queue`).
+pub fn failure_middleware(
+    route: &crate::plugins::manager::HandlerRoute,
+    backends: &HashMap<String, Backend>,
+) -> Result<Vec<BoxMiddleware>> {
+    let Some(policy) = &route.on_failure else {
+        return Ok(Vec::new());
+    };
+    let pubsub = policy
+        .poison_pubsub
+        .as_deref()
+        .unwrap_or(&route.subscribe.pubsub);
+    let poison = backends.get(pubsub).map(|b| b.publisher.clone());
+    policy
+        .middleware(&route.subscribe.topic, poison)
+        .map_err(|e| Error::Config(format!("handler {}: {e}", route.name)))
+}

@@ -13,11 +13,12 @@ use crate::config::{Config, HandlerConfig, TopicSpec};
 use crate::error::{Error, Result};
 use crate::plugins::manager::{HandlerRoute, PluginManager, TopicRef};
 use crate::pubsub::registry::{self, Backend};
+use crate::router::middleware::failure_policy::has_own_failure_handling;
 use crate::router::{Router, RouterConfig};
 use crate::wasm::{EngineConfig, Limits, WasmEngine};
 
 pub use check::{CheckReport, check_config};
-pub use middleware::build_middleware;
+pub use middleware::{build_middleware, failure_middleware};
 
 /// Options of `wasmill run` that override the config file.
 #[derive(Debug, Clone, Default)]
@@ -93,6 +94,8 @@ pub fn route_for(cfg: &Config, h: &HandlerConfig, from_sidecar: bool) -> Handler
             .iter()
             .map(|t| topic_ref(t, default))
             .collect(),
+        on_failure: (!has_own_failure_handling(&middleware))
+            .then(|| h.on_failure.clone().unwrap_or_else(|| d.on_failure.clone())),
         middleware,
         from_sidecar,
     }
@@ -154,14 +157,17 @@ pub async fn run(
             max_output_messages: cfg.defaults.max_output_messages,
         };
         Arc::new(move |route: &HandlerRoute| {
-            build_middleware(
+            let mut built = build_middleware(
                 &route.middleware,
                 &engine,
                 &backends,
                 &dir,
                 &default,
                 &limits,
-            )
+            )?;
+            let policy = failure_middleware(route, &backends)?;
+            built.chain.splice(0..0, policy);
+            Ok(built)
         })
     };
     let sidecar_reader = {

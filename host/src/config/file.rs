@@ -91,6 +91,9 @@ pub struct Defaults {
     pub max_output_messages: usize,
     /// Middleware of every handler (before its own).
     pub middleware: Vec<toml::Value>,
+    /// What happens to a message whose handling keeps failing (retries with backoff, then a
+    /// poison topic), for every handler that lists no `retry` or `poison_queue` of its own.
+    pub on_failure: crate::router::middleware::FailurePolicy,
 }
 
 impl Default for Defaults {
@@ -103,6 +106,7 @@ impl Default for Defaults {
             max_output_bytes: l.max_output_bytes,
             max_output_messages: l.max_output_messages,
             middleware: vec![toml::Value::String("recoverer".into())],
+            on_failure: Default::default(),
         }
     }
 }
@@ -166,6 +170,9 @@ pub struct HandlerConfig {
     /// Topics the plugin may publish to itself through the host's `publish`.
     #[serde(default)]
     pub allow_publish: Vec<TopicSpec>,
+    /// Override of `[defaults] on_failure` (the whole table: keys not given take the
+    /// built-in defaults, not `[defaults]`'s).
+    pub on_failure: Option<crate::router::middleware::FailurePolicy>,
 }
 
 fn one() -> usize {

@@ -63,6 +63,8 @@ pub struct HandlerRoute {
     pub middleware: Vec<toml::Value>,
     /// Whether it came from a sidecar (`FILE.toml`) rather than the host config.
     pub from_sidecar: bool,
+    /// The failure policy wrapped around the chain, unless the chain handles failures itself.
+    pub on_failure: Option<crate::router::middleware::FailurePolicy>,
 }
 
 /// The middleware of one route as built: the chain, outermost first, and the instance pool of
