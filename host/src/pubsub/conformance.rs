@@ -726,7 +726,8 @@ pub async fn consumer_groups<H: Harness>(h: &H) -> Outcome {
 
 /// 10,000 messages while the server goes away twice; none lost. The server is one the test
 /// owns ([`Harness::owned_pubsub`]): a private instance that restarts, or a proxy that cuts
-/// every connection.
+/// every connection. The first outage comes while 3,000 messages wait unread (they must
+/// survive it), the second while the subscription reads.
 pub async fn reconnect<H: Harness>(h: &H) -> Outcome {
     let Some(owned) = h.owned_pubsub().await.expect("harness: owned pub/sub") else {
         return Outcome::Skipped("no server of its own to lose");
@@ -740,16 +741,22 @@ pub async fn reconnect<H: Harness>(h: &H) -> Outcome {
     subscriber.subscribe_initialize(&topic).await.unwrap();
     let mut sub = subscriber.subscribe(&topic).await.unwrap();
     let msgs = messages(10_000, "rc");
+    let (start_reading, go) = tokio::sync::oneshot::channel::<()>();
     let reader = tokio::spawn(async move {
+        let _ = go.await;
         let got = bulk_read(&mut sub, 10_000, Duration::from_secs(240)).await;
         (sub, got)
     });
+    let mut start_reading = Some(start_reading);
     for (i, chunk) in msgs.chunks(100).enumerate() {
         if i == 30 || i == 70 {
             outage
                 .go_away_and_come_back()
                 .await
-                .unwrap_or_else(|e| panic!("outage {i}: {}", e.report()));
+                .unwrap_or_else(|e| panic!("outage before chunk {i}: {}", e.report()));
+            if let Some(start) = start_reading.take() {
+                let _ = start.send(());
+            }
         }
         // Publishing may fail while the server is away: retry, as a producer would.
         let mut attempt = 0;
