@@ -1122,7 +1122,8 @@ pub async fn raw_bench(url: &str, messages: usize, payload_size: usize) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::conformance::{self, Features, Harness, Outcome, server};
+    use crate::pubsub::conformance::{self, Features, Harness, OwnedPubSub};
+    use crate::pubsub::testkit::Proxy;
     use crate::pubsub::{DynPublisher, DynSubscriber};
 
     fn url() -> String {
@@ -1164,7 +1165,6 @@ mod tests {
                 guaranteed_order_with_single_subscriber: true,
                 persistent: true,
                 new_subscriber_receives_old_messages: true,
-                restart_server: true,
                 ..Features::default()
             }
         }
@@ -1178,16 +1178,22 @@ mod tests {
             Ok(Arc::new(AmqpPubSub::connect(self.config(group)).await?))
         }
 
-        async fn restart_server(&self) -> Result<()> {
-            // Stopping the broker application drops every client connection; durable queues
-            // and persistent messages come back with it.
-            server::sh("rabbitmqctl -q stop_app").await?;
-            server::sh("rabbitmqctl -q start_app").await?;
-            server::wait_for_port(5672, Duration::from_secs(30)).await
-        }
-
-        fn server_name(&self) -> &'static str {
-            NAME
+        /// The shared broker behind a proxy of the test's own, which cuts the connections:
+        /// the clients see the broker go away (and their unacked messages go back to the
+        /// queue) while the broker and every other test's connections stay up.
+        async fn owned_pubsub(&self) -> Result<Option<OwnedPubSub>> {
+            let (proxy, url) = Proxy::for_url(&url()).await?;
+            let ps = AmqpPubSub::connect(AmqpConfig {
+                url,
+                ..self.config(&self.group)
+            })
+            .await?;
+            let (publisher, subscriber) = crate::pubsub::conformance::pair(ps);
+            Ok(Some(OwnedPubSub {
+                publisher,
+                subscriber,
+                outage: Box::new(proxy),
+            }))
         }
     }
 
@@ -1266,52 +1272,40 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn raw_bench_reports_positive_figures() {
-        // Under the server's shared lock, so it does not run while the broker restarts.
-        conformance::run(&AmqpHarness::new(), "raw_bench", |_| {
-            Box::pin(async {
-                let f = raw_bench(&url(), 300, 100).await.unwrap();
-                assert!(f.publish_per_sec > 0.0 && f.consume_per_sec > 0.0);
-                Outcome::Passed
-            })
-        })
-        .await;
+        let f = raw_bench(&url(), 300, 100).await.unwrap();
+        assert!(f.publish_per_sec > 0.0 && f.consume_per_sec > 0.0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn with_read_ahead_a_nacked_message_comes_back_before_later_ones() {
-        conformance::run(&AmqpHarness::new(), "read_ahead_order", |h| {
-            Box::pin(async move {
-                let ps = AmqpPubSub::connect(h.config(&h.group)).await.unwrap();
-                let topic = conformance::unique_topic("read_ahead");
-                ps.subscribe_initialize(&topic).await.unwrap();
-                let msgs: Vec<Message> = (0..6).map(|i| Message::new(format!("r{i}"))).collect();
-                ps.publish(&topic, msgs.iter().map(Message::copy).collect())
-                    .await
-                    .unwrap();
-                // Default prefetch: the broker pushes all six ahead of the acks.
-                let mut sub = ps.subscribe(&topic).await.unwrap();
-                let recv = async |sub: &mut Subscription| {
-                    tokio::time::timeout(Duration::from_secs(10), sub.recv())
-                        .await
-                        .expect("a message")
-                        .expect("stream ended")
-                };
-                for (i, expected) in msgs.iter().enumerate() {
-                    if i % 2 == 0 {
-                        let first = recv(&mut sub).await;
-                        assert_eq!(first.uuid, expected.uuid);
-                        first.nack();
-                    }
-                    let m = recv(&mut sub).await;
-                    assert_eq!(m.uuid, expected.uuid, "message {i} out of order");
-                    m.ack();
-                }
-                drop(sub);
-                Publisher::close(&ps).await.unwrap();
-                Outcome::Passed
-            })
-        })
-        .await;
+        let h = &AmqpHarness::new();
+        let ps = AmqpPubSub::connect(h.config(&h.group)).await.unwrap();
+        let topic = conformance::unique_topic("read_ahead");
+        ps.subscribe_initialize(&topic).await.unwrap();
+        let msgs: Vec<Message> = (0..6).map(|i| Message::new(format!("r{i}"))).collect();
+        ps.publish(&topic, msgs.iter().map(Message::copy).collect())
+            .await
+            .unwrap();
+        // Default prefetch: the broker pushes all six ahead of the acks.
+        let mut sub = ps.subscribe(&topic).await.unwrap();
+        let recv = async |sub: &mut Subscription| {
+            tokio::time::timeout(Duration::from_secs(10), sub.recv())
+                .await
+                .expect("a message")
+                .expect("stream ended")
+        };
+        for (i, expected) in msgs.iter().enumerate() {
+            if i % 2 == 0 {
+                let first = recv(&mut sub).await;
+                assert_eq!(first.uuid, expected.uuid);
+                first.nack();
+            }
+            let m = recv(&mut sub).await;
+            assert_eq!(m.uuid, expected.uuid, "message {i} out of order");
+            m.ack();
+        }
+        drop(sub);
+        Publisher::close(&ps).await.unwrap();
     }
 
     // One thread, so that lapin's background futures log to this test's subscriber.
@@ -1319,105 +1313,88 @@ mod tests {
     async fn closing_after_a_publish_logs_no_connection_error() {
         let log = crate::test_support::CapturedLog::default();
         let _guard = log.install("lapin=warn,wasmill=warn");
-        conformance::run(&AmqpHarness::new(), "close_logs_no_error", |h| {
-            Box::pin(async move {
-                let topic = conformance::unique_topic("close_logs_no_error");
-                let ps = AmqpPubSub::connect(h.config(&h.group)).await.unwrap();
-                ps.publish(&topic, vec![Message::new("x")]).await.unwrap();
-                Publisher::close(&ps).await.unwrap();
-                // Room for lapin's background work after the close.
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                Outcome::Passed
-            })
-        })
-        .await;
+        let h = &AmqpHarness::new();
+        let topic = conformance::unique_topic("close_logs_no_error");
+        let ps = AmqpPubSub::connect(h.config(&h.group)).await.unwrap();
+        ps.publish(&topic, vec![Message::new("x")]).await.unwrap();
+        Publisher::close(&ps).await.unwrap();
+        // Room for lapin's background work after the close.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let text = log.text();
         assert!(!text.contains("ERROR"), "close logged an error:\n{text}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn messages_acked_just_before_close_are_not_delivered_again() {
-        conformance::run(&AmqpHarness::new(), "ack_before_close", |h| {
-            Box::pin(async move {
-                let topic = conformance::unique_topic("ack_before_close");
-                for max_in_flight in [1, 4] {
-                    let ps = AmqpPubSub::connect(h.config(&h.group)).await.unwrap();
-                    ps.subscribe_initialize(&topic).await.unwrap();
-                    let msgs: Vec<Message> =
-                        (0..4).map(|i| Message::new(format!("a{i}"))).collect();
-                    ps.publish(&topic, msgs.iter().map(Message::copy).collect())
-                        .await
-                        .unwrap();
-                    let options = SubscribeOptions { max_in_flight };
-                    let mut sub = ps.subscribe_with(&topic, options).await.unwrap();
-                    for _ in 0..msgs.len() {
-                        let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
-                            .await
-                            .expect("a message")
-                            .expect("stream ended");
-                        m.ack();
-                    }
-                    // The consumer leaves and the backend closes right after the last ack.
-                    drop(sub);
-                    Subscriber::close(&ps).await.unwrap();
-                    let again = AmqpPubSub::connect(h.config(&h.group)).await.unwrap();
-                    let mut sub = again.subscribe(&topic).await.unwrap();
-                    let redelivered =
-                        tokio::time::timeout(Duration::from_secs(1), sub.recv()).await;
-                    assert!(
-                        redelivered.is_err(),
-                        "an acked message came again (max_in_flight {max_in_flight}): {:?}",
-                        redelivered.ok().flatten().map(|m| m.uuid)
-                    );
-                    drop(sub);
-                    Subscriber::close(&again).await.unwrap();
-                }
-                Outcome::Passed
-            })
-        })
-        .await;
+        let h = &AmqpHarness::new();
+        let topic = conformance::unique_topic("ack_before_close");
+        for max_in_flight in [1, 4] {
+            let ps = AmqpPubSub::connect(h.config(&h.group)).await.unwrap();
+            ps.subscribe_initialize(&topic).await.unwrap();
+            let msgs: Vec<Message> = (0..4).map(|i| Message::new(format!("a{i}"))).collect();
+            ps.publish(&topic, msgs.iter().map(Message::copy).collect())
+                .await
+                .unwrap();
+            let options = SubscribeOptions { max_in_flight };
+            let mut sub = ps.subscribe_with(&topic, options).await.unwrap();
+            for _ in 0..msgs.len() {
+                let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+                    .await
+                    .expect("a message")
+                    .expect("stream ended");
+                m.ack();
+            }
+            // The consumer leaves and the backend closes right after the last ack.
+            drop(sub);
+            Subscriber::close(&ps).await.unwrap();
+            let again = AmqpPubSub::connect(h.config(&h.group)).await.unwrap();
+            let mut sub = again.subscribe(&topic).await.unwrap();
+            let redelivered = tokio::time::timeout(Duration::from_secs(1), sub.recv()).await;
+            assert!(
+                redelivered.is_err(),
+                "an acked message came again (max_in_flight {max_in_flight}): {:?}",
+                redelivered.ok().flatten().map(|m| m.uuid)
+            );
+            drop(sub);
+            Subscriber::close(&again).await.unwrap();
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tail_sees_new_messages_without_stealing() {
-        conformance::run(&AmqpHarness::new(), "tail", |h| {
-            Box::pin(async move {
-                let table: toml::Table = toml::from_str(&format!(
-                    "url = {:?}\nconsumer_group = {:?}\nqueue_expires = \"2m\"",
-                    url(),
-                    h.group
-                ))
-                .unwrap();
-                let backend = crate::pubsub::registry::connect("q", "amqp", &table)
-                    .await
-                    .unwrap();
-                let topic = conformance::unique_topic("tail");
-                backend
-                    .subscriber
-                    .subscribe_initialize(&topic)
-                    .await
-                    .unwrap();
-                let tail = backend.tail_subscriber().await.unwrap();
-                let mut tail_sub = tail.subscribe(&topic).await.unwrap();
-                let msgs: Vec<Message> = (0..5).map(|i| Message::new(format!("t{i}"))).collect();
-                backend
-                    .publisher
-                    .publish(&topic, msgs.iter().map(Message::copy).collect())
-                    .await
-                    .unwrap();
-                let seen = conformance::bulk_read(&mut tail_sub, 5, Duration::from_secs(10)).await;
-                assert_eq!(seen.len(), 5);
-                drop(tail_sub);
-                tail.close().await.unwrap();
-                // The group's queue still has every message, and the backend is still open.
-                let mut sub = backend.subscriber.subscribe(&topic).await.unwrap();
-                let got = conformance::bulk_read(&mut sub, 5, Duration::from_secs(10)).await;
-                assert_eq!(got.len(), 5);
-                drop(sub);
-                backend.publisher.close().await.unwrap();
-                Outcome::Passed
-            })
-        })
-        .await;
+        let h = &AmqpHarness::new();
+        let table: toml::Table = toml::from_str(&format!(
+            "url = {:?}\nconsumer_group = {:?}\nqueue_expires = \"2m\"",
+            url(),
+            h.group
+        ))
+        .unwrap();
+        let backend = crate::pubsub::registry::connect("q", "amqp", &table)
+            .await
+            .unwrap();
+        let topic = conformance::unique_topic("tail");
+        backend
+            .subscriber
+            .subscribe_initialize(&topic)
+            .await
+            .unwrap();
+        let tail = backend.tail_subscriber().await.unwrap();
+        let mut tail_sub = tail.subscribe(&topic).await.unwrap();
+        let msgs: Vec<Message> = (0..5).map(|i| Message::new(format!("t{i}"))).collect();
+        backend
+            .publisher
+            .publish(&topic, msgs.iter().map(Message::copy).collect())
+            .await
+            .unwrap();
+        let seen = conformance::bulk_read(&mut tail_sub, 5, Duration::from_secs(10)).await;
+        assert_eq!(seen.len(), 5);
+        drop(tail_sub);
+        tail.close().await.unwrap();
+        // The group's queue still has every message, and the backend is still open.
+        let mut sub = backend.subscriber.subscribe(&topic).await.unwrap();
+        let got = conformance::bulk_read(&mut sub, 5, Duration::from_secs(10)).await;
+        assert_eq!(got.len(), 5);
+        drop(sub);
+        backend.publisher.close().await.unwrap();
     }
 }

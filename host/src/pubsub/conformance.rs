@@ -6,14 +6,16 @@
 //! feature the backend does not promise returns early (and says so on stderr).
 //!
 //! Every test uses fresh topic names, so tests of one backend run in parallel against one
-//! server. Without `exactly_once`, reads deduplicate by UUID.
+//! shared server. No test stops or restarts a shared server: the `reconnect` test runs against a
+//! server it owns ([`Harness::owned_pubsub`]), a private instance or a proxy in front of the
+//! shared one (`pubsub::testkit`). Reads keep every delivery, duplicates included: a backend
+//! that promises `exactly_once` fails when one message arrives twice.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::RwLock;
 
 use super::{DynPublisher, DynSubscriber, Subscription};
 use crate::error::{Error, Result};
@@ -37,8 +39,24 @@ pub struct Features {
     pub new_subscriber_receives_old_messages: bool,
     /// Publisher and subscriber must be one instance (no shared server).
     pub require_single_instance: bool,
-    /// The harness can restart the server ([`Harness::restart_server`]).
-    pub restart_server: bool,
+}
+
+/// A server a test owns going away and coming back: a private instance restarting, or a proxy
+/// cutting every connection through it.
+#[async_trait]
+pub trait Outage: Send + Sync {
+    /// Makes the server go away, then come back; returns once it accepts clients again.
+    async fn go_away_and_come_back(&mut self) -> Result<()>;
+}
+
+/// A publisher and a subscriber connected to a server the test owns ([`Harness::owned_pubsub`]).
+pub struct OwnedPubSub {
+    /// Publishes to the owned server.
+    pub publisher: DynPublisher,
+    /// Subscribes on the owned server.
+    pub subscriber: DynSubscriber,
+    /// Makes the owned server go away and come back; dropping it stops a private server.
+    pub outage: Box<dyn Outage>,
 }
 
 /// How the suite gets fresh publishers and subscribers of a backend.
@@ -59,14 +77,11 @@ pub trait Harness: Send + Sync + 'static {
         )))
     }
 
-    /// Restarts the broker (stop, then start). Needed when `restart_server` is promised.
-    async fn restart_server(&self) -> Result<()> {
-        Err(Error::Other("restart: not supported".into()))
-    }
-
-    /// A name for the server, so that a restart test runs alone among the tests that use it.
-    fn server_name(&self) -> &'static str {
-        "in-process"
+    /// A pair connected to a server this test owns, with the means to make it go away and come
+    /// back; `None` when the backend has no server to lose (the `reconnect` test is skipped).
+    /// Never a shared server: the outage must touch nothing another test uses.
+    async fn owned_pubsub(&self) -> Result<Option<OwnedPubSub>> {
+        Ok(None)
     }
 }
 
@@ -97,25 +112,6 @@ macro_rules! conformance_tests {
     };
 }
 
-type ServerLocks = Mutex<HashMap<&'static str, Arc<RwLock<()>>>>;
-
-static SERVER_LOCKS: LazyLock<ServerLocks> = LazyLock::new(Default::default);
-
-fn server_lock(name: &'static str) -> Arc<RwLock<()>> {
-    SERVER_LOCKS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(name)
-        .or_default()
-        .clone()
-}
-
-/// Holds the server `name` in shared use for a test outside the suite that talks to it, so
-/// the suite's `reconnect` test (which restarts the server) never runs at the same time.
-pub async fn server_in_use(name: &'static str) -> tokio::sync::OwnedRwLockReadGuard<()> {
-    server_lock(name).read_owned().await
-}
-
 type TestFn<'a, H> =
     fn(&'a H) -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'a>>;
 
@@ -128,107 +124,10 @@ pub enum Outcome {
     Skipped(&'static str),
 }
 
-/// Runs one test of the suite: the restart test alone, the others side by side.
+/// Runs one test of the suite and reports a skip on stderr.
 pub async fn run<'a, H: Harness>(harness: &'a H, name: &str, test: TestFn<'a, H>) {
-    let lock = server_lock(harness.server_name());
-    let outcome = if name == "reconnect" {
-        let _alone = lock.write().await;
-        test(harness).await
-    } else {
-        let _shared = lock.read().await;
-        test(harness).await
-    };
-    if let Outcome::Skipped(why) = outcome {
+    if let Outcome::Skipped(why) = test(harness).await {
         eprintln!("{name}: skipped: {why}");
-    }
-}
-
-/// Helpers for [`Harness::restart_server`]: stopping and starting the machine's local servers.
-pub mod server {
-    use std::time::Duration;
-
-    use crate::error::{Error, Result};
-
-    /// Runs `cmd` with `sh -c`; an error names the command, its exit status and its stderr.
-    pub async fn sh(cmd: &str) -> Result<()> {
-        let out = tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .output()
-            .await
-            .map_err(|e| Error::io(format!("run {cmd}"), e))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(Error::Other(format!(
-                "{cmd}: {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )))
-        }
-    }
-
-    /// Whether `127.0.0.1:port` accepts a TCP connection.
-    pub async fn port_open(port: u16) -> bool {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    }
-
-    /// Polls `done` every 100 ms until it holds; an error naming `what` after `limit`.
-    pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut done: F) -> Result<()>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if done().await {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Other(format!(
-                    "timed out after {limit:?} waiting for {what}"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Waits until `127.0.0.1:port` accepts connections again (a restarted server is back).
-    pub async fn wait_for_port(port: u16, limit: Duration) -> Result<()> {
-        let what = format!("port {port}");
-        wait_for(&what, limit, move || port_open(port)).await
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[tokio::test]
-        async fn sh_reports_the_failing_command_and_its_stderr() {
-            sh("true").await.unwrap();
-            let err = sh("echo oops >&2; exit 3").await.unwrap_err().to_string();
-            assert!(err.contains("exit 3") && err.contains("oops"), "{err}");
-        }
-
-        #[tokio::test]
-        async fn waiting_for_a_closed_port_times_out_with_its_number() {
-            let port = {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                l.local_addr().unwrap().port()
-            };
-            let err = wait_for_port(port, Duration::from_millis(250))
-                .await
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(&format!("port {port}")), "{err}");
-            let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                .await
-                .unwrap();
-            wait_for_port(port, Duration::from_secs(5)).await.unwrap();
-            drop(l);
-        }
     }
 }
 
@@ -296,7 +195,8 @@ async fn subscribe_and_publish(
     }
 }
 
-/// Reads until `n` distinct messages arrived (acking each) or `timeout` passed.
+/// Reads until `n` distinct messages arrived (acking each) or `timeout` passed. Returns every
+/// delivery in arrival order, a message delivered twice twice.
 pub async fn bulk_read(sub: &mut Subscription, n: usize, timeout: Duration) -> Vec<Message> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
@@ -305,9 +205,8 @@ pub async fn bulk_read(sub: &mut Subscription, n: usize, timeout: Duration) -> V
         match tokio::time::timeout_at(deadline, sub.recv()).await {
             Ok(Some(m)) => {
                 m.ack();
-                if seen.insert(m.uuid.clone()) {
-                    out.push(m);
-                }
+                seen.insert(m.uuid.clone());
+                out.push(m);
             }
             Ok(None) | Err(_) => break,
         }
@@ -315,10 +214,27 @@ pub async fn bulk_read(sub: &mut Subscription, n: usize, timeout: Duration) -> V
     out
 }
 
-fn assert_all_received(expected: &[Message], received: &[Message], exactly_once: bool) {
-    let got: HashMap<&str, &Message> = received.iter().map(|m| (m.uuid.as_str(), m)).collect();
+/// Asserts that every message of `expected` is among the deliveries `received`, with its
+/// payload and metadata; with `exactly_once`, also that no message was delivered twice.
+pub fn assert_all_received(expected: &[Message], received: &[Message], exactly_once: bool) {
+    let mut got: HashMap<&str, (&Message, usize)> = HashMap::new();
+    for m in received {
+        got.entry(m.uuid.as_str()).or_insert((m, 0)).1 += 1;
+    }
     if exactly_once {
-        assert_eq!(got.len(), received.len(), "a message was delivered twice");
+        let mut twice: Vec<(&str, usize)> = got
+            .iter()
+            .filter(|(_, (_, n))| *n > 1)
+            .map(|(id, (_, n))| (*id, *n))
+            .collect();
+        twice.sort_unstable();
+        assert!(
+            twice.is_empty(),
+            "{} of {} messages delivered more than once (uuid, deliveries), for example {:?}",
+            twice.len(),
+            got.len(),
+            &twice[..twice.len().min(5)]
+        );
     }
     let missing: Vec<&str> = expected
         .iter()
@@ -333,7 +249,7 @@ fn assert_all_received(expected: &[Message], received: &[Message], exactly_once:
         &missing[..missing.len().min(5)]
     );
     for e in expected {
-        let g = got[e.uuid.as_str()];
+        let (g, _) = got[e.uuid.as_str()];
         assert_eq!(g.payload, e.payload, "payload of {}", e.uuid);
         assert_eq!(g.metadata, e.metadata, "metadata of {}", e.uuid);
     }
@@ -526,7 +442,7 @@ pub async fn concurrent_close<H: Harness>(h: &H) -> Outcome {
     let msgs = messages(50, "cc");
     let mut sub = subscribe_and_publish(&publisher, &subscriber, &topic, &msgs, f.persistent).await;
     let got = bulk_read(&mut sub, msgs.len(), TIMEOUT).await;
-    assert_all_received(&msgs, &got, false);
+    assert_all_received(&msgs, &got, f.exactly_once);
     drop(sub);
     close_both(&publisher, &subscriber).await;
     Outcome::Passed
@@ -564,7 +480,14 @@ pub async fn publish_subscribe_in_order<H: Harness>(h: &H) -> Outcome {
     let msgs = messages(300, "order");
     let mut sub = subscribe_and_publish(&publisher, &subscriber, &topic, &msgs, f.persistent).await;
     let got = bulk_read(&mut sub, msgs.len(), TIMEOUT).await;
-    let got_ids: Vec<&str> = got.iter().map(|m| m.uuid.as_str()).collect();
+    assert_all_received(&msgs, &got, f.exactly_once);
+    // Without exactly-once a redelivery may come later: the order is that of first arrivals.
+    let mut first = HashSet::new();
+    let got_ids: Vec<&str> = got
+        .iter()
+        .map(|m| m.uuid.as_str())
+        .filter(|id| first.insert(*id))
+        .collect();
     let want_ids: Vec<&str> = msgs.iter().map(|m| m.uuid.as_str()).collect();
     assert_eq!(got_ids, want_ids, "messages out of order");
     drop(sub);
@@ -708,7 +631,7 @@ pub async fn subscribe_ctx<H: Harness>(h: &H) -> Outcome {
     publish_all(&publisher, &topic, &msgs).await;
     let mut second = subscriber.subscribe(&topic).await.unwrap();
     let got = bulk_read(&mut second, msgs.len(), TIMEOUT).await;
-    assert_all_received(&msgs, &got, false);
+    assert_all_received(&msgs, &got, f.exactly_once);
     drop(second);
     close_both(&publisher, &subscriber).await;
     Outcome::Passed
@@ -727,7 +650,7 @@ pub async fn new_subscriber_receives_old_messages<H: Harness>(h: &H) -> Outcome 
     publish_all(&publisher, &topic, &msgs).await;
     let mut sub = subscriber.subscribe(&topic).await.unwrap();
     let got = bulk_read(&mut sub, msgs.len(), TIMEOUT).await;
-    assert_all_received(&msgs, &got, false);
+    assert_all_received(&msgs, &got, f.exactly_once);
     drop(sub);
     close_both(&publisher, &subscriber).await;
     Outcome::Passed
@@ -792,8 +715,8 @@ pub async fn consumer_groups<H: Harness>(h: &H) -> Outcome {
         bulk_read(&mut s1, msgs.len(), TIMEOUT),
         bulk_read(&mut s2, msgs.len(), TIMEOUT)
     );
-    assert_all_received(&msgs, &r1, false);
-    assert_all_received(&msgs, &r2, false);
+    assert_all_received(&msgs, &r1, f.exactly_once);
+    assert_all_received(&msgs, &r2, f.exactly_once);
     drop((s1, s2));
     g1.close().await.unwrap();
     g2.close().await.unwrap();
@@ -801,27 +724,41 @@ pub async fn consumer_groups<H: Harness>(h: &H) -> Outcome {
     Outcome::Passed
 }
 
-/// 10,000 messages while the server restarts twice; none lost.
+/// 10,000 messages while the server goes away twice; none lost. The server is one the test
+/// owns ([`Harness::owned_pubsub`]): a private instance that restarts, or a proxy that cuts
+/// every connection. The first outage comes while 3,000 messages wait unread (they must
+/// survive it), the second while the subscription reads.
 pub async fn reconnect<H: Harness>(h: &H) -> Outcome {
-    let f = h.features();
-    if !f.restart_server {
-        return Outcome::Skipped("harness cannot restart the server");
-    }
-    let (publisher, subscriber) = pubsub(h).await;
+    let Some(owned) = h.owned_pubsub().await.expect("harness: owned pub/sub") else {
+        return Outcome::Skipped("no server of its own to lose");
+    };
+    let OwnedPubSub {
+        publisher,
+        subscriber,
+        mut outage,
+    } = owned;
     let topic = unique_topic("reconnect");
     subscriber.subscribe_initialize(&topic).await.unwrap();
     let mut sub = subscriber.subscribe(&topic).await.unwrap();
     let msgs = messages(10_000, "rc");
+    let (start_reading, go) = tokio::sync::oneshot::channel::<()>();
     let reader = tokio::spawn(async move {
+        let _ = go.await;
         let got = bulk_read(&mut sub, 10_000, Duration::from_secs(240)).await;
         (sub, got)
     });
+    let mut start_reading = Some(start_reading);
     for (i, chunk) in msgs.chunks(100).enumerate() {
         if i == 30 || i == 70 {
-            h.restart_server().await.expect("restart server");
+            outage
+                .go_away_and_come_back()
+                .await
+                .unwrap_or_else(|e| panic!("outage before chunk {i}: {}", e.report()));
+            if let Some(start) = start_reading.take() {
+                let _ = start.send(());
+            }
         }
-        let chunk: Vec<Message> = chunk.iter().map(Message::copy).collect();
-        // Publishing may fail while the server is down: retry, as a producer would.
+        // Publishing may fail while the server is away: retry, as a producer would.
         let mut attempt = 0;
         loop {
             match publisher
@@ -831,10 +768,10 @@ pub async fn reconnect<H: Harness>(h: &H) -> Outcome {
                 Ok(()) => break,
                 Err(e) if attempt < 120 => {
                     attempt += 1;
-                    tracing::debug!("publish during restart failed, retrying: {e}");
+                    tracing::debug!("publish after an outage failed, retrying: {e}");
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                Err(e) => panic!("publish never recovered after restart: {e}"),
+                Err(e) => panic!("publish never recovered after the outage: {e}"),
             }
         }
     }
@@ -842,5 +779,42 @@ pub async fn reconnect<H: Harness>(h: &H) -> Outcome {
     assert_all_received(&msgs, &got, false);
     drop(sub);
     close_both(&publisher, &subscriber).await;
+    drop(outage);
     Outcome::Passed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pubsub::memory::{MemoryConfig, MemoryPubSub};
+    use crate::pubsub::{Publisher, Subscriber};
+
+    /// A message published twice under one UUID is two deliveries: the read keeps both and
+    /// the exactly-once check names the message.
+    #[tokio::test]
+    async fn a_message_delivered_twice_fails_the_exactly_once_check() {
+        let ps = MemoryPubSub::new(MemoryConfig::default());
+        let topic = unique_topic("twice");
+        ps.subscribe_initialize(&topic).await.unwrap();
+        let mut sub = ps.subscribe(&topic).await.unwrap();
+        let msgs = messages(3, "twice");
+        let mut sent: Vec<Message> = msgs.iter().map(Message::copy).collect();
+        sent.insert(2, msgs[1].copy());
+        ps.publish(&topic, sent).await.unwrap();
+        let got = bulk_read(&mut sub, msgs.len(), Duration::from_secs(5)).await;
+        assert_eq!(got.len(), 4, "every delivery is kept");
+        assert_all_received(&msgs, &got, false);
+        let twice = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            assert_all_received(&msgs, &got, true)
+        }));
+        let why = *twice
+            .expect_err("a duplicate passed the exactly-once check")
+            .downcast::<String>()
+            .unwrap();
+        assert!(
+            why.contains("delivered more than once") && why.contains(&msgs[1].uuid),
+            "{why}"
+        );
+        Publisher::close(&ps).await.unwrap();
+    }
 }

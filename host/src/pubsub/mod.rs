@@ -47,6 +47,8 @@ pub mod redis;
 pub mod registry;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(test)]
+pub mod testkit;
 
 /// Publishes messages to topics.
 #[async_trait]

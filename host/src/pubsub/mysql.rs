@@ -1055,7 +1055,8 @@ async fn bench_loops(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::conformance::{Features, Harness, server, unique_topic};
+    use crate::pubsub::conformance::{Features, Harness, OwnedPubSub, unique_topic};
+    use crate::pubsub::testkit::{Kind, PrivateServer};
     use crate::pubsub::{DynPublisher, DynSubscriber};
 
     fn url() -> String {
@@ -1064,8 +1065,12 @@ mod tests {
     }
 
     fn test_config(group: &str) -> MysqlConfig {
+        config_at(url(), group)
+    }
+
+    fn config_at(url: String, group: &str) -> MysqlConfig {
         MysqlConfig {
-            url: url(),
+            url,
             consumer_group: Some(group.to_string()),
             max_connections: 10,
             redelivery_delay: Duration::from_millis(10),
@@ -1094,7 +1099,6 @@ mod tests {
                 guaranteed_order_with_single_subscriber: true,
                 persistent: true,
                 new_subscriber_receives_old_messages: true,
-                restart_server: true,
                 ..Features::default()
             }
         }
@@ -1108,26 +1112,17 @@ mod tests {
             Ok(Arc::new(MysqlPubSub::connect(test_config(group)).await?))
         }
 
-        async fn restart_server(&self) -> Result<()> {
-            let stopped = || async { server::sh("pidof mariadbd >/dev/null").await.is_err() };
-            if server::sh("mysqladmin -uroot shutdown").await.is_err() {
-                let _ = server::sh("kill $(pidof mariadbd)").await;
-            }
-            let limit = Duration::from_secs(60);
-            if server::wait_for("mariadbd to stop", limit, stopped)
-                .await
-                .is_err()
-            {
-                let _ = server::sh("kill -9 $(pidof mariadbd)").await;
-                server::wait_for("mariadbd to die", limit, stopped).await?;
-            }
-            server::sh("start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd")
-                .await?;
-            server::wait_for_port(3306, limit).await
-        }
-
-        fn server_name(&self) -> &'static str {
-            NAME
+        /// A private MariaDB, restarted: the messages and the groups' offsets are InnoDB
+        /// rows, and come back with it.
+        async fn owned_pubsub(&self) -> Result<Option<OwnedPubSub>> {
+            let server = PrivateServer::start(Kind::Mariadb).await?;
+            let ps = MysqlPubSub::connect(config_at(server.url(), &self.group)).await?;
+            let (publisher, subscriber) = crate::pubsub::conformance::pair(ps);
+            Ok(Some(OwnedPubSub {
+                publisher,
+                subscriber,
+                outage: Box::new(server),
+            }))
         }
     }
 
@@ -1135,7 +1130,6 @@ mod tests {
 
     #[tokio::test]
     async fn publish_in_tx_follows_the_transaction() {
-        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let ps = MysqlPubSub::connect(test_config("outbox")).await.unwrap();
         let topic = unique_topic("outbox");
         ps.subscribe_initialize(&topic).await.unwrap();
@@ -1178,7 +1172,6 @@ mod tests {
 
     #[tokio::test]
     async fn closing_a_tail_leaves_the_backend_open() {
-        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let ps = MysqlPubSub::connect(test_config("tail-main"))
             .await
             .unwrap();
@@ -1216,7 +1209,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_group_named_with_quotes_keeps_its_offset_across_batches() {
-        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         // Renewing a claim sends the group in the text of a multi-statement query.
         let group = format!("it's a \\ group ✓ {}", uuid::Uuid::new_v4().simple());
         let config = MysqlConfig {
@@ -1265,7 +1257,6 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn subscribers_of_one_group_share_messages_without_duplicates() {
-        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let group = format!("shared-{}", uuid::Uuid::new_v4().simple());
         let a = MysqlPubSub::connect(test_config(&group)).await.unwrap();
         let b = MysqlPubSub::connect(MysqlConfig {
@@ -1309,7 +1300,6 @@ mod tests {
 
     #[tokio::test]
     async fn registry_connects_and_closing_its_tail_keeps_the_backend() {
-        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let settings: toml::Table =
             toml::from_str(&format!("url = \"{}\"\npoll_interval = \"50ms\"", url())).unwrap();
         let b = crate::pubsub::registry::connect("db", "mysql", &settings)
@@ -1354,7 +1344,6 @@ mod tests {
 
     #[tokio::test]
     async fn raw_bench_reports_positive_figures() {
-        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let f = raw_bench(&url(), 300, 100).await.unwrap();
         eprintln!("mysql raw_bench (300 x 100 B): {f:?}");
         assert!(f.publish_per_sec > 0.0 && f.consume_per_sec > 0.0, "{f:?}");

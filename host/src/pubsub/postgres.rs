@@ -547,7 +547,8 @@ pub async fn raw_bench(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::conformance::{Features, Harness, server};
+    use crate::pubsub::conformance::{Features, Harness, OwnedPubSub};
+    use crate::pubsub::testkit::{Kind, PrivateServer};
     use crate::pubsub::{DynPublisher, DynSubscriber};
 
     fn url() -> String {
@@ -566,8 +567,11 @@ mod tests {
             }
         }
         fn config(&self, group: &str) -> PostgresConfig {
+            self.config_at(url(), group)
+        }
+        fn config_at(&self, url: String, group: &str) -> PostgresConfig {
             PostgresConfig {
-                url: url(),
+                url,
                 consumer_group: Some(group.to_string()),
                 poll_interval: Duration::from_millis(200),
                 start_at_end: false,
@@ -584,7 +588,6 @@ mod tests {
                 guaranteed_order_with_single_subscriber: true,
                 persistent: true,
                 new_subscriber_receives_old_messages: true,
-                restart_server: true,
                 ..Features::default()
             }
         }
@@ -598,13 +601,17 @@ mod tests {
             Ok(Arc::new(PostgresPubSub::connect(self.config(group)).await?))
         }
 
-        async fn restart_server(&self) -> Result<()> {
-            server::sh("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -n1) main restart -m fast").await?;
-            server::wait_for_port(5432, Duration::from_secs(10)).await
-        }
-
-        fn server_name(&self) -> &'static str {
-            NAME
+        /// A private cluster, restarted (fast shutdown): the messages and the groups'
+        /// offsets are rows, and come back with it.
+        async fn owned_pubsub(&self) -> Result<Option<OwnedPubSub>> {
+            let server = PrivateServer::start(Kind::Postgres).await?;
+            let ps = PostgresPubSub::connect(self.config_at(server.url(), &self.group)).await?;
+            let (publisher, subscriber) = crate::pubsub::conformance::pair(ps);
+            Ok(Some(OwnedPubSub {
+                publisher,
+                subscriber,
+                outage: Box::new(server),
+            }))
         }
     }
 
@@ -612,7 +619,6 @@ mod tests {
 
     #[tokio::test]
     async fn publish_in_tx_follows_the_transaction() {
-        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let h = PostgresHarness::new();
         let ps = PostgresPubSub::connect(h.config("tx")).await.unwrap();
         let topic = crate::pubsub::conformance::unique_topic("outbox");
@@ -640,7 +646,6 @@ mod tests {
 
     #[tokio::test]
     async fn raw_bench_reports_positive_figures() {
-        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let f = raw_bench(&url(), 200, 100).await.unwrap();
         assert!(f.publish_per_sec > 0.0 && f.consume_per_sec > 0.0);
     }

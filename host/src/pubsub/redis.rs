@@ -776,7 +776,8 @@ pub async fn raw_bench(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::conformance::{Features, Harness, server};
+    use crate::pubsub::conformance::{Features, Harness, OwnedPubSub};
+    use crate::pubsub::testkit::{Kind, PrivateServer};
     use crate::pubsub::{DynPublisher, DynSubscriber};
 
     fn url() -> String {
@@ -794,8 +795,11 @@ mod tests {
             }
         }
         fn config(&self, group: &str) -> RedisConfig {
+            self.config_at(url(), group)
+        }
+        fn config_at(&self, url: String, group: &str) -> RedisConfig {
             RedisConfig {
-                url: url(),
+                url,
                 consumer_group: Some(group.to_string()),
                 claim_idle: Duration::from_secs(2),
                 claim_interval: Duration::from_millis(500),
@@ -813,7 +817,6 @@ mod tests {
                 guaranteed_order_with_single_subscriber: true,
                 persistent: true,
                 new_subscriber_receives_old_messages: true,
-                restart_server: true,
                 ..Features::default()
             }
         }
@@ -827,27 +830,17 @@ mod tests {
             Ok(Arc::new(RedisPubSub::connect(self.config(group)).await?))
         }
 
-        async fn restart_server(&self) -> Result<()> {
-            let limit = Duration::from_secs(10);
-            // `save` keeps the streams across the restart (the server runs with --save "").
-            let _ = server::sh("redis-cli -p 6379 shutdown save").await;
-            let down = async || {
-                server::sh("redis-cli -p 6379 ping >/dev/null 2>&1")
-                    .await
-                    .is_err()
-            };
-            let _ = server::wait_for("redis to stop", Duration::from_secs(5), down).await;
-            server::sh("redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log").await?;
-            let up = async || {
-                server::sh("redis-cli -p 6379 ping >/dev/null 2>&1")
-                    .await
-                    .is_ok()
-            };
-            server::wait_for("redis to answer", limit, up).await
-        }
-
-        fn server_name(&self) -> &'static str {
-            NAME
+        /// A private server with an append-only file, restarted: the streams and their
+        /// groups come back with it.
+        async fn owned_pubsub(&self) -> Result<Option<OwnedPubSub>> {
+            let server = PrivateServer::start(Kind::Redis).await?;
+            let ps = RedisPubSub::connect(self.config_at(server.url(), &self.group)).await?;
+            let (publisher, subscriber) = crate::pubsub::conformance::pair(ps);
+            Ok(Some(OwnedPubSub {
+                publisher,
+                subscriber,
+                outage: Box::new(server),
+            }))
         }
     }
 
@@ -873,7 +866,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_blocking_read_of_an_idle_stream_outlasts_its_block_on_the_default_settings() {
-        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let config = RedisConfig {
             url: url(),
             consumer_group: Some(crate::pubsub::conformance::unique_group()),
@@ -902,7 +894,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_subscription_holds_up_to_max_in_flight_unacked_messages() {
-        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let h = RedisHarness::new();
         let ps = RedisPubSub::connect(h.config(&h.group)).await.unwrap();
         let topic = crate::pubsub::conformance::unique_topic("in_flight");
@@ -941,7 +932,6 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_sent_ahead_deliver_in_stream_order() {
-        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let h = RedisHarness::new();
         // Small reads: many are sent ahead, two at a time, each finished on another task.
         let config = RedisConfig {
@@ -968,7 +958,6 @@ mod tests {
 
     #[tokio::test]
     async fn entries_read_ahead_go_back_to_the_group_when_a_subscription_ends() {
-        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let h = RedisHarness::new();
         // Default claim times: without the hand-back the rest would wait for claim_idle (30 s).
         let config = RedisConfig {
@@ -1005,7 +994,6 @@ mod tests {
 
     #[tokio::test]
     async fn raw_bench_reports_positive_figures() {
-        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let f = raw_bench(&url(), 500, 100).await.unwrap();
         assert!(f.publish_per_sec > 0.0 && f.consume_per_sec > 0.0);
     }

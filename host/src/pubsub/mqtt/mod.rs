@@ -1173,7 +1173,8 @@ pub async fn raw_bench(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::conformance::{Features, Harness, server};
+    use crate::pubsub::conformance::{Features, Harness, OwnedPubSub};
+    use crate::pubsub::testkit::{Kind, PrivateServer};
     use crate::pubsub::{DynPublisher, DynSubscriber};
 
     fn url() -> String {
@@ -1192,8 +1193,12 @@ mod tests {
         }
 
         fn config(&self, group: &str) -> MqttConfig {
+            self.config_at(url(), group)
+        }
+
+        fn config_at(&self, url: String, group: &str) -> MqttConfig {
             MqttConfig {
-                url: url(),
+                url,
                 consumer_group: Some(group.to_string()),
                 client_id: "wasmill-test".into(),
                 // Test sessions must not pile up on the broker.
@@ -1216,7 +1221,6 @@ mod tests {
                 consumer_groups: true,
                 guaranteed_order_with_single_subscriber: true,
                 persistent: true,
-                restart_server: true,
                 ..Features::default()
             }
         }
@@ -1230,17 +1234,17 @@ mod tests {
             Ok(Arc::new(MqttPubSub::connect(self.config(group)).await?))
         }
 
-        async fn restart_server(&self) -> Result<()> {
-            // SIGTERM: Mosquitto writes its persistence file (sessions, queued messages).
-            let _ = server::sh("pid=$(cat /run/mosquitto/mosquitto.pid 2>/dev/null) && kill -TERM $pid && \
-                for i in $(seq 200); do kill -0 $pid 2>/dev/null || exit 0; sleep 0.05; done; exit 1")
-                .await;
-            server::sh("mosquitto -d -c /etc/mosquitto/mosquitto.conf").await?;
-            server::wait_for_port(1883, Duration::from_secs(10)).await
-        }
-
-        fn server_name(&self) -> &'static str {
-            NAME
+        /// A private Mosquitto with persistence, restarted: on SIGTERM it writes the
+        /// sessions and their queued messages, and reads them back when it starts.
+        async fn owned_pubsub(&self) -> Result<Option<OwnedPubSub>> {
+            let server = PrivateServer::start(Kind::Mosquitto).await?;
+            let ps = MqttPubSub::connect(self.config_at(server.url(), &self.group)).await?;
+            let (publisher, subscriber) = crate::pubsub::conformance::pair(ps);
+            Ok(Some(OwnedPubSub {
+                publisher,
+                subscriber,
+                outage: Box::new(server),
+            }))
         }
     }
 
@@ -1313,7 +1317,6 @@ mod tests {
 
     #[tokio::test]
     async fn tail_sees_messages_and_closes_alone() {
-        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let h = MqttHarness::new();
         let ps = MqttPubSub::connect(h.config(&h.group)).await.unwrap();
         let topic = crate::pubsub::conformance::unique_topic("tail");
@@ -1340,7 +1343,6 @@ mod tests {
     /// message: the session buffers them (Receive Maximum), the broker drops none.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stalled_consumer_loses_nothing() {
-        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let h = MqttHarness::new();
         let ps = MqttPubSub::connect(h.config(&h.group)).await.unwrap();
         let topic = crate::pubsub::conformance::unique_topic("stalled");
@@ -1365,14 +1367,13 @@ mod tests {
             Duration::from_secs(60),
         )
         .await;
-        assert_eq!(rest.len(), msgs.len() - 1, "messages were dropped");
+        crate::pubsub::conformance::assert_all_received(&msgs[1..], &rest, false);
         drop(sub);
         Publisher::close(&ps).await.unwrap();
     }
 
     #[tokio::test]
     async fn shared_subscription_splits_a_group_between_client_ids() {
-        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let h = MqttHarness::new();
         let topic = crate::pubsub::conformance::unique_topic("shared");
         let mut members = Vec::new();
@@ -1425,7 +1426,6 @@ mod tests {
     /// (rumqttc would fail the connection, and the calls in flight with it).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn publishing_across_keepalive_pings_keeps_the_connection() {
-        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let h = MqttHarness::new();
         let ps = MqttPubSub::connect(MqttConfig {
             keep_alive: Duration::from_secs(5),
@@ -1449,7 +1449,6 @@ mod tests {
 
     #[tokio::test]
     async fn raw_bench_reports_positive_figures() {
-        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let f = raw_bench(&url(), 500, 100).await.unwrap();
         assert!(f.publish_per_sec > 0.0 && f.consume_per_sec > 0.0);
     }

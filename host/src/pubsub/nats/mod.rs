@@ -688,7 +688,8 @@ pub async fn raw_bench(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::conformance::{Features, Harness, server};
+    use crate::pubsub::conformance::{Features, Harness, OwnedPubSub};
+    use crate::pubsub::testkit::{Kind, PrivateServer};
     use crate::pubsub::{DynPublisher, DynSubscriber};
 
     fn url() -> String {
@@ -706,8 +707,11 @@ mod tests {
             }
         }
         fn config(&self, group: &str) -> NatsConfig {
+            self.config_at(url(), group)
+        }
+        fn config_at(&self, url: String, group: &str) -> NatsConfig {
             NatsConfig {
-                url: url(),
+                url,
                 consumer_group: Some(group.to_string()),
                 ack_wait: Duration::from_secs(5),
                 ..NatsConfig::default()
@@ -725,7 +729,6 @@ mod tests {
                 guaranteed_order_with_single_subscriber: true,
                 persistent: true,
                 new_subscriber_receives_old_messages: true,
-                restart_server: true,
                 ..Features::default()
             }
         }
@@ -739,23 +742,17 @@ mod tests {
             Ok(Arc::new(NatsPubSub::connect(self.config(group)).await?))
         }
 
-        async fn restart_server(&self) -> Result<()> {
-            let limit = Duration::from_secs(10);
-            let _ = server::sh(
-                "start-stop-daemon --stop --oknodo --retry 10 --exec /usr/sbin/nats-server",
-            )
-            .await;
-            // Started again even if it would not stop in time (start is a no-op then).
-            let _ = server::wait_for("nats-server to stop", limit, async || {
-                !server::port_open(4222).await
-            })
-            .await;
-            server::sh("start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log").await?;
-            server::wait_for_port(4222, limit).await
-        }
-
-        fn server_name(&self) -> &'static str {
-            NAME
+        /// A private JetStream server with a file store, restarted: the streams and their
+        /// consumers come back with it.
+        async fn owned_pubsub(&self) -> Result<Option<OwnedPubSub>> {
+            let server = PrivateServer::start(Kind::Nats).await?;
+            let ps = NatsPubSub::connect(self.config_at(server.url(), &self.group)).await?;
+            let (publisher, subscriber) = crate::pubsub::conformance::pair(ps);
+            Ok(Some(OwnedPubSub {
+                publisher,
+                subscriber,
+                outage: Box::new(server),
+            }))
         }
     }
 
@@ -763,7 +760,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_settlement_goes_to_the_reply_subject_and_needs_one() {
-        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let client = async_nats::connect(url()).await.unwrap();
         let err = settle(&client, None, AckKind::Ack).await.unwrap_err();
         assert!(err.contains("no reply subject"), "{err}");
@@ -789,7 +785,6 @@ mod tests {
 
     #[tokio::test]
     async fn raw_bench_reports_positive_figures() {
-        let _server = crate::pubsub::conformance::server_in_use(NAME).await;
         let f = raw_bench(&url(), 300, 100).await.unwrap();
         assert!(f.publish_per_sec > 0.0 && f.consume_per_sec > 0.0);
     }

@@ -1,0 +1,549 @@
+//! Private server instances: a test starts its own broker or database on a free port of
+//! `127.0.0.1`, with its own data directory, and may stop and start it again (the data stays);
+//! dropping the instance stops it and removes the directory.
+//!
+//! Only the instance's own child process is ever signalled, by its process id. Each kind is
+//! configured to keep what it promises across a restart: Redis with an append-only file,
+//! NATS JetStream with a file store, Mosquitto with its persistence file, PostgreSQL and MariaDB
+//! with a fresh cluster of their own (PostgreSQL refuses to run as root: when the test runs as
+//! root, `initdb` and `postgres` run as the `postgres` user).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+use super::{port_open, wait_for};
+use crate::error::{Error, Result};
+use crate::pubsub::conformance::Outage;
+
+/// The servers a test can run privately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `redis-server` with `appendonly yes`.
+    Redis,
+    /// `nats-server -js` with a file store.
+    Nats,
+    /// `mosquitto` with persistence on.
+    Mosquitto,
+    /// `postgres` on a cluster made by `initdb`; the database `postgres`, user `postgres`.
+    Postgres,
+    /// `mariadbd` on a data directory made by `mariadb-install-db`; the database `test`, user
+    /// `root` without a password.
+    Mariadb,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Redis => "redis-server",
+            Kind::Nats => "nats-server",
+            Kind::Mosquitto => "mosquitto",
+            Kind::Postgres => "postgres",
+            Kind::Mariadb => "mariadbd",
+        }
+    }
+}
+
+/// How long a server may take to start or stop.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A server this test started and owns; stopped (and its directory removed) on drop.
+pub struct PrivateServer {
+    kind: Kind,
+    port: u16,
+    dir: TempDir,
+    /// The user the server runs as (uid, gid), when not the test's own.
+    user: Option<(u32, u32)>,
+    child: Option<Child>,
+}
+
+impl PrivateServer {
+    /// Prepares a data directory for `kind` and starts the server on a free port; returns once
+    /// it accepts clients.
+    pub async fn start(kind: Kind) -> Result<PrivateServer> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("wasmill-{}-", kind.name()))
+            .tempdir()
+            .map_err(|e| Error::io(format!("{}: temporary directory", kind.name()), e))?;
+        let user = match kind {
+            Kind::Postgres if is_root() => Some(postgres_user()?),
+            _ => None,
+        };
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .map_err(|e| Error::io(format!("chown {}", dir.path().display()), e))?;
+        }
+        let mut server = PrivateServer {
+            kind,
+            port: free_port()?,
+            dir,
+            user,
+            child: None,
+        };
+        server.prepare().await?;
+        server.resume().await?;
+        Ok(server)
+    }
+
+    /// The port the server listens on (on `127.0.0.1`), the same across restarts.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// The server's data directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The URL a backend connects with.
+    pub fn url(&self) -> String {
+        let port = self.port;
+        match self.kind {
+            Kind::Redis => format!("redis://127.0.0.1:{port}"),
+            Kind::Nats => format!("nats://127.0.0.1:{port}"),
+            Kind::Mosquitto => format!("mqtt://127.0.0.1:{port}"),
+            Kind::Postgres => format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            Kind::Mariadb => format!("mysql://root@127.0.0.1:{port}/test"),
+        }
+    }
+
+    /// Stops the server gracefully (it saves what it keeps) and waits until it exited.
+    pub async fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let name = self.kind.name();
+        if let Some(pid) = child.id() {
+            signal(pid, self.stop_signal());
+        }
+        match tokio::time::timeout(LIMIT, child.wait()).await {
+            Ok(status) => {
+                let status = status.map_err(|e| Error::io(format!("{name}: wait"), e))?;
+                tracing::debug!(%status, port = self.port, "{name} stopped");
+                Ok(())
+            }
+            Err(_) => {
+                let _ = child.kill().await;
+                Err(Error::Other(format!(
+                    "{name} on port {} did not stop within {LIMIT:?}; killed",
+                    self.port
+                )))
+            }
+        }
+    }
+
+    /// Starts the stopped server again on its port and data; returns once it accepts clients.
+    pub async fn resume(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let log = self.dir().join("server.log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| Error::io(format!("open {}", log.display()), e))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| Error::io(format!("open {}", log.display()), e))?;
+        let mut cmd = self.command()?;
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true);
+        if let Some((uid, gid)) = self.user {
+            cmd.uid(uid).gid(gid);
+        }
+        let name = self.kind.name();
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::io(format!("start {name}"), e))?;
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        loop {
+            if self.ready().await {
+                return Ok(());
+            }
+            let exited = match self.child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(status.to_string()),
+                _ => None,
+            };
+            if let Some(status) = exited {
+                self.child = None;
+                return Err(self.failure(&format!("exited ({status})")));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self.failure(&format!("not ready within {LIMIT:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the server and starts it again.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await?;
+        self.resume().await
+    }
+
+    /// An error naming the server, its port, `what` happened, and the end of its log.
+    fn failure(&self, what: &str) -> Error {
+        let log = std::fs::read_to_string(self.dir().join("server.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(10).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        Error::Other(format!(
+            "{} on port {} {what}; its log ends:\n{}",
+            self.kind.name(),
+            self.port,
+            tail.join("\n")
+        ))
+    }
+
+    fn stop_signal(&self) -> &'static str {
+        match self.kind {
+            // SIGTERM is PostgreSQL's "smart" shutdown, which waits for every client to leave.
+            Kind::Postgres => "INT",
+            _ => "TERM",
+        }
+    }
+
+    /// Whatever the data directory needs before the first start.
+    async fn prepare(&self) -> Result<()> {
+        let dir = self.dir();
+        match self.kind {
+            Kind::Redis | Kind::Nats => Ok(()),
+            Kind::Mosquitto => {
+                let config = format!(
+                    "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                     persistence_location {dir}/\nlog_dest stderr\n{user}",
+                    port = self.port,
+                    dir = dir.display(),
+                    user = if is_root() { "user root\n" } else { "" },
+                );
+                let path = dir.join("mosquitto.conf");
+                std::fs::write(&path, config)
+                    .map_err(|e| Error::io(format!("write {}", path.display()), e))
+            }
+            Kind::Postgres => {
+                let mut cmd = Command::new(postgres_bin("initdb")?);
+                cmd.arg("-D")
+                    .arg(dir.join("data"))
+                    .args(["-A", "trust", "-U", "postgres", "-N", "--locale=C", "-E"])
+                    .arg("UTF8");
+                if let Some((uid, gid)) = self.user {
+                    cmd.uid(uid).gid(gid);
+                }
+                run(cmd, "initdb").await
+            }
+            Kind::Mariadb => {
+                let mut cmd = Command::new("mariadb-install-db");
+                cmd.arg("--no-defaults")
+                    .arg(format!("--datadir={}", dir.join("data").display()))
+                    .args([
+                        "--auth-root-authentication-method=normal",
+                        "--skip-name-resolve",
+                    ]);
+                if is_root() {
+                    cmd.arg("--user=root");
+                }
+                run(cmd, "mariadb-install-db").await
+            }
+        }
+    }
+
+    /// The command that runs the server in the foreground.
+    fn command(&self) -> Result<Command> {
+        let dir = self.dir();
+        let port = self.port.to_string();
+        let cmd = match self.kind {
+            Kind::Redis => {
+                let mut cmd = Command::new("redis-server");
+                cmd.args(["--port", &port, "--bind", "127.0.0.1", "--dir"])
+                    .arg(dir)
+                    .args(["--appendonly", "yes", "--save", "", "--daemonize", "no"])
+                    .args(["--logfile", "", "--protected-mode", "no"]);
+                cmd
+            }
+            Kind::Nats => {
+                let mut cmd = Command::new("nats-server");
+                cmd.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+                    .arg(dir.join("jetstream"));
+                cmd
+            }
+            Kind::Mosquitto => {
+                let mut cmd = Command::new("mosquitto");
+                cmd.arg("-c").arg(dir.join("mosquitto.conf"));
+                cmd
+            }
+            Kind::Postgres => {
+                let mut cmd = Command::new(postgres_bin("postgres")?);
+                cmd.arg("-D")
+                    .arg(dir.join("data"))
+                    .args(["-p", &port, "-k"])
+                    .arg(dir)
+                    .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]);
+                cmd
+            }
+            Kind::Mariadb => {
+                let mut cmd = Command::new("mariadbd");
+                cmd.arg("--no-defaults")
+                    .arg(format!("--datadir={}", dir.join("data").display()))
+                    .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
+                    .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
+                    .arg(format!("--port={port}"))
+                    .args(["--bind-address=127.0.0.1", "--skip-name-resolve"])
+                    .args(["--skip-log-bin", "--innodb-buffer-pool-size=32M"]);
+                if is_root() {
+                    cmd.arg("--user=root");
+                }
+                cmd
+            }
+        };
+        Ok(cmd)
+    }
+
+    /// Whether the server accepts clients now.
+    async fn ready(&self) -> bool {
+        match self.kind {
+            // Redis listens while it loads its data, answering -LOADING until done.
+            Kind::Redis => redis_ping(self.port).await,
+            // PostgreSQL listens while it recovers, refusing clients until done.
+            Kind::Postgres => {
+                let Ok(pg_isready) = postgres_bin("pg_isready") else {
+                    return false;
+                };
+                let mut cmd = Command::new(pg_isready);
+                cmd.args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()]);
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+                matches!(cmd.status().await, Ok(s) if s.success())
+            }
+            _ => port_open(self.port).await,
+        }
+    }
+}
+
+#[async_trait]
+impl Outage for PrivateServer {
+    /// Restarts the server: stop (gracefully), then start on the same port and data.
+    async fn go_away_and_come_back(&mut self) -> Result<()> {
+        self.restart().await
+    }
+}
+
+impl Drop for PrivateServer {
+    /// Stops the server gracefully, waiting a little; kills it if it lingers.
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = child.id() {
+            signal(pid, self.stop_signal());
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = child.start_kill();
+    }
+}
+
+/// Sends `SIGNAL` to the process `pid` (a child of this test).
+fn signal(pid: u32, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+    if !matches!(sent, Ok(s) if s.success()) {
+        tracing::debug!(pid, signal, "kill failed: {sent:?}");
+    }
+}
+
+/// Runs `cmd` to completion; an error names `what` and shows its output.
+async fn run(mut cmd: Command, what: &str) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| Error::io(format!("run {what}"), e))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(Error::Other(format!(
+        "{what}: {}: {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+/// A port of `127.0.0.1` nobody listens on now.
+pub fn free_port() -> Result<u16> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("bind 127.0.0.1:0", e))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Error::io("local address of 127.0.0.1:0", e))
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+/// The uid and gid of the `postgres` user, from `/etc/passwd`.
+fn postgres_user() -> Result<(u32, u32)> {
+    let passwd =
+        std::fs::read_to_string("/etc/passwd").map_err(|e| Error::io("read /etc/passwd", e))?;
+    passwd
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            match fields[..] {
+                ["postgres", _, uid, gid, ..] => Some((uid.parse().ok()?, gid.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .ok_or_else(|| {
+            Error::Other("/etc/passwd: no user postgres to run postgres as (not as root)".into())
+        })
+}
+
+/// `name` in the newest `/usr/lib/postgresql/<version>/bin`.
+fn postgres_bin(name: &str) -> Result<PathBuf> {
+    let root = Path::new("/usr/lib/postgresql");
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(root)
+        .map_err(|e| Error::io(format!("read {}", root.display()), e))?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin").join(name);
+            bin.exists().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .ok_or_else(|| Error::Other(format!("{}: no version has bin/{name}", root.display())))
+}
+
+/// Whether a Redis server on `port` answers `PING` with `PONG` (not `-LOADING`).
+async fn redis_ping(port: u16) -> bool {
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(b"PING\r\n").await?;
+        let mut buf = [0; 16];
+        let n = s.read(&mut buf).await?;
+        std::io::Result::Ok(buf[..n].starts_with(b"+PONG"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), attempt).await,
+        Ok(Ok(true))
+    )
+}
+
+/// Waits until nothing listens on `port` any more.
+pub async fn wait_until_closed(port: u16) -> Result<()> {
+    wait_for(&format!("port {port} to close"), LIMIT, || async move {
+        !port_open(port).await
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Starts `kind`, stops and resumes it on the same port, then drops it: its port closes
+    /// and its directory goes.
+    async fn lifecycle(kind: Kind) {
+        let mut server = PrivateServer::start(kind)
+            .await
+            .unwrap_or_else(|e| panic!("{}", e.report()));
+        let (port, dir) = (server.port(), server.dir().to_path_buf());
+        assert!(port_open(port).await);
+        server.stop().await.unwrap();
+        wait_until_closed(port).await.unwrap();
+        server.resume().await.unwrap();
+        assert!(server.ready().await, "{kind:?} back on port {port}");
+        drop(server);
+        wait_until_closed(port).await.unwrap();
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+
+    #[tokio::test]
+    async fn nats_restarts_on_its_port_and_stops_on_drop() {
+        lifecycle(Kind::Nats).await;
+    }
+
+    #[tokio::test]
+    async fn mosquitto_restarts_on_its_port_and_stops_on_drop() {
+        lifecycle(Kind::Mosquitto).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_restarts_on_its_port_and_stops_on_drop() {
+        lifecycle(Kind::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn mariadb_restarts_on_its_port_and_stops_on_drop() {
+        lifecycle(Kind::Mariadb).await;
+    }
+
+    /// One Redis command over RESP; the raw reply.
+    async fn redis(port: u16, args: &[&str]) -> String {
+        let mut cmd = format!("*{}\r\n", args.len());
+        for a in args {
+            cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(cmd.as_bytes()).await.unwrap();
+        let mut buf = vec![0; 256];
+        let n = s.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[tokio::test]
+    async fn redis_keeps_its_data_across_a_restart_and_stops_on_drop() {
+        let mut server = PrivateServer::start(Kind::Redis).await.unwrap();
+        let port = server.port();
+        assert_eq!(redis(port, &["SET", "k", "kept"]).await, "+OK\r\n");
+        server.restart().await.unwrap();
+        assert_eq!(server.port(), port);
+        assert_eq!(redis(port, &["GET", "k"]).await, "$4\r\nkept\r\n");
+        drop(server);
+        wait_until_closed(port).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_server_that_cannot_start_is_an_error_with_its_log() {
+        let mut server = PrivateServer::start(Kind::Redis).await.unwrap();
+        server.stop().await.unwrap();
+        // Something else took the port meanwhile.
+        let _squatter = std::net::TcpListener::bind(("127.0.0.1", server.port())).unwrap();
+        let err = server.resume().await.unwrap_err().to_string();
+        assert!(
+            err.contains("redis-server") && err.contains(&server.port().to_string()),
+            "{err}"
+        );
+        assert!(err.contains("exited"), "{err}");
+    }
+}
