@@ -77,10 +77,15 @@ fn main() {
             .block_on(engine.compile_file(&path))
             .unwrap_or_else(|e| panic!("compile {}: {e}", path.display()));
         for payload_size in [0, 100, 16 * 1024] {
+            // A long timeout: under callgrind a first call (instantiation) takes seconds.
+            let limits = Limits {
+                timeout: std::time::Duration::from_secs(120),
+                ..Limits::default()
+            };
             let pool = InstancePool::new(
                 engine.clone(),
                 compiled.clone(),
-                Limits::default(),
+                limits,
                 Grants::default(),
                 1,
             );
