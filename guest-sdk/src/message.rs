@@ -356,6 +356,7 @@ mod tests {
         m.payload_mut().make_ascii_uppercase();
         assert_eq!(m.payload_str(), Ok("HELLO"));
         m.set_uuid("id-2");
+        assert_eq!(m.uuid(), "id-2");
         assert_eq!(m.clone(), m);
         assert_eq!(m.into_payload(), b"HELLO");
     }

@@ -83,7 +83,7 @@ async fn a_0_2_0_pass_through_returns_the_hosts_payload_and_0_1_0_still_runs() {
     let v2 = handler("passthrough").await;
     assert_eq!(v2.pool().current().info.version, WitVersion::V0_2);
     let out = v2.handle(m.clone()).await.unwrap();
-    assert_eq!(out, [m.clone()]);
+    assert_eq!(out, std::slice::from_ref(&m));
     assert_eq!(
         out[0].payload.as_ptr(),
         m.payload.as_ptr(),
@@ -100,7 +100,7 @@ async fn a_0_2_0_pass_through_returns_the_hosts_payload_and_0_1_0_still_runs() {
     assert_eq!(info.world_id(), "wasmill:plugin/handler@0.1.0");
     for _ in 0..3 {
         let out = v1.handle(m.clone()).await.unwrap();
-        assert_eq!(out, [m.clone()]);
+        assert_eq!(out, std::slice::from_ref(&m));
         assert_ne!(out[0].payload.as_ptr(), m.payload.as_ptr());
     }
 }
@@ -294,7 +294,7 @@ async fn audit_and_retry_order_matters_as_configured() {
     // allocator's first pages): warm it so both figures count the same per-call work.
     run_once(crate::router::apply_middleware(
         failing.clone(),
-        &[counting_audit.clone()],
+        std::slice::from_ref(&counting_audit),
     ))
     .await;
     let f0 = audit_pool.fuel_used();
