@@ -106,6 +106,17 @@ fn main() {
                 "  component call, {name}.wasm, {payload_size} B: {per_call:?} per call, {} fuel per call",
                 pool.fuel_used() / (u64::from(calls) + 1)
             );
+            // `handle-batch` (0.2.0 handlers; others are called once per message).
+            let batch: Vec<Message> = (0..64).map(|_| msg.clone()).collect();
+            let per_msg = rt.block_on(async {
+                pool.call_batch(&batch).await;
+                let start = std::time::Instant::now();
+                for _ in 0..calls / 64 {
+                    pool.call_batch(&batch).await;
+                }
+                start.elapsed() / (calls / 64 * 64)
+            });
+            println!("  batch of 64, {name}.wasm, {payload_size} B: {per_msg:?} per message");
         }
     }
 }

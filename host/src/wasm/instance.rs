@@ -20,7 +20,7 @@ use crate::error::{ErrorKind, HandlerError};
 use crate::message::Message;
 use crate::router::{BoxHandler, HandlerResult};
 
-enum Bindings {
+pub(super) enum Bindings {
     /// Called synchronously: no fiber (see `sync_io`).
     SyncHandler(handler_sync::Handler),
     Handler(handler::Handler),
@@ -32,15 +32,15 @@ enum Bindings {
 }
 
 impl Bindings {
-    fn is_sync(&self) -> bool {
+    pub(super) fn is_sync(&self) -> bool {
         matches!(self, Bindings::SyncHandler(_) | Bindings::SyncHandler2(_))
     }
 }
 
 /// One live instance: a store and the component instantiated in it.
-struct Instance {
-    store: Store<PluginState>,
-    bindings: Bindings,
+pub(super) struct Instance {
+    pub(super) store: Store<PluginState>,
+    pub(super) bindings: Bindings,
     /// The pool's generation when the instance was made (see [`InstancePool::generation`]).
     generation: u64,
 }
@@ -58,10 +58,10 @@ pub struct InstancePool {
     limits: Limits,
     grants: Arc<Grants>,
     max_idle: usize,
-    fuel_used: std::sync::atomic::AtomicU64,
+    pub(super) fuel_used: std::sync::atomic::AtomicU64,
     /// Set once a synchronous call of this pool held its thread for a whole
     /// [`SYNC_SLICE`]: from then on every call is async, yielding on each epoch tick.
-    demoted: std::sync::atomic::AtomicBool,
+    pub(super) demoted: std::sync::atomic::AtomicBool,
 }
 
 /// Fuel an async guest call burns between two yields of its thread: about 0.1-0.3 ms of
@@ -203,7 +203,7 @@ impl InstancePool {
         })
     }
 
-    async fn checkout(&self) -> Result<Instance, HandlerError> {
+    pub(super) async fn checkout(&self) -> Result<Instance, HandlerError> {
         let generation = self.generation();
         let demoted = self.is_demoted();
         loop {
@@ -218,7 +218,7 @@ impl InstancePool {
         self.instantiate().await
     }
 
-    fn checkin(&self, inst: Instance) {
+    pub(super) fn checkin(&self, inst: Instance) {
         if inst.generation != self.generation() {
             return;
         }
@@ -305,7 +305,7 @@ impl InstancePool {
 }
 
 /// What a guest's `handle` returned, of either version, before the host takes it.
-enum Returned {
+pub(super) enum Returned {
     V1(Result<Vec<types::MessageResult>, types::HandlerError>),
     V2(Result<Vec<Resource<MessageRep>>, types2::HandlerError>),
 }
@@ -368,7 +368,11 @@ async fn call_async(mut inst: Instance, msg: Message) -> Option<(Instance, CallO
 
 /// The host's messages from what a guest returned, within the output limits. A 0.2.0 guest's
 /// handles are taken out of the store's table (all of them, also past a limit).
-fn take_output(store: &mut Store<PluginState>, out: Returned, limits: &Limits) -> HandlerResult {
+pub(super) fn take_output(
+    store: &mut Store<PluginState>,
+    out: Returned,
+    limits: &Limits,
+) -> HandlerResult {
     match out {
         Returned::V1(Ok(out)) => {
             let bytes = out.iter().map(|m| m.payload.len() as u64).sum();
@@ -396,7 +400,7 @@ fn take_output(store: &mut Store<PluginState>, out: Returned, limits: &Limits) -
 
 /// Sets the budget of the next guest call in `store`: an epoch deadline one tick away (the
 /// callback then checks the budget on every tick), `timeout` from now, and `msg`'s context.
-fn arm(
+pub(super) fn arm(
     store: &mut Store<PluginState>,
     timeout: std::time::Duration,
     msg: Option<&Message>,
@@ -439,7 +443,11 @@ fn check_output(count: usize, bytes: u64, limits: &Limits) -> Result<(), Handler
 
 /// Names what stopped a call: fuel, deadline, memory cap, or another trap (with the wasm
 /// backtrace).
-fn classify(store: &Store<PluginState>, e: wasmtime::Error, during: &str) -> HandlerError {
+pub(super) fn classify(
+    store: &Store<PluginState>,
+    e: wasmtime::Error,
+    during: &str,
+) -> HandlerError {
     if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
         match trap {
             wasmtime::Trap::OutOfFuel => {

@@ -3,6 +3,7 @@
 //! [`Middleware`](crate::Middleware).
 
 pub mod adapters;
+pub mod batch;
 pub mod bindings;
 pub mod cache;
 pub mod component;
