@@ -238,16 +238,18 @@ impl InstancePool {
     /// close.
     pub async fn call(&self, msg: &Message, next: Option<BoxHandler>) -> HandlerResult {
         let limits = self.limits;
-        let deadline = std::time::Instant::now() + limits.timeout;
+        let mut remaining = limits.timeout;
         let mut fuel_left = limits.fuel;
+        // When the first attempt started: a call run again async keeps that deadline.
+        let mut first: Option<std::time::Instant> = None;
         loop {
             let mut inst = self.checkout().await?;
             let sync = inst.bindings.is_sync();
             inst.store
                 .set_fuel(fuel_left)
                 .map_err(|e| HandlerError::with_kind(ErrorKind::Trap, format!("set fuel: {e}")))?;
-            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
-            arm(&mut inst.store, remaining, Some(msg), sync);
+            let started = arm(&mut inst.store, remaining, Some(msg), sync);
+            let first = *first.get_or_insert(started);
             if next.is_some() {
                 let state = inst.store.data_mut();
                 state.next = next.clone();
@@ -295,6 +297,7 @@ impl InstancePool {
                         );
                     }
                     fuel_left = left;
+                    remaining = limits.timeout.saturating_sub(first.elapsed());
                     continue;
                 }
                 // A trap leaves the instance unusable: drop it; the next call makes a fresh one.
@@ -400,12 +403,13 @@ pub(super) fn take_output(
 
 /// Sets the budget of the next guest call in `store`: an epoch deadline one tick away (the
 /// callback then checks the budget on every tick), `timeout` from now, and `msg`'s context.
+/// Returns the call's start.
 pub(super) fn arm(
     store: &mut Store<PluginState>,
     timeout: std::time::Duration,
     msg: Option<&Message>,
     sync: bool,
-) {
+) -> std::time::Instant {
     let now = std::time::Instant::now();
     let state = store.data_mut();
     state.interrupted = None;
@@ -417,6 +421,7 @@ pub(super) fn arm(
         slice_end: sync.then(|| now + SYNC_SLICE),
     });
     store.set_epoch_deadline(1);
+    now
 }
 
 fn check_output(count: usize, bytes: u64, limits: &Limits) -> Result<(), HandlerError> {
