@@ -19,6 +19,10 @@ if command -v rustup >/dev/null 2>&1; then
     fi
 fi
 
+# WebAssembly SIMD (standard since wasm 2.0, on in wasmtime by default): byte loops such as
+# uppercase's `make_ascii_uppercase` vectorise (16 KiB: 349,370 -> 23,704 fuel per call).
+export CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS="${CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS:--C target-feature=+simd128}"
+
 # Always the workspace's own target dir, whatever CARGO_TARGET_DIR the caller has set.
 export CARGO_TARGET_DIR="$plugins/target"
 cargo build --release --target "$target" --manifest-path "$plugins/Cargo.toml" "$@"

@@ -1,4 +1,4 @@
-//! The raw bindings generated from `wit/plugin.wit`.
+//! The raw bindings generated from `wit/v0.2.0/plugin.wit`.
 //!
 //! `generate!` runs here, inside the SDK, so that `path: "../wit"` resolves against this crate's
 //! manifest directory whichever crate uses the export macros. With `pub_export_macro` the
@@ -10,8 +10,8 @@
 /// The `handler` world: `host` imported, `handle` exported.
 pub mod handler {
     wit_bindgen::generate!({
-        path: "../wit",
-        world: "wasmill:plugin/handler@0.1.0",
+        path: "../wit/v0.2.0",
+        world: "wasmill:plugin/handler@0.2.0",
         runtime_path: "::wasmill_guest::__private::wit_bindgen::rt",
         pub_export_macro: true,
         export_macro_name: "__export_handler_world",
@@ -22,16 +22,16 @@ pub mod handler {
 /// The `middleware` world: `host` and `next` imported, `handle` exported.
 pub mod middleware {
     wit_bindgen::generate!({
-        path: "../wit",
-        world: "wasmill:plugin/middleware@0.1.0",
+        path: "../wit/v0.2.0",
+        world: "wasmill:plugin/middleware@0.2.0",
         runtime_path: "::wasmill_guest::__private::wit_bindgen::rt",
         pub_export_macro: true,
         export_macro_name: "__export_middleware_world",
         default_bindings_module: "::wasmill_guest::bindings::middleware",
         // One set of Rust types and host functions for both worlds.
         with: {
-            "wasmill:plugin/types@0.1.0": crate::bindings::handler::wasmill::plugin::types,
-            "wasmill:plugin/host@0.1.0": crate::bindings::handler::wasmill::plugin::host,
+            "wasmill:plugin/types@0.2.0": crate::bindings::handler::wasmill::plugin::types,
+            "wasmill:plugin/host@0.2.0": crate::bindings::handler::wasmill::plugin::host,
         },
     });
 }

@@ -14,7 +14,7 @@ use crate::bindings::handler::wasmill::plugin::host as imports;
 /// (for example that the topic is not allowed), for the handler to log, ignore or turn into an
 /// [`Error`](crate::Error).
 pub fn publish(topic: &str, msg: Message) -> Result<(), String> {
-    imports::publish(topic, &msg.into())
+    imports::publish(topic, msg.into_wit())
 }
 
 /// A monotonic clock, for measuring durations: the time since an arbitrary point fixed by the

@@ -4,7 +4,7 @@
 //! A plugin is a `cdylib` crate that depends on `wasmill-guest`, implements [`Handler`] (or
 //! [`Middleware`]) for a type and names that type in [`export_handler!`] (or
 //! [`export_middleware!`]). Build it with `cargo build --release --target wasm32-wasip2`: the
-//! `.wasm` file is a component of the `wasmill:plugin/handler@0.1.0` (or `middleware`) world,
+//! `.wasm` file is a component of the `wasmill:plugin/handler@0.2.0` (or `middleware`) world,
 //! ready to drop into the host's plugins folder. The plugin needs no `wit-bindgen` of its own
 //! and no WIT file: both come with this crate.
 //!
@@ -24,7 +24,7 @@
 //!         }
 //!         wasmill_guest::debug!("shouting {} bytes", text.len());
 //!         let out = Message::new(text.to_uppercase())
-//!             .with_metadata("shouted_from", msg.uuid.as_str());
+//!             .with_metadata("shouted_from", msg.uuid());
 //!         Ok(vec![out])
 //!     }
 //! }
@@ -53,12 +53,12 @@
 //!
 //! impl Middleware for RequireTenant {
 //!     fn handle(msg: Message, next: &Next) -> Result<Vec<Message>, Error> {
-//!         let Some(tenant) = msg.metadata.get("tenant").map(str::to_owned) else {
+//!         let Some(tenant) = msg.metadata().get("tenant").map(str::to_owned) else {
 //!             return Err(Error::permanent("missing metadata tenant"));
 //!         };
 //!         let mut out = next.call(msg)?;
 //!         for m in &mut out {
-//!             m.metadata.set("tenant", tenant.as_str());
+//!             m.metadata_mut().set("tenant", tenant.as_str());
 //!         }
 //!         Ok(out)
 //!     }
@@ -142,8 +142,8 @@ pub struct Next {
 impl Next {
     /// Runs the rest of the chain with `msg` and returns what it produced.
     pub fn call(&self, msg: Message) -> Result<Vec<Message>, Error> {
-        bindings::middleware::next(&msg.into())
-            .map(|out| out.into_iter().map(Message::from).collect())
+        bindings::middleware::next(msg.into_wit())
+            .map(|out| out.into_iter().map(Message::from_wit).collect())
             .map_err(Error::from)
     }
 }
@@ -206,7 +206,7 @@ pub mod __private {
     fn convert(
         out: Result<Vec<Message>, crate::Error>,
     ) -> Result<Vec<wit::Message>, wit::HandlerError> {
-        out.map(|v| v.into_iter().map(wit::Message::from).collect())
+        out.map(|v| v.into_iter().map(Message::into_wit).collect())
             .map_err(wit::HandlerError::from)
     }
 
@@ -216,7 +216,16 @@ pub mod __private {
     impl<T: Handler> bindings::handler::Guest for HandlerAdapter<T> {
         fn handle(msg: wit::Message) -> Result<Vec<wit::Message>, wit::HandlerError> {
             install_panic_hook();
-            convert(T::handle(msg.into()))
+            convert(T::handle(Message::from_wit(msg)))
+        }
+
+        fn handle_batch(
+            msgs: Vec<wit::Message>,
+        ) -> Vec<Result<Vec<wit::Message>, wit::HandlerError>> {
+            install_panic_hook();
+            msgs.into_iter()
+                .map(|m| convert(T::handle(Message::from_wit(m))))
+                .collect()
         }
     }
 
@@ -226,7 +235,7 @@ pub mod __private {
     impl<T: Middleware> bindings::middleware::Guest for MiddlewareAdapter<T> {
         fn handle(msg: wit::Message) -> Result<Vec<wit::Message>, wit::HandlerError> {
             install_panic_hook();
-            convert(T::handle(msg.into(), &Next { _private: () }))
+            convert(T::handle(Message::from_wit(msg), &Next { _private: () }))
         }
     }
 }

@@ -1,5 +1,6 @@
-//! [`Message`] and [`Metadata`]: the friendly side of the WIT `message` record.
+//! [`Message`] and [`Metadata`]: the friendly side of the WIT `message` resource.
 
+use std::cell::OnceCell;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +10,7 @@ use crate::wit;
 /// String key/value pairs attached to a message. Keys are unique; insertion order is kept
 /// (it is not significant, but it makes output stable).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Metadata(Vec<(String, String)>);
+pub struct Metadata(pub(crate) Vec<(String, String)>);
 
 impl Metadata {
     /// Empty metadata.
@@ -89,16 +90,27 @@ impl From<Metadata> for Vec<(String, String)> {
 
 /// A message: an id, string metadata and a payload.
 ///
-/// It converts to and from the WIT record with `From`/`Into`; the export macros do that for
-/// you.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A message a handler receives stays in the host (a `message` resource of
+/// `wasmill:plugin@0.2.0`): its uuid, metadata and payload are copied into the plugin only
+/// when first read, and only what was changed is written back when it is returned. Returning
+/// the message unchanged copies nothing at all; reading only its metadata never copies the
+/// payload.
+#[derive(Default)]
 pub struct Message {
-    /// An identifier for debugging and deduplication; may be empty.
-    pub uuid: String,
-    /// Key/value pairs.
-    pub metadata: Metadata,
-    /// The body.
-    pub payload: Vec<u8>,
+    /// The host's message, for one that came from the host.
+    handle: Option<wit::Message>,
+    uuid: OnceCell<String>,
+    metadata: OnceCell<Metadata>,
+    payload: OnceCell<Vec<u8>>,
+    /// Which parts changed since they came from the host.
+    changed: Changed,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Changed {
+    uuid: bool,
+    metadata: bool,
+    payload: bool,
 }
 
 impl Message {
@@ -110,54 +122,166 @@ impl Message {
     /// A message with the given `uuid` and `payload` and no metadata.
     pub fn with_uuid(uuid: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
         Self {
-            uuid: uuid.into(),
-            metadata: Metadata::new(),
-            payload: payload.into(),
+            handle: None,
+            uuid: OnceCell::from(uuid.into()),
+            metadata: OnceCell::from(Metadata::new()),
+            payload: OnceCell::from(payload.into()),
+            changed: Changed::default(),
         }
     }
 
     /// Builder form of [`Metadata::set`].
     #[must_use]
     pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.metadata.set(key, value);
+        self.metadata_mut().set(key, value);
         self
+    }
+
+    /// The identifier, for debugging and deduplication; may be empty.
+    pub fn uuid(&self) -> &str {
+        self.uuid
+            .get_or_init(|| self.handle.as_ref().map(|h| h.uuid()).unwrap_or_default())
+    }
+
+    /// Replaces the identifier.
+    pub fn set_uuid(&mut self, uuid: impl Into<String>) {
+        self.uuid = OnceCell::from(uuid.into());
+        self.changed.uuid = true;
+    }
+
+    /// The metadata (read from the host on first use).
+    pub fn metadata(&self) -> &Metadata {
+        self.metadata.get_or_init(|| {
+            Metadata(
+                self.handle
+                    .as_ref()
+                    .map(|h| h.metadata())
+                    .unwrap_or_default(),
+            )
+        })
+    }
+
+    /// The metadata, to change.
+    pub fn metadata_mut(&mut self) -> &mut Metadata {
+        self.metadata();
+        self.changed.metadata = true;
+        self.metadata.get_mut().expect("metadata loaded above")
+    }
+
+    /// The body (read from the host on first use).
+    pub fn payload(&self) -> &[u8] {
+        self.payload.get_or_init(|| {
+            self.handle
+                .as_ref()
+                .map(|h| h.payload())
+                .unwrap_or_default()
+        })
+    }
+
+    /// The body, to change in place.
+    pub fn payload_mut(&mut self) -> &mut Vec<u8> {
+        self.payload();
+        self.changed.payload = true;
+        self.payload.get_mut().expect("payload loaded above")
+    }
+
+    /// Replaces the body (without reading the old one from the host).
+    pub fn set_payload(&mut self, payload: impl Into<Vec<u8>>) {
+        self.payload = OnceCell::from(payload.into());
+        self.changed.payload = true;
+    }
+
+    /// The body's length in bytes (asked of the host, not copied, when not read yet).
+    pub fn payload_len(&self) -> usize {
+        match (self.payload.get(), &self.handle) {
+            (Some(p), _) => p.len(),
+            (None, Some(h)) => h.payload_len() as usize,
+            (None, None) => 0,
+        }
+    }
+
+    /// The body, taken out of the message.
+    pub fn into_payload(mut self) -> Vec<u8> {
+        self.payload();
+        self.payload.take().unwrap_or_default()
     }
 
     /// The payload as UTF-8 text.
     pub fn payload_str(&self) -> Result<&str, std::str::Utf8Error> {
-        std::str::from_utf8(&self.payload)
+        std::str::from_utf8(self.payload())
     }
 
     /// A copy with the same metadata and payload but a fresh uuid: what a handler returns when
     /// it forwards a message as a new one.
     #[must_use]
     pub fn derive(&self) -> Self {
+        let mut m = Self::with_uuid(new_uuid(), self.payload().to_vec());
+        m.metadata = OnceCell::from(self.metadata().clone());
+        m
+    }
+
+    /// A message the host handed in: nothing is read yet.
+    pub fn from_wit(handle: wit::Message) -> Self {
         Self {
-            uuid: new_uuid(),
-            ..self.clone()
+            handle: Some(handle),
+            ..Self::default()
+        }
+    }
+
+    /// The host's message for this one: the handle it came with, updated with what changed,
+    /// or a new one.
+    pub fn into_wit(mut self) -> wit::Message {
+        let pairs =
+            |m: Option<Metadata>| -> Vec<(String, String)> { m.map(Vec::from).unwrap_or_default() };
+        match self.handle.take() {
+            Some(h) => {
+                if self.changed.uuid {
+                    h.set_uuid(self.uuid.get().map_or("", String::as_str));
+                }
+                if self.changed.metadata {
+                    h.set_metadata(&pairs(self.metadata.take()));
+                }
+                if self.changed.payload {
+                    h.set_payload(self.payload.get().map_or(&[][..], Vec::as_slice));
+                }
+                h
+            }
+            None => wit::Message::new(
+                self.uuid.get().map_or("", String::as_str),
+                &pairs(self.metadata.take()),
+                self.payload.get().map_or(&[][..], Vec::as_slice),
+            ),
         }
     }
 }
 
-impl From<wit::Message> for Message {
-    /// Takes the record's fields as they are: the WIT contract has the host send unique
-    /// metadata keys, so the pairs become the [`Metadata`] without a copy or a check.
-    fn from(m: wit::Message) -> Self {
-        Self {
-            uuid: m.uuid,
-            metadata: Metadata(m.metadata),
-            payload: m.payload,
-        }
+impl Clone for Message {
+    /// A copy with the same uuid, metadata and payload (read from the host if need be); it is
+    /// a new message to the host.
+    fn clone(&self) -> Self {
+        let mut m = Self::with_uuid(self.uuid(), self.payload().to_vec());
+        m.metadata = OnceCell::from(self.metadata().clone());
+        m
     }
 }
 
-impl From<Message> for wit::Message {
-    fn from(m: Message) -> Self {
-        Self {
-            uuid: m.uuid,
-            metadata: m.metadata.into(),
-            payload: m.payload,
-        }
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.uuid() == other.uuid()
+            && self.metadata() == other.metadata()
+            && self.payload() == other.payload()
+    }
+}
+
+impl Eq for Message {}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("uuid", &self.uuid())
+            .field("metadata", self.metadata())
+            .field("payload_len", &self.payload_len())
+            .finish()
     }
 }
 
@@ -224,20 +348,24 @@ mod tests {
     }
 
     #[test]
-    fn message_round_trips_through_the_wit_record() {
-        let m = Message::with_uuid("id-1", "hello").with_metadata("tenant", "acme");
-        let w: wit::Message = m.clone().into();
-        assert_eq!(w.uuid, "id-1");
-        assert_eq!(w.metadata, vec![("tenant".to_string(), "acme".to_string())]);
-        assert_eq!(w.payload, b"hello");
-        assert_eq!(Message::from(w), m);
+    fn a_new_message_reads_and_changes_its_parts() {
+        let mut m = Message::with_uuid("id-1", "hello").with_metadata("tenant", "acme");
+        assert_eq!(m.uuid(), "id-1");
+        assert_eq!(m.metadata().get("tenant"), Some("acme"));
+        assert_eq!(m.payload_len(), 5);
+        m.payload_mut().make_ascii_uppercase();
+        assert_eq!(m.payload_str(), Ok("HELLO"));
+        m.set_uuid("id-2");
+        assert_eq!(m.uuid(), "id-2");
+        assert_eq!(m.clone(), m);
+        assert_eq!(m.into_payload(), b"HELLO");
     }
 
     #[test]
     fn message_new_has_a_v4_uuid() {
         let m = Message::new(b"x".to_vec());
         assert_eq!(m.payload_str(), Ok("x"));
-        let u = m.uuid.as_bytes();
+        let u = m.uuid().as_bytes();
         assert_eq!(u.len(), 36);
         for i in [8, 13, 18, 23] {
             assert_eq!(u[i], b'-');
@@ -256,8 +384,8 @@ mod tests {
     fn derive_keeps_content_with_a_new_uuid() {
         let m = Message::with_uuid("same", "p").with_metadata("k", "v");
         let d = m.derive();
-        assert_ne!(d.uuid, m.uuid);
-        assert_eq!(d.metadata, m.metadata);
-        assert_eq!(d.payload, m.payload);
+        assert_ne!(d.uuid(), m.uuid());
+        assert_eq!(d.metadata(), m.metadata());
+        assert_eq!(d.payload(), m.payload());
     }
 }

@@ -15,7 +15,7 @@ pub fn check(file: &Path) -> Result<()> {
     let engine = wasmill::wasm::WasmEngine::new(Default::default())?;
     let name = file.display().to_string();
     let info = wasmill::wasm::inspect(&engine, &name, &bytes)?;
-    println!("{name}: implements {}", info.world);
+    println!("{name}: implements {}", info.world_id());
     println!("imports:");
     for i in &info.imports {
         println!("  {i}");

@@ -9,7 +9,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use super::bindings::{handler, handler_sync, middleware};
+use super::bindings::{handler, handler_sync, handler2, handler2_sync, middleware, middleware2};
 use super::engine::WasmEngine;
 use super::state::PluginState;
 use crate::error::{Error, Result};
@@ -27,8 +27,29 @@ pub enum World {
 impl std::fmt::Display for World {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            World::Handler => "wasmill:plugin/handler@0.1.0",
-            World::Middleware => "wasmill:plugin/middleware@0.1.0",
+            World::Handler => "wasmill:plugin/handler",
+            World::Middleware => "wasmill:plugin/middleware",
+        })
+    }
+}
+
+/// Which version of the `wasmill:plugin` package a component implements. The host runs both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum WitVersion {
+    /// `wasmill:plugin@0.1.0`: the message passed as a record (copied into and out of the
+    /// guest).
+    #[serde(rename = "0.1.0")]
+    V0_1,
+    /// `wasmill:plugin@0.2.0`: the message a resource held by the host.
+    #[serde(rename = "0.2.0")]
+    V0_2,
+}
+
+impl std::fmt::Display for WitVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WitVersion::V0_1 => "0.1.0",
+            WitVersion::V0_2 => "0.2.0",
         })
     }
 }
@@ -38,6 +59,8 @@ impl std::fmt::Display for World {
 pub struct ComponentInfo {
     /// The world it implements.
     pub world: World,
+    /// The version of the package it implements.
+    pub version: WitVersion,
     /// Names of its imports.
     pub imports: Vec<String>,
     /// Names of its exports.
@@ -55,6 +78,20 @@ pub(crate) enum Pre {
     ),
     Handler(handler::HandlerPre<PluginState>),
     Middleware(middleware::MiddlewarePre<PluginState>),
+    /// 0.2.0's handler, called synchronously (and async once demoted), as `SyncHandler`.
+    SyncHandler2(
+        handler2_sync::HandlerPre<PluginState>,
+        handler2::HandlerPre<PluginState>,
+    ),
+    Handler2(handler2::HandlerPre<PluginState>),
+    Middleware2(middleware2::MiddlewarePre<PluginState>),
+}
+
+impl ComponentInfo {
+    /// The world with its version: `wasmill:plugin/handler@0.2.0`.
+    pub fn world_id(&self) -> String {
+        format!("{}@{}", self.world, self.version)
+    }
 }
 
 /// A compiled, validated plugin version.
@@ -138,10 +175,30 @@ fn detect_world(
         ));
     }
     let mut world = World::Handler;
+    let of = |v: &str| {
+        imports.iter().any(|i| {
+            i.starts_with(&format!("wasmill:plugin/host@{v}"))
+                || i.starts_with(&format!("wasmill:plugin/types@{v}"))
+        })
+    };
+    let version = match (of("0.1."), of("0.2.")) {
+        (true, true) => {
+            return Err(err(
+                name,
+                "imports both wasmill:plugin@0.1.0 and @0.2.0: a plugin implements one version",
+            ));
+        }
+        (_, true) => WitVersion::V0_2,
+        _ => WitVersion::V0_1,
+    };
     for import in &imports {
         let allowed = import.starts_with("wasi:")
             || import.starts_with("wasmill:plugin/host@0.1")
-            || import.starts_with("wasmill:plugin/types@0.1");
+            || import.starts_with("wasmill:plugin/types@0.1")
+            || import.starts_with("wasmill:plugin/host@0.2")
+            || import.starts_with("wasmill:plugin/types@0.2")
+            // 0.2.0's worlds `use` the message resource: the component imports its type.
+            || (version == WitVersion::V0_2 && (import == "message" || import == "handler-error"));
         if import == "next" {
             world = World::Middleware;
         } else if !allowed {
@@ -155,6 +212,7 @@ fn detect_world(
     }
     Ok(ComponentInfo {
         world,
+        version,
         imports,
         exports,
     })
@@ -167,39 +225,52 @@ pub fn inspect(engine: &WasmEngine, name: &str, bytes: &[u8]) -> Result<Componen
     let component = Component::new(engine.engine(), bytes)
         .map_err(|e| err(name, format!("invalid component: {e:#}")))?;
     let info = detect_world(name, engine.engine(), &component)?;
-    prepare(engine, name, &component, info.world)?;
+    prepare(engine, name, &component, &info)?;
     Ok(info)
 }
 
-fn prepare(engine: &WasmEngine, name: &str, component: &Component, world: World) -> Result<Pre> {
+fn prepare(
+    engine: &WasmEngine,
+    name: &str,
+    component: &Component,
+    info: &ComponentInfo,
+) -> Result<Pre> {
     let inner = &engine.inner;
-    Ok(match world {
-        World::Handler => {
-            // Linking fails here when the handler imports something that may wait (publish,
-            // clock subscriptions, ...): it then runs async.
-            let pre = inner
-                .handler_linker
-                .instantiate_pre(component)
-                .map_err(|e| err(name, format!("cannot link as a handler: {e:#}")))?;
-            let pre = handler::HandlerPre::new(pre)
-                .map_err(|e| err(name, format!("export `handle` has the wrong type: {e:#}")))?;
-            if let Ok(sync) = inner.handler_sync_linker.instantiate_pre(component)
-                && let Ok(sync) = handler_sync::HandlerPre::new(sync)
-            {
-                return Ok(Pre::SyncHandler(sync, pre));
+    let link = |linker: &wasmtime::component::Linker<PluginState>, what: &str| {
+        linker
+            .instantiate_pre(component)
+            .map_err(|e| err(name, format!("cannot link as a {what}: {e:#}")))
+    };
+    let typed =
+        |e: wasmtime::Error| err(name, format!("export `handle` has the wrong type: {e:#}"));
+    // Linking a handler fails in the synchronous linker when it imports something that may
+    // wait (publish, clock subscriptions, ...): it then runs async.
+    let sync = inner.handler_sync_linker.instantiate_pre(component).ok();
+    Ok(match (info.world, info.version) {
+        (World::Handler, WitVersion::V0_1) => {
+            let pre =
+                handler::HandlerPre::new(link(&inner.handler_linker, "handler")?).map_err(typed)?;
+            match sync.and_then(|s| handler_sync::HandlerPre::new(s).ok()) {
+                Some(sync) => Pre::SyncHandler(sync, pre),
+                None => Pre::Handler(pre),
             }
-            Pre::Handler(pre)
         }
-        World::Middleware => {
-            let pre = inner
-                .middleware_linker
-                .instantiate_pre(component)
-                .map_err(|e| err(name, format!("cannot link as a middleware: {e:#}")))?;
-            Pre::Middleware(
-                middleware::MiddlewarePre::new(pre)
-                    .map_err(|e| err(name, format!("export `handle` has the wrong type: {e:#}")))?,
-            )
+        (World::Handler, WitVersion::V0_2) => {
+            let pre = handler2::HandlerPre::new(link(&inner.handler_linker, "handler")?)
+                .map_err(typed)?;
+            match sync.and_then(|s| handler2_sync::HandlerPre::new(s).ok()) {
+                Some(sync) => Pre::SyncHandler2(sync, pre),
+                None => Pre::Handler2(pre),
+            }
         }
+        (World::Middleware, WitVersion::V0_1) => Pre::Middleware(
+            middleware::MiddlewarePre::new(link(&inner.middleware_linker, "middleware")?)
+                .map_err(typed)?,
+        ),
+        (World::Middleware, WitVersion::V0_2) => Pre::Middleware2(
+            middleware2::MiddlewarePre::new(link(&inner.middleware2_linker, "middleware")?)
+                .map_err(typed)?,
+        ),
     })
 }
 
@@ -243,7 +314,7 @@ impl WasmEngine {
             }
         };
         let info = detect_world(name, self.engine(), &component)?;
-        let pre = prepare(self, name, &component, info.world)?;
+        let pre = prepare(self, name, &component, &info)?;
         Ok(Arc::new(CompiledPlugin {
             name: name.into(),
             sha256,

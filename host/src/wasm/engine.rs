@@ -9,7 +9,7 @@ use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
-use super::bindings::{handler, middleware};
+use super::bindings::{handler, handler2, middleware, middleware2};
 use super::cache::CompileCache;
 use super::state::PluginState;
 use crate::error::{Error, Result};
@@ -39,6 +39,8 @@ pub(crate) struct EngineInner {
     /// (`sync_io`).
     pub(crate) handler_sync_linker: Linker<PluginState>,
     pub(crate) middleware_linker: Linker<PluginState>,
+    /// 0.2.0's middleware world (its `next` has another type than 0.1.0's).
+    pub(crate) middleware2_linker: Linker<PluginState>,
     pub(crate) cache: Option<CompileCache>,
     stop: Arc<AtomicBool>,
 }
@@ -70,10 +72,17 @@ impl WasmEngine {
         wasmtime_wasi::p2::add_to_linker_async(&mut handler_linker).map_err(wasm_err)?;
         handler::Handler::add_to_linker::<_, HasSelf<_>>(&mut handler_linker, |s| s)
             .map_err(wasm_err)?;
+        // Both versions' interfaces in one linker: their names carry the version.
+        handler2::Handler::add_to_linker::<_, HasSelf<_>>(&mut handler_linker, |s| s)
+            .map_err(wasm_err)?;
         let handler_sync_linker = super::sync_io::handler_linker(&engine).map_err(wasm_err)?;
         let mut middleware_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut middleware_linker).map_err(wasm_err)?;
         middleware::Middleware::add_to_linker::<_, HasSelf<_>>(&mut middleware_linker, |s| s)
+            .map_err(wasm_err)?;
+        let mut middleware2_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut middleware2_linker).map_err(wasm_err)?;
+        middleware2::Middleware::add_to_linker::<_, HasSelf<_>>(&mut middleware2_linker, |s| s)
             .map_err(wasm_err)?;
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -102,6 +111,7 @@ impl WasmEngine {
                 handler_linker,
                 handler_sync_linker,
                 middleware_linker,
+                middleware2_linker,
                 cache,
                 stop,
             }),

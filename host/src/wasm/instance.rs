@@ -5,28 +5,42 @@ use std::sync::{Arc, Mutex};
 
 use wasmtime::Store;
 
+use wasmtime::component::Resource;
+
 use super::bindings::handler::wasmill::plugin::types;
-use super::bindings::{handler, handler_sync, middleware};
+use super::bindings::handler2::wasmill::plugin::types as types2;
+use super::bindings::{handler, handler_sync, handler2, handler2_sync, middleware, middleware2};
 use super::component::{CompiledPlugin, Pre};
 use super::convert::{from_wit, from_wit_error, to_wit_param, wit_metadata};
 use super::engine::WasmEngine;
 use super::limits::Limits;
+use super::message::MessageRep;
 use super::state::{CallBudget, Grants, Interruption, PluginState};
 use crate::error::{ErrorKind, HandlerError};
 use crate::message::Message;
 use crate::router::{BoxHandler, HandlerResult};
 
-enum Bindings {
+pub(super) enum Bindings {
     /// Called synchronously: no fiber (see `sync_io`).
     SyncHandler(handler_sync::Handler),
     Handler(handler::Handler),
     Middleware(middleware::Middleware),
+    /// 0.2.0's, called synchronously.
+    SyncHandler2(handler2_sync::Handler),
+    Handler2(handler2::Handler),
+    Middleware2(middleware2::Middleware),
+}
+
+impl Bindings {
+    pub(super) fn is_sync(&self) -> bool {
+        matches!(self, Bindings::SyncHandler(_) | Bindings::SyncHandler2(_))
+    }
 }
 
 /// One live instance: a store and the component instantiated in it.
-struct Instance {
-    store: Store<PluginState>,
-    bindings: Bindings,
+pub(super) struct Instance {
+    pub(super) store: Store<PluginState>,
+    pub(super) bindings: Bindings,
     /// The pool's generation when the instance was made (see [`InstancePool::generation`]).
     generation: u64,
 }
@@ -44,10 +58,10 @@ pub struct InstancePool {
     limits: Limits,
     grants: Arc<Grants>,
     max_idle: usize,
-    fuel_used: std::sync::atomic::AtomicU64,
+    pub(super) fuel_used: std::sync::atomic::AtomicU64,
     /// Set once a synchronous call of this pool held its thread for a whole
     /// [`SYNC_SLICE`]: from then on every call is async, yielding on each epoch tick.
-    demoted: std::sync::atomic::AtomicBool,
+    pub(super) demoted: std::sync::atomic::AtomicBool,
 }
 
 /// Fuel an async guest call burns between two yields of its thread: about 0.1-0.3 ms of
@@ -143,7 +157,8 @@ impl InstancePool {
         store
             .set_fuel(self.limits.fuel)
             .map_err(|e| HandlerError::with_kind(ErrorKind::Trap, format!("set fuel: {e}")))?;
-        let sync = matches!(version.pre, Pre::SyncHandler(..)) && !self.is_demoted();
+        let sync = matches!(version.pre, Pre::SyncHandler(..) | Pre::SyncHandler2(..))
+            && !self.is_demoted();
         if !sync {
             // Besides every epoch tick, an async guest gives its thread back every
             // YIELD_FUEL: the tasks it shares a worker with wait a fraction of a millisecond
@@ -167,6 +182,17 @@ impl InstancePool {
                 .instantiate_async(&mut store)
                 .await
                 .map(Bindings::Middleware),
+            Pre::SyncHandler2(pre, _) if sync => {
+                pre.instantiate(&mut store).map(Bindings::SyncHandler2)
+            }
+            Pre::SyncHandler2(_, pre) | Pre::Handler2(pre) => pre
+                .instantiate_async(&mut store)
+                .await
+                .map(Bindings::Handler2),
+            Pre::Middleware2(pre) => pre
+                .instantiate_async(&mut store)
+                .await
+                .map(Bindings::Middleware2),
         }
         .map_err(|e| classify(&store, e, "instantiate"))?;
         store.data_mut().call = None;
@@ -177,14 +203,14 @@ impl InstancePool {
         })
     }
 
-    async fn checkout(&self) -> Result<Instance, HandlerError> {
+    pub(super) async fn checkout(&self) -> Result<Instance, HandlerError> {
         let generation = self.generation();
         let demoted = self.is_demoted();
         loop {
             let Some(inst) = lock(&self.idle).pop() else {
                 break;
             };
-            let sync = matches!(inst.bindings, Bindings::SyncHandler(_));
+            let sync = inst.bindings.is_sync();
             if inst.generation == generation && !(sync && demoted) {
                 return Ok(inst);
             }
@@ -192,7 +218,7 @@ impl InstancePool {
         self.instantiate().await
     }
 
-    fn checkin(&self, inst: Instance) {
+    pub(super) fn checkin(&self, inst: Instance) {
         if inst.generation != self.generation() {
             return;
         }
@@ -212,27 +238,27 @@ impl InstancePool {
     /// close.
     pub async fn call(&self, msg: &Message, next: Option<BoxHandler>) -> HandlerResult {
         let limits = self.limits;
-        let deadline = std::time::Instant::now() + limits.timeout;
+        let mut remaining = limits.timeout;
         let mut fuel_left = limits.fuel;
+        // When the first attempt started: a call run again async keeps that deadline.
+        let mut first: Option<std::time::Instant> = None;
         loop {
             let mut inst = self.checkout().await?;
-            let sync = matches!(inst.bindings, Bindings::SyncHandler(_));
+            let sync = inst.bindings.is_sync();
             inst.store
                 .set_fuel(fuel_left)
                 .map_err(|e| HandlerError::with_kind(ErrorKind::Trap, format!("set fuel: {e}")))?;
-            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
-            arm(&mut inst.store, remaining, Some(msg), sync);
+            let started = arm(&mut inst.store, remaining, Some(msg), sync);
+            let first = *first.get_or_insert(started);
             if next.is_some() {
                 let state = inst.store.data_mut();
                 state.next = next.clone();
                 state.current = Some(msg.clone());
             }
-            let (mut inst, result) = if let Bindings::SyncHandler(b) = &inst.bindings {
+            let (mut inst, result) = if sync {
                 // Runs on this task's thread for at most SYNC_SLICE (then it is run again
                 // async, below).
-                let metadata = wit_metadata(msg);
-                let input = to_wit_param(msg, &metadata);
-                let result = b.call_handle(&mut inst.store, input);
+                let result = call_sync(&mut inst, msg);
                 (inst, result)
             } else {
                 match call_async(inst, msg.clone()).await {
@@ -255,14 +281,10 @@ impl InstancePool {
                 std::sync::atomic::Ordering::Relaxed,
             );
             return match result {
-                Ok(Ok(out)) => {
+                Ok(out) => {
+                    let out = take_output(&mut inst.store, out, &limits);
                     self.checkin(inst);
-                    check_output(&out, &limits)?;
-                    Ok(out.into_iter().map(from_wit).collect())
-                }
-                Ok(Err(e)) => {
-                    self.checkin(inst);
-                    Err(from_wit_error(e))
+                    out
                 }
                 Err(_) if inst.store.data().interrupted == Some(Interruption::SliceEnded) => {
                     if !self
@@ -275,6 +297,7 @@ impl InstancePool {
                         );
                     }
                     fuel_left = left;
+                    remaining = limits.timeout.saturating_sub(first.elapsed());
                     continue;
                 }
                 // A trap leaves the instance unusable: drop it; the next call makes a fresh one.
@@ -284,7 +307,31 @@ impl InstancePool {
     }
 }
 
-type CallOutput = wasmtime::Result<Result<Vec<types::MessageResult>, types::HandlerError>>;
+/// What a guest's `handle` returned, of either version, before the host takes it.
+pub(super) enum Returned {
+    V1(Result<Vec<types::MessageResult>, types::HandlerError>),
+    V2(Result<Vec<Resource<MessageRep>>, types2::HandlerError>),
+}
+
+type CallOutput = wasmtime::Result<Returned>;
+
+/// A synchronous call of `inst` on `msg` (a `SyncHandler` instance).
+fn call_sync(inst: &mut Instance, msg: &Message) -> CallOutput {
+    match &inst.bindings {
+        Bindings::SyncHandler(b) => {
+            let metadata = wit_metadata(msg);
+            let input = to_wit_param(msg, &metadata);
+            b.call_handle(&mut inst.store, input).map(Returned::V1)
+        }
+        Bindings::SyncHandler2(b) => {
+            let input = inst.store.data_mut().push_message(MessageRep::of(msg))?;
+            b.call_handle(&mut inst.store, input).map(Returned::V2)
+        }
+        _ => Err(wasmtime::Error::msg(
+            "an async instance called synchronously",
+        )),
+    }
+}
 
 /// An async call of `inst` on `msg`, on this task while it is quick, on the guest runtime once
 /// it computes long (`lane`). The instance comes back with the result.
@@ -292,26 +339,77 @@ async fn call_async(mut inst: Instance, msg: Message) -> Option<(Instance, CallO
     let long = inst.store.data().long_call.clone();
     long.store(false, std::sync::atomic::Ordering::Relaxed);
     let call = async move {
-        let metadata = wit_metadata(&msg);
-        let input = to_wit_param(&msg, &metadata);
         let result = match &inst.bindings {
-            Bindings::Handler(b) => b.call_handle(&mut inst.store, input).await,
-            Bindings::Middleware(b) => b.call_handle(&mut inst.store, input).await,
-            Bindings::SyncHandler(b) => b.call_handle(&mut inst.store, input),
+            Bindings::Handler(_) | Bindings::Middleware(_) | Bindings::SyncHandler(_) => {
+                let metadata = wit_metadata(&msg);
+                let input = to_wit_param(&msg, &metadata);
+                match &inst.bindings {
+                    Bindings::Handler(b) => b.call_handle(&mut inst.store, input).await,
+                    Bindings::Middleware(b) => b.call_handle(&mut inst.store, input).await,
+                    Bindings::SyncHandler(b) => b.call_handle(&mut inst.store, input),
+                    _ => unreachable!(),
+                }
+                .map(Returned::V1)
+            }
+            Bindings::Handler2(_) | Bindings::Middleware2(_) | Bindings::SyncHandler2(_) => {
+                match inst.store.data_mut().push_message(MessageRep::of(&msg)) {
+                    Err(e) => Err(e),
+                    Ok(input) => match &inst.bindings {
+                        Bindings::Handler2(b) => b.call_handle(&mut inst.store, input).await,
+                        Bindings::Middleware2(b) => b.call_handle(&mut inst.store, input).await,
+                        Bindings::SyncHandler2(b) => b.call_handle(&mut inst.store, input),
+                        _ => unreachable!(),
+                    }
+                    .map(Returned::V2),
+                }
+            }
         };
         (inst, result)
     };
     super::lane::run(call, &long).await
 }
 
+/// The host's messages from what a guest returned, within the output limits. A 0.2.0 guest's
+/// handles are taken out of the store's table (all of them, also past a limit).
+pub(super) fn take_output(
+    store: &mut Store<PluginState>,
+    out: Returned,
+    limits: &Limits,
+) -> HandlerResult {
+    match out {
+        Returned::V1(Ok(out)) => {
+            let bytes = out.iter().map(|m| m.payload.len() as u64).sum();
+            check_output(out.len(), bytes, limits)?;
+            Ok(out.into_iter().map(from_wit).collect())
+        }
+        Returned::V1(Err(e)) => Err(from_wit_error(e)),
+        Returned::V2(Ok(handles)) => {
+            let count = handles.len();
+            let mut msgs = Vec::with_capacity(count);
+            let mut bytes = 0;
+            for h in handles {
+                let rep = store.data_mut().take_message(h).map_err(|e| {
+                    HandlerError::with_kind(ErrorKind::Trap, format!("returned message: {e}"))
+                })?;
+                bytes += rep.payload.len() as u64;
+                msgs.push(rep);
+            }
+            check_output(count, bytes, limits)?;
+            Ok(msgs.into_iter().map(MessageRep::into_message).collect())
+        }
+        Returned::V2(Err(e)) => Err(super::message::from_wit_error(e)),
+    }
+}
+
 /// Sets the budget of the next guest call in `store`: an epoch deadline one tick away (the
 /// callback then checks the budget on every tick), `timeout` from now, and `msg`'s context.
-fn arm(
+/// Returns the call's start.
+pub(super) fn arm(
     store: &mut Store<PluginState>,
     timeout: std::time::Duration,
     msg: Option<&Message>,
     sync: bool,
-) {
+) -> std::time::Instant {
     let now = std::time::Instant::now();
     let state = store.data_mut();
     state.interrupted = None;
@@ -323,23 +421,19 @@ fn arm(
         slice_end: sync.then(|| now + SYNC_SLICE),
     });
     store.set_epoch_deadline(1);
+    now
 }
 
-fn check_output(
-    out: &[super::bindings::handler::wasmill::plugin::types::MessageResult],
-    limits: &Limits,
-) -> Result<(), HandlerError> {
-    if out.len() > limits.max_output_messages {
+fn check_output(count: usize, bytes: u64, limits: &Limits) -> Result<(), HandlerError> {
+    if count > limits.max_output_messages {
         return Err(HandlerError::with_kind(
             ErrorKind::OutputLimit,
             format!(
-                "output limit: {} messages returned, at most {} allowed (max_output_messages)",
-                out.len(),
+                "output limit: {count} messages returned, at most {} allowed (max_output_messages)",
                 limits.max_output_messages
             ),
         ));
     }
-    let bytes: u64 = out.iter().map(|m| m.payload.len() as u64).sum();
     if bytes > limits.max_output_bytes {
         return Err(HandlerError::with_kind(
             ErrorKind::OutputLimit,
@@ -354,7 +448,11 @@ fn check_output(
 
 /// Names what stopped a call: fuel, deadline, memory cap, or another trap (with the wasm
 /// backtrace).
-fn classify(store: &Store<PluginState>, e: wasmtime::Error, during: &str) -> HandlerError {
+pub(super) fn classify(
+    store: &Store<PluginState>,
+    e: wasmtime::Error,
+    during: &str,
+) -> HandlerError {
     if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
         match trap {
             wasmtime::Trap::OutOfFuel => {
@@ -377,6 +475,15 @@ fn classify(store: &Store<PluginState>, e: wasmtime::Error, during: &str) -> Han
     }
     if store.data().memory_exceeded() {
         return HandlerError::with_kind(ErrorKind::MemoryLimit, "memory limit");
+    }
+    if store.data().live.too_many {
+        return HandlerError::with_kind(
+            ErrorKind::OutputLimit,
+            format!(
+                "output limit: more than {} messages made in one instance",
+                super::message::MAX_LIVE_MESSAGES
+            ),
+        );
     }
     let backtrace = e
         .downcast_ref::<wasmtime::WasmBacktrace>()

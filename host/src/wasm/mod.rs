@@ -3,6 +3,7 @@
 //! [`Middleware`](crate::Middleware).
 
 pub mod adapters;
+pub mod batch;
 pub mod bindings;
 pub mod cache;
 pub mod component;
@@ -12,6 +13,7 @@ pub mod guest_output;
 pub mod instance;
 pub mod lane;
 pub mod limits;
+pub mod message;
 pub mod state;
 mod sync_io;
 #[cfg(test)]
@@ -20,7 +22,7 @@ mod tests;
 mod tests_chain;
 
 pub use adapters::{WasmHandler, WasmMiddleware};
-pub use component::{CompiledPlugin, ComponentInfo, World, inspect};
+pub use component::{CompiledPlugin, ComponentInfo, WitVersion, World, inspect};
 pub use engine::{EngineConfig, WasmEngine};
 pub use instance::InstancePool;
 pub use limits::Limits;

@@ -14,7 +14,7 @@ use super::convert::{from_wit, to_wit_error, to_wit_messages};
 use super::guest_output::{GuestOutput, GuestStream};
 use crate::message::{Message, MessageContext};
 use crate::pubsub::DynPublisher;
-use crate::router::BoxHandler;
+use crate::router::{BoxHandler, HandlerResult};
 
 /// What a plugin may reach beyond its own memory.
 #[derive(Clone, Default)]
@@ -54,6 +54,8 @@ pub struct PluginState {
     /// Set when the call in progress computes past [`LONG_CALL`](super::lane::LONG_CALL): it
     /// moves to the guest runtime at its next yield (see `lane`).
     pub(crate) long_call: super::lane::LongCallFlag,
+    /// What 0.2.0 message handles hold in host memory.
+    pub(crate) live: super::message::LiveMessages,
     started: Instant,
 }
 
@@ -150,6 +152,7 @@ impl PluginState {
             call: None,
             interrupted: None,
             long_call: Default::default(),
+            live: Default::default(),
             started: Instant::now(),
         }
     }
@@ -167,6 +170,65 @@ impl PluginState {
     /// Whether the instance tried to grow past its memory cap.
     pub fn memory_exceeded(&self) -> bool {
         self.limiter.exceeded
+    }
+
+    /// The instance's memory cap in bytes.
+    pub(crate) fn memory_cap(&self) -> u64 {
+        self.limiter.cap
+    }
+
+    /// Records that the instance went past its memory cap (its messages' payloads count).
+    pub(crate) fn mark_memory_exceeded(&mut self) {
+        self.limiter.exceeded = true;
+    }
+
+    /// The store's resource table (WASI's streams, 0.2.0's messages).
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
+    /// `host.publish` of both versions: `msg` to `topic` if the plugin was granted it. The
+    /// future holds nothing of the store.
+    pub(crate) fn publish_granted(
+        &self,
+        topic: String,
+        msg: Message,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+        let publisher = self.grants.publish.get(&topic).cloned();
+        let plugin = self.plugin.clone();
+        async move {
+            let Some(publisher) = publisher else {
+                tracing::warn!(plugin = %plugin, %topic, "denied publish to a topic not granted");
+                return Err(format!("topic {topic} is not granted to plugin {plugin}"));
+            };
+            let publish = publisher.publish(&topic, vec![msg]);
+            match tokio::time::timeout(HOST_PUBLISH_TIMEOUT, publish).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("publish to {topic}: {e}")),
+                Err(_) => Err(format!(
+                    "publish to {topic}: timed out after {HOST_PUBLISH_TIMEOUT:?}"
+                )),
+            }
+        }
+    }
+
+    /// A middleware's `next` of both versions: runs the rest of the chain on `msg` (already
+    /// the message in flight, see `pass_on`); the time spent there is not the middleware's.
+    pub(crate) async fn call_next(&mut self, msg: Message) -> wasmtime::Result<HandlerResult> {
+        let Some(next) = self.next.clone() else {
+            return Err(wasmtime::Error::msg(
+                "next called outside of a middleware call",
+            ));
+        };
+        let entered = Instant::now();
+        let result = next.handle(msg).await;
+        if let Some(budget) = self.call.as_mut() {
+            budget.deadline += entered.elapsed();
+            if let Some(end) = budget.slice_end.as_mut() {
+                *end += entered.elapsed();
+            }
+        }
+        Ok(result)
     }
 }
 
@@ -248,23 +310,7 @@ impl host::Host for PluginState {
         topic: String,
         msg: types::MessageResult,
     ) -> wasmtime::Result<Result<(), String>> {
-        let Some(publisher) = self.grants.publish.get(&topic) else {
-            tracing::warn!(plugin = %self.plugin, %topic, "denied publish to a topic not granted");
-            return Ok(Err(format!(
-                "topic {topic} is not granted to plugin {}",
-                self.plugin
-            )));
-        };
-        let publish = publisher.publish(&topic, vec![from_wit(msg)]);
-        Ok(
-            match tokio::time::timeout(HOST_PUBLISH_TIMEOUT, publish).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(format!("publish to {topic}: {e}")),
-                Err(_) => Err(format!(
-                    "publish to {topic}: timed out after {HOST_PUBLISH_TIMEOUT:?}"
-                )),
-            },
-        )
+        Ok(self.publish_granted(topic, from_wit(msg)).await)
     }
 
     async fn monotonic_now(&mut self) -> wasmtime::Result<u64> {
@@ -277,22 +323,14 @@ impl middleware::MiddlewareImports for PluginState {
         &mut self,
         msg: types::MessageResult,
     ) -> wasmtime::Result<Result<Vec<types::MessageResult>, types::HandlerError>> {
-        let (Some(next), Some(current)) = (self.next.clone(), self.current.as_ref()) else {
+        let Some(current) = self.current.as_ref() else {
             return Err(wasmtime::Error::msg(
                 "next called outside of a middleware call",
             ));
         };
         let msg = pass_on(current, msg);
-        let entered = Instant::now();
-        let result = next.handle(msg).await;
         // The rest of the chain's time is not the middleware's.
-        if let Some(budget) = self.call.as_mut() {
-            budget.deadline += entered.elapsed();
-            if let Some(end) = budget.slice_end.as_mut() {
-                *end += entered.elapsed();
-            }
-        }
-        Ok(match result {
+        Ok(match self.call_next(msg).await? {
             Ok(out) => Ok(to_wit_messages(&out)),
             Err(e) => Err(to_wit_error(&e)),
         })

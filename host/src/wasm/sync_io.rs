@@ -18,7 +18,7 @@
 use std::future::Future;
 
 use futures::FutureExt;
-use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime::component::{HasData, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime_wasi::WasiView;
 use wasmtime_wasi::cli::{WasiCli, WasiCliView};
 use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
@@ -29,6 +29,7 @@ use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, StreamErro
 use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
 
 use super::bindings::handler::wasmill::plugin::host::Level;
+use super::bindings::handler2::wasmill::plugin::host::Level as Level2;
 use super::state::PluginState;
 
 /// The synchronous linker of the handler world (see the module docs for what it holds).
@@ -58,6 +59,25 @@ pub(crate) fn handler_linker(engine: &wasmtime::Engine) -> wasmtime::Result<Link
         "log",
         |mut store, (level, message, fields): (Level, String, Vec<(String, String)>)| {
             store.data_mut().log(level, &message, &fields);
+            Ok(())
+        },
+    )?;
+    host.func_wrap("monotonic-now", |store, (): ()| {
+        Ok((store.data().monotonic_now(),))
+    })?;
+
+    // 0.2.0: the message resource's methods never wait; `publish` is left out, as above.
+    super::bindings::handler2::wasmill::plugin::types::add_to_linker::<_, HasSelf<_>>(
+        &mut linker,
+        |s| s,
+    )?;
+    let mut host = linker.instance("wasmill:plugin/host@0.2.0")?;
+    host.func_wrap(
+        "log",
+        |mut store, (level, message, fields): (Level2, String, Vec<(String, String)>)| {
+            store
+                .data_mut()
+                .log(super::message::level(level), &message, &fields);
             Ok(())
         },
     )?;

@@ -10,7 +10,7 @@ struct AlwaysFail;
 
 impl Handler for AlwaysFail {
     fn handle(msg: Message) -> Result<Vec<Message>, Error> {
-        eprintln!("always-fail: failing message {}", msg.uuid);
+        eprintln!("always-fail: failing message {}", msg.uuid());
         Err(Error::retryable("always fails"))
     }
 }

@@ -11,13 +11,13 @@ struct Audit;
 
 impl Middleware for Audit {
     fn handle(mut msg: Message, next: &Next) -> Result<Vec<Message>, Error> {
-        if !msg.metadata.contains("tenant") {
+        if !msg.metadata().contains("tenant") {
             return Err(Error::permanent("missing metadata tenant"));
         }
-        msg.metadata.set("audit_before", "1");
+        msg.metadata_mut().set("audit_before", "1");
         let mut out = next.call(msg)?;
         for m in &mut out {
-            m.metadata.set("audit_after", "1");
+            m.metadata_mut().set("audit_after", "1");
         }
         Ok(out)
     }

@@ -13,7 +13,7 @@ struct Fanout;
 
 impl Handler for Fanout {
     fn handle(msg: Message) -> Result<Vec<Message>, Error> {
-        let n = match msg.metadata.get("fanout") {
+        let n = match msg.metadata().get("fanout") {
             None => 3,
             Some(v) => v
                 .trim()

@@ -15,8 +15,8 @@ struct HugeOutput;
 
 impl Handler for HugeOutput {
     fn handle(msg: Message) -> Result<Vec<Message>, Error> {
-        match msg.metadata.get_or("mode", "bytes") {
-            "bytes" => Ok(vec![Message::with_uuid(msg.uuid, vec![b'x'; BYTES])]),
+        match msg.metadata().get_or("mode", "bytes") {
+            "bytes" => Ok(vec![Message::with_uuid(msg.uuid(), vec![b'x'; BYTES])]),
             // Empty uuids and a one-byte payload: as cheap to produce as a message can be, so
             // the host's limits, not the guest's fuel, are what a test exercises.
             "count" => Ok((0..COUNT).map(|_| Message::with_uuid("", "x")).collect()),

@@ -12,14 +12,14 @@ struct JsonEnrich;
 
 impl Handler for JsonEnrich {
     fn handle(mut msg: Message) -> Result<Vec<Message>, Error> {
-        let mut value: Value = serde_json::from_slice(&msg.payload).permanent("invalid json")?;
+        let mut value: Value = serde_json::from_slice(msg.payload()).permanent("invalid json")?;
         let Some(object) = value.as_object_mut() else {
             return Err(Error::permanent("invalid json: payload is not an object"));
         };
         object.insert("enriched".into(), Value::Bool(true));
         object.insert("handled_by".into(), Value::from("json-enrich"));
-        msg.payload = serde_json::to_vec(&value).permanent("encoding json")?;
-        msg.metadata.set("content-type", "application/json");
+        msg.set_payload(serde_json::to_vec(&value).permanent("encoding json")?);
+        msg.metadata_mut().set("content-type", "application/json");
         Ok(vec![msg])
     }
 }

@@ -75,7 +75,7 @@ impl Handler for SandboxEscape {
             "net": try_net(),
             "publish": try_publish(),
         });
-        let out = Message::with_uuid(msg.uuid, report.to_string())
+        let out = Message::with_uuid(msg.uuid(), report.to_string())
             .with_metadata("content-type", "application/json");
         Ok(vec![out])
     }

@@ -9,7 +9,7 @@ struct Uppercase;
 
 impl Handler for Uppercase {
     fn handle(mut msg: Message) -> Result<Vec<Message>, Error> {
-        msg.payload.make_ascii_uppercase();
+        msg.payload_mut().make_ascii_uppercase();
         Ok(vec![msg])
     }
 }
