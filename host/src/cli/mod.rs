@@ -395,6 +395,45 @@ pub struct BenchArgs {
     /// (ratios taken per round): steadier figures on a shared machine.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=101))]
     rounds: u32,
+    /// Middleware around the handler, in the config's syntax (a TOML array, outermost first),
+    /// e.g. '["recoverer", { retry = { max_retries = 3 } }, { wasm = "audit.wasm" }]'; `wasm`
+    /// files are found in --plugins.
+    #[arg(long)]
+    middleware: Option<String>,
+    /// Where `{ wasm = "FILE" }` middleware files are.
+    #[arg(long, default_value = "plugins")]
+    plugins: PathBuf,
+}
+
+/// The handler of `wasmill bench` inside the middleware of `--middleware` (the config's syntax).
+async fn bench_middleware(
+    a: &BenchArgs,
+    kind: &str,
+    table: &toml::Table,
+    handler: wasmill::BoxHandler,
+) -> Result<wasmill::BoxHandler> {
+    let Some(list) = &a.middleware else {
+        return Ok(handler);
+    };
+    let parsed: toml::Table = toml::from_str(&format!("middleware = {list}"))
+        .with_context(|| format!("--middleware {list:?}: not a TOML array"))?;
+    let entries = parsed["middleware"]
+        .as_array()
+        .with_context(|| format!("--middleware {list:?}: not a TOML array"))?
+        .clone();
+    let cache_dir = wasmill::wasm::cache::resolve_dir(None, &a.plugins).unwrap_or(None);
+    let engine = wasmill::wasm::WasmEngine::new(wasmill::wasm::EngineConfig { cache_dir })?;
+    let backend = wasmill::pubsub::registry::connect(&a.pubsub, kind, table).await?;
+    let backends = std::collections::HashMap::from([(a.pubsub.clone(), backend)]);
+    let built = wasmill::app::build_middleware(
+        &entries,
+        &engine,
+        &backends,
+        &a.plugins,
+        &a.pubsub,
+        &wasmill::wasm::Limits::default(),
+    )?;
+    Ok(wasmill::router::apply_middleware(handler, &built.chain))
 }
 
 /// `wasmill bench`.
@@ -438,6 +477,7 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
         );
         Arc::new(wasmill::wasm::WasmHandler::new(Arc::new(pool)))
     };
+    let handler = bench_middleware(&a, &kind, &table, handler).await?;
     let options = BenchOptions {
         messages: a.messages,
         payload_size: size,
