@@ -81,6 +81,15 @@ pub fn parse_publish_body(json: bool, body: Bytes) -> Result<Message, String> {
     env.into_message()
 }
 
+/// Whether a `Content-Type` value is JSON: the media type before any parameters
+/// (`; charset=utf-8`), compared without regard to case, as RFC 9110 says.
+pub fn is_json_media_type(value: &str) -> bool {
+    value
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +132,14 @@ mod tests {
         let e = Envelope::from(&m);
         assert_eq!(e.payload, None);
         assert_eq!(e.payload_base64.as_deref(), Some("/wA="));
+    }
+
+    #[test]
+    fn json_media_types_are_matched_without_case_and_with_parameters() {
+        assert!(is_json_media_type("application/json"));
+        assert!(is_json_media_type("APPLICATION/JSON"));
+        assert!(is_json_media_type("Application/Json ; charset=utf-8"));
+        assert!(!is_json_media_type("application/jsonx"));
+        assert!(!is_json_media_type("text/plain"));
     }
 }

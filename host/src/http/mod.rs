@@ -104,7 +104,7 @@ async fn publish(
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        .is_some_and(envelope::is_json_media_type);
     let msg = match parse_publish_body(is_json, body) {
         Ok(m) => m,
         Err(reason) => return error(StatusCode::BAD_REQUEST, reason),

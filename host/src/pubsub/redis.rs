@@ -259,17 +259,23 @@ impl Subscriber for RedisPubSub {
         // Its readers stop first: a read that finds no group makes it again.
         Publisher::close(self).await?;
         let mut con = self.commands.clone();
-        tokio::time::timeout(
-            self.config.command_timeout,
-            redis::cmd("XGROUP")
-                .arg("DESTROY")
-                .arg(topic)
-                .arg(self.group())
-                .query_async::<Value>(&mut con),
-        )
-        .await
-        .map_err(|_| Error::pubsub_msg(NAME, format!("destroy group of {topic}: timed out")))?
-        .map_err(|e| rerr(format!("destroy group {} of {topic}", self.group()), e))?;
+        // A reader dropped mid-way may have sent its XGROUP CREATE on its own connection just
+        // before: it can reach the server after the first DESTROY, so destroy once more a
+        // moment later (DESTROY of a missing group is a no-op).
+        for pause in [Duration::ZERO, TAIL_SETTLE] {
+            tokio::time::sleep(pause).await;
+            tokio::time::timeout(
+                self.config.command_timeout,
+                redis::cmd("XGROUP")
+                    .arg("DESTROY")
+                    .arg(topic)
+                    .arg(self.group())
+                    .query_async::<Value>(&mut con),
+            )
+            .await
+            .map_err(|_| Error::pubsub_msg(NAME, format!("destroy group of {topic}: timed out")))?
+            .map_err(|e| rerr(format!("destroy group {} of {topic}", self.group()), e))?;
+        }
         Ok(())
     }
 
@@ -289,6 +295,9 @@ impl Subscriber for RedisPubSub {
         NAME
     }
 }
+
+/// How long after destroying a tail's group `end_tail` destroys it once more.
+const TAIL_SETTLE: Duration = Duration::from_millis(200);
 
 /// One stream entry.
 struct Entry {
@@ -482,6 +491,9 @@ impl RedisFetch {
             return Some(con.clone());
         }
         let ps = &self.pubsub;
+        if ps.closed.is_cancelled() {
+            return None;
+        }
         match ps.reader().await {
             Ok(mut con) => {
                 // After a restart the group may be gone with the stream; recreate it.

@@ -13,6 +13,9 @@ use crate::router::{BoxHandler, Handler, HandlerResult, HandlerStats, Middleware
 
 /// Metadata key: the error that poisoned the message.
 pub const REASON_POISONED: &str = "reason_poisoned";
+/// The longest `reason_poisoned` kept in the metadata, in bytes (the first line of the error).
+pub const MAX_REASON: usize = 512;
+
 /// Metadata key: the topic the message was consumed from.
 pub const TOPIC_POISONED: &str = "topic_poisoned";
 /// Metadata key: the handler that failed.
@@ -174,7 +177,11 @@ impl Handler for Poisoning {
         let ctx = msg.context();
         let poisoned = msg
             .copy()
-            .with_metadata(REASON_POISONED, err.reason())
+            // The summary only (a trap's wasm backtrace stays in the log line below).
+            .with_metadata(
+                REASON_POISONED,
+                crate::router::repeat_limit::first_line(err.reason(), MAX_REASON),
+            )
             .with_metadata(TOPIC_POISONED, ctx.subscribe_topic())
             .with_metadata(HANDLER_POISONED, ctx.handler_name())
             .with_metadata(SUBSCRIBER_POISONED, ctx.subscriber_name());
