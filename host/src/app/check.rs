@@ -99,6 +99,14 @@ impl At<'_> {
     }
 }
 
+/// The longest `timeout` a message may have.
+const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The smallest and largest `memory` cap.
+const MIN_MEMORY: u64 = 1 << 20;
+const MAX_MEMORY: u64 = 4 << 30;
+/// The most messages (and instances) one handler may have at once.
+const MAX_CONCURRENCY: usize = 1024;
+
 /// The checks that need no compiler: they run before start and on every sidecar change.
 struct Static<'a> {
     cfg: &'a Config,
@@ -200,6 +208,29 @@ impl<'a> Static<'a> {
             if zero {
                 self.errors.push(at.err(key, "must be positive"));
             }
+        }
+        if let Some(t) = timeout
+            && t > MAX_TIMEOUT
+        {
+            self.errors.push(at.err(
+                "timeout",
+                format!(
+                    "{} is longer than {} per message: a stuck message would hold its handler that long",
+                    humantime::format_duration(t),
+                    humantime::format_duration(MAX_TIMEOUT)
+                ),
+            ));
+        }
+        if let Some(m) = memory
+            && m != 0
+            && !(MIN_MEMORY..=MAX_MEMORY).contains(&m)
+        {
+            self.errors.push(at.err(
+                "memory",
+                format!(
+                    "{m} bytes is outside {MIN_MEMORY}..={MAX_MEMORY} (1MiB..=4GiB): a component needs a few 64 KiB pages, and wasm32 memory ends at 4 GiB"
+                ),
+            ));
         }
     }
 
@@ -310,6 +341,23 @@ impl<'a> Static<'a> {
         if h.concurrency == 0 {
             self.errors
                 .push(at.err("concurrency", "must be at least 1"));
+        } else if h.concurrency > MAX_CONCURRENCY {
+            self.errors.push(at.err(
+                "concurrency",
+                format!(
+                    "{} is more than {MAX_CONCURRENCY}: each unit is a WASM instance with its own memory",
+                    h.concurrency
+                ),
+            ));
+        }
+        let default = &self.cfg.host.default_pubsub;
+        if let Some(p) = &h.publish
+            && p.resolve(default) == h.subscribe.resolve(default)
+        {
+            self.errors.push(at.err(
+                "publish",
+                "is the subscribed topic: every output would come back to the handler, forever",
+            ));
         }
         if h.order_key.as_deref() == Some("") {
             self.errors

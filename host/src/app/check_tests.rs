@@ -173,13 +173,13 @@ subscribe = "in"
         ),
         format!("{f}: handlers[0].middleware[4].allow_publish[0].pubsub: unknown pubsub \"ghost\""),
         format!(
-            "{f}: handlers[0].middleware[4].wasm: {plugins}/uppercase.wasm implements wasmill:plugin/handler@0.1.0, not wasmill:plugin/middleware@0.1.0"
+            "{f}: handlers[0].middleware[4].wasm: {plugins}/uppercase.wasm implements wasmill:plugin/handler, not wasmill:plugin/middleware; a handler component goes in a [[handlers]] entry or a sidecar"
         ),
         format!("{f}: handlers[0].middleware[5].wasm: file {plugins}/missing.wasm not found"),
         format!("{f}: handlers[0].middleware[6]: unknown middleware \"retyr\""),
         format!("{f}: handlers[1].name: duplicate handler name \"a\" (also handlers[0])"),
         format!(
-            "{f}: handlers[1].plugin: {plugins}/audit.wasm implements wasmill:plugin/middleware@0.1.0, not wasmill:plugin/handler@0.1.0"
+            "{f}: handlers[1].plugin: {plugins}/audit.wasm implements wasmill:plugin/middleware, not wasmill:plugin/handler; a middleware component goes in a middleware list as {{ wasm = \"FILE.wasm\" }}"
         ),
         format!(
             "{f}: handlers[2].plugin: \"../outside.wasm\" is not a file inside the plugins folder"
@@ -247,4 +247,32 @@ fn a_changed_sidecar_gets_the_static_checks() {
             )),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn absurd_values_and_loops_are_refused_by_key() {
+    let (_dir, cfg) = setup(
+        r#"
+[defaults]
+memory = "1B"
+timeout = "1000d"
+
+[[handlers]]
+name = "loop"
+plugin = "uppercase.wasm"
+subscribe = "t"
+publish = "t"
+concurrency = 100000
+"#,
+    );
+    let report = check(&cfg).await;
+    let text = report.errors.join("\n");
+    for key in [
+        "defaults.memory",
+        "defaults.timeout",
+        "handlers[0].concurrency",
+        "handlers[0].publish",
+    ] {
+        assert!(text.contains(key), "no error for {key}:\n{text}");
+    }
 }
