@@ -179,13 +179,17 @@ fn one() -> usize {
     1
 }
 
-fn opt_duration<'de, D: serde::Deserializer<'de>>(
+/// An optional duration ("2s") of a config entry.
+pub(crate) fn opt_duration<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Option<Duration>, D::Error> {
     crate::config::duration::deserialize(d).map(Some)
 }
 
-fn opt_size<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
+/// An optional size ("64MiB") of a config entry.
+pub(crate) fn opt_size<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<u64>, D::Error> {
     crate::config::size::deserialize(d).map(Some)
 }
 

@@ -18,24 +18,14 @@ pub struct WasmMiddlewareEntry {
     /// Fuel per message (the time the middleware spends inside `next` is not charged).
     pub fuel: Option<u64>,
     /// Wall-clock deadline per message, not counting the time spent inside `next`.
-    #[serde(default, deserialize_with = "opt_duration")]
+    #[serde(default, deserialize_with = "super::file::opt_duration")]
     pub timeout: Option<Duration>,
     /// Memory cap per instance.
-    #[serde(default, deserialize_with = "opt_size")]
+    #[serde(default, deserialize_with = "super::file::opt_size")]
     pub memory: Option<u64>,
     /// Topics the middleware may publish to itself through the host's `publish`.
     #[serde(default)]
     pub allow_publish: Vec<TopicSpec>,
-}
-
-fn opt_duration<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<Duration>, D::Error> {
-    crate::config::duration::deserialize(d).map(Some)
-}
-
-fn opt_size<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
-    crate::config::size::deserialize(d).map(Some)
 }
 
 impl WasmMiddlewareEntry {
