@@ -389,8 +389,8 @@ pub fn raise_fd_limit() -> Result<u64> {
     let (soft, hard) = fd_limits()?;
     if soft < hard {
         let lim = libc::rlimit {
-            rlim_cur: hard as libc::rlim_t,
-            rlim_max: hard as libc::rlim_t,
+            rlim_cur: hard,
+            rlim_max: hard,
         };
         // SAFETY: setrlimit reads the struct it is given; raising the soft limit up to the
         // hard one needs no privilege.

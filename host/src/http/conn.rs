@@ -72,9 +72,9 @@ pub fn fit_descriptor_limit(max_connections: usize) -> usize {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return max_connections;
     }
-    if (lim.rlim_cur as u64) < want && lim.rlim_cur < lim.rlim_max {
+    if lim.rlim_cur < want && lim.rlim_cur < lim.rlim_max {
         let raised = libc::rlimit {
-            rlim_cur: want.min(lim.rlim_max as u64) as libc::rlim_t,
+            rlim_cur: want.min(lim.rlim_max),
             rlim_max: lim.rlim_max,
         };
         // SAFETY: setrlimit reads the struct it is given; raising the soft limit up to the
@@ -83,7 +83,7 @@ pub fn fit_descriptor_limit(max_connections: usize) -> usize {
             lim.rlim_cur = raised.rlim_cur;
         }
     }
-    let room = (lim.rlim_cur as u64).saturating_sub(RESERVED_DESCRIPTORS);
+    let room = lim.rlim_cur.saturating_sub(RESERVED_DESCRIPTORS);
     if (max_connections as u64) <= room {
         return max_connections;
     }
@@ -460,11 +460,8 @@ mod tests {
         if lim.rlim_max == libc::RLIM_INFINITY {
             return;
         }
-        let huge = lim.rlim_max as u64 + 10;
+        let huge = lim.rlim_max + 10;
         let fitted = fit_descriptor_limit(huge as usize) as u64;
-        assert!(
-            fitted + RESERVED_DESCRIPTORS <= lim.rlim_max as u64,
-            "{fitted}"
-        );
+        assert!(fitted + RESERVED_DESCRIPTORS <= lim.rlim_max, "{fitted}");
     }
 }
