@@ -66,6 +66,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A configured bound was reached (too many topics, connections, ...); the message names
+    /// the setting. Callers may retry later; the HTTP API answers it with 429.
+    #[error("{0}")]
+    Limit(String),
     /// Anything else, with a message that names what failed.
     #[error("{0}")]
     Other(String),

@@ -79,6 +79,16 @@ impl Host {
         Ok(kib * 1024)
     }
 
+    /// The process id of the host.
+    pub fn pid(&self) -> Result<u32> {
+        self.child.id().context("the host has exited")
+    }
+
+    /// How many descriptors the host has open (Linux `/proc/PID/fd`).
+    pub fn open_fds(&self) -> Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid()?))?.count())
+    }
+
     /// A scratch folder with an empty `plugins/`, not started yet.
     pub fn scratch() -> Result<(tempfile::TempDir, PathBuf)> {
         let dir = tempfile::tempdir()?;
@@ -89,9 +99,31 @@ impl Host {
 
     /// Starts `wasmill run` in `dir` with extra arguments, and waits until /healthz answers.
     pub async fn start(dir: tempfile::TempDir, plugins: PathBuf, args: &[&str]) -> Result<Host> {
+        Self::start_with(dir, plugins, args, None).await
+    }
+
+    /// [`Host::start`], the process's descriptor limit (`ulimit -n`) set to `fd_limit` when
+    /// given.
+    pub async fn start_with(
+        dir: tempfile::TempDir,
+        plugins: PathBuf,
+        args: &[&str],
+        fd_limit: Option<u64>,
+    ) -> Result<Host> {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
-        let mut child = Command::new(binary())
+        let mut command = match fd_limit {
+            // The shell sets the limit, then becomes wasmill (same pid).
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        let mut child = command
             .arg("run")
             .arg("--http")
             .arg(format!("127.0.0.1:{port}"))
@@ -336,6 +368,37 @@ pub fn install_atomically(src: &Path, dst: &Path) -> Result<()> {
     std::fs::copy(src, &tmp)?;
     std::fs::rename(&tmp, dst)?;
     Ok(())
+}
+
+/// This process's descriptor limit (soft, hard), from `/proc/self/limits`.
+pub fn fd_limits() -> Result<(u64, u64)> {
+    let limits = std::fs::read_to_string("/proc/self/limits")?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .context("no \"Max open files\" in /proc/self/limits")?;
+    let mut n = line["Max open files".len()..]
+        .split_whitespace()
+        .map(|v| v.parse::<u64>().unwrap_or(u64::MAX));
+    Ok((n.next().unwrap_or(0), n.next().unwrap_or(0)))
+}
+
+/// Raises this process's soft descriptor limit to its hard one; returns the soft limit now.
+#[allow(unsafe_code)] // setrlimit: a libc call on a plain struct
+pub fn raise_fd_limit() -> Result<u64> {
+    let (soft, hard) = fd_limits()?;
+    if soft < hard {
+        let lim = libc::rlimit {
+            rlim_cur: hard,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit reads the struct it is given; raising the soft limit up to the
+        // hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Ok(soft);
+        }
+    }
+    Ok(fd_limits()?.0)
 }
 
 /// Receives one SSE envelope within `limit`.

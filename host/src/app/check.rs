@@ -107,6 +107,13 @@ const MAX_MEMORY: u64 = 4 << 30;
 /// The most messages (and instances) one handler may have at once.
 const MAX_CONCURRENCY: usize = 1024;
 
+/// The most HTTP connections `[host] max_connections` may ask for.
+const MAX_CONNECTIONS: usize = 65_536;
+/// The longest `[host] header_timeout` and `body_timeout`.
+const MAX_HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The shortest `[host] token`.
+const MIN_TOKEN_LEN: usize = 16;
+
 /// The checks that need no compiler: they run before start and on every sidecar change.
 struct Static<'a> {
     cfg: &'a Config,
@@ -164,6 +171,66 @@ impl<'a> Static<'a> {
         self.limits(&at, Some(d.fuel), Some(d.timeout), Some(d.memory));
         self.middleware_list(&at, &d.middleware);
         self.on_failure(&at, &d.on_failure, None);
+    }
+
+    /// `[host]`'s HTTP API keys: connection bounds, timeouts, token, origins and hosts.
+    fn http_api(&mut self) {
+        let f = &self.cfg.file;
+        let host = &self.cfg.host;
+        if !(1..=MAX_CONNECTIONS).contains(&host.max_connections) {
+            self.errors.push(format!(
+                "{f}: host.max_connections: {} is out of range; expected 1 to {MAX_CONNECTIONS}",
+                host.max_connections
+            ));
+        }
+        for (key, d) in [
+            ("header_timeout", host.header_timeout),
+            ("body_timeout", host.body_timeout),
+        ] {
+            if d.is_zero() || d > MAX_HTTP_TIMEOUT {
+                self.errors.push(format!(
+                    "{f}: host.{key}: {} is out of range; expected more than 0s and at most 1h",
+                    humantime::format_duration(d)
+                ));
+            }
+        }
+        if let Some(token) = &host.token {
+            if token.chars().count() < MIN_TOKEN_LEN {
+                self.errors.push(format!(
+                    "{f}: host.token: too short; use at least {MIN_TOKEN_LEN} characters (for \
+                     example `openssl rand -hex 32`)"
+                ));
+            }
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                self.errors.push(format!(
+                    "{f}: host.token: only visible ASCII characters may be used (no spaces)"
+                ));
+            }
+        }
+        for (i, origin) in host.allowed_origins.iter().enumerate() {
+            let rest = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"));
+            let ok = origin == "null"
+                || rest.is_some_and(|r| {
+                    let r = r.trim_end_matches('/');
+                    !r.is_empty() && !r.contains(['/', '?', '#', '@', ' '])
+                });
+            if !ok {
+                self.errors.push(format!(
+                    "{f}: host.allowed_origins[{i}]: {origin:?} is not an origin; expected \
+                     SCHEME://HOST[:PORT], e.g. \"http://localhost:3000\""
+                ));
+            }
+        }
+        for (i, name) in host.allowed_hosts.iter().enumerate() {
+            if name.is_empty() || name.contains(['/', '@', ' ']) {
+                self.errors.push(format!(
+                    "{f}: host.allowed_hosts[{i}]: {name:?} is not a host name; expected NAME or \
+                     NAME:PORT, e.g. \"wasmill.internal\""
+                ));
+            }
+        }
     }
 
     /// A failure policy: its values, its poison pub/sub, and that it does not poison into
@@ -430,6 +497,7 @@ fn sidecars(cfg: &Config, plugins_dir: &Path) -> Vec<(PathBuf, PathBuf)> {
 pub async fn check_config(cfg: &Config, plugins_dir: &Path, engine: &WasmEngine) -> CheckReport {
     let mut s = Static::new(cfg, plugins_dir);
     s.backends();
+    s.http_api();
     let mut names: HashMap<String, String> = HashMap::new();
     let mut name_taken = |s: &mut Static, at: &At, name: &Option<String>| match name {
         None => s.errors.push(at.err("", "missing key \"name\"")),

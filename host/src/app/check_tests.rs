@@ -276,3 +276,43 @@ concurrency = 100000
         assert!(text.contains(key), "no error for {key}:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn http_api_keys_are_range_checked_naming_the_key() {
+    let (_dir, cfg) = setup(
+        r#"
+[host]
+max_connections = 0
+header_timeout = "0s"
+body_timeout = "2h"
+token = "short"
+allowed_origins = ["http://ok.example:3000", "evil.example", "http://a/b"]
+allowed_hosts = ["wasmill.internal", "http://x/"]
+"#,
+    );
+    let r = check(&cfg).await;
+    let all = r.errors.join("\n");
+    for key in [
+        "host.max_connections",
+        "host.header_timeout",
+        "host.body_timeout",
+        "host.token",
+        "host.allowed_origins[1]",
+        "host.allowed_origins[2]",
+        "host.allowed_hosts[1]",
+    ] {
+        assert!(
+            r.errors
+                .iter()
+                .any(|e| e.contains("wasmill.toml") && e.contains(key)),
+            "no error names {key}:\n{all}"
+        );
+    }
+    assert_eq!(r.errors.len(), 7, "{all}");
+
+    let (_dir, cfg) = setup(
+        "[host]\nmax_connections = 10\ntoken = \"0123456789abcdef\"\nallowed_origins = [\"https://dash.example\"]\n",
+    );
+    let r = check(&cfg).await;
+    assert!(r.is_ok(), "{:#?}", r.errors);
+}

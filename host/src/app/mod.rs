@@ -110,6 +110,10 @@ pub async fn check_setup(cfg: &Config, plugins_dir: &Path) -> Result<CheckReport
     Ok(check_config(cfg, plugins_dir, &engine).await)
 }
 
+fn listener_is_loopback(addr: &std::net::SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
 /// Runs the host until `shutdown` resolves, then closes it gracefully (in-flight messages
 /// finish within `close_timeout`).
 pub async fn run(
@@ -207,12 +211,30 @@ pub async fn run(
         .local_addr()
         .map_err(|e| Error::io("read the listen address", e))?;
     tracing::info!("HTTP API listening on http://{local}");
+    let host = &cfg.host;
+    let access = crate::http::Access {
+        token: host.effective_token(),
+        allowed_origins: host.allowed_origins.clone(),
+        allowed_hosts: host.allowed_hosts.clone(),
+    };
+    if access.token.is_none() && !listener_is_loopback(&local) {
+        tracing::warn!(
+            "the HTTP API listens on {local} without a token: anyone who can reach it may \
+             publish and read; set [host] token or WASMILL_TOKEN"
+        );
+    }
     let state = crate::http::ApiState {
         backends: Arc::new(backends),
-        default_pubsub: cfg.host.default_pubsub.clone(),
+        default_pubsub: host.default_pubsub.clone(),
         plugins: Some(manager),
         router: router.clone(),
         max_body: 16 << 20,
+        access: Arc::new(access),
+        limits: crate::http::ConnLimits {
+            max_connections: crate::http::conn::fit_descriptor_limit(host.max_connections),
+            header_timeout: host.header_timeout,
+            body_timeout: host.body_timeout,
+        },
     };
     let http_stop = tokio_util::sync::CancellationToken::new();
     let http = {

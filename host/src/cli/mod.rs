@@ -64,6 +64,26 @@ pub struct PublishArgs {
     /// A named backend of the host (default: its default one).
     #[arg(long)]
     pubsub: Option<String>,
+    /// The host's bearer token (`[host] token`), if it requires one.
+    #[arg(long, env = "WASMILL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+/// `request` with the bearer token, when there is one.
+fn with_token(request: reqwest::RequestBuilder, token: Option<&str>) -> reqwest::RequestBuilder {
+    match token.filter(|t| !t.is_empty()) {
+        Some(t) => request.bearer_auth(t),
+        None => request,
+    }
+}
+
+/// The hint for an answer of 401.
+fn auth_hint(status: reqwest::StatusCode) -> &'static str {
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        " (the host requires a token: --token or WASMILL_TOKEN)"
+    } else {
+        ""
+    }
 }
 
 fn topic_url(base: &str, topic: &str, suffix: &str, pubsub: Option<&str>) -> String {
@@ -93,8 +113,7 @@ pub async fn publish(a: PublishArgs) -> Result<()> {
     }
     let body = serde_json::json!({ "uuid": a.uuid, "metadata": metadata, "payload": payload });
     let url = topic_url(&a.url, &a.topic, "", a.pubsub.as_deref());
-    let r = reqwest::Client::new()
-        .post(&url)
+    let r = with_token(reqwest::Client::new().post(&url), a.token.as_deref())
         .json(&body)
         .send()
         .await
@@ -102,7 +121,7 @@ pub async fn publish(a: PublishArgs) -> Result<()> {
     let status = r.status();
     let answer: serde_json::Value = r.json().await.unwrap_or_default();
     if status.as_u16() != 202 {
-        bail!("POST {url}: {status}: {answer}");
+        bail!("POST {url}: {status}: {answer}{}", auth_hint(status));
     }
     println!("{}", answer["uuid"].as_str().unwrap_or_default());
     Ok(())
@@ -119,6 +138,9 @@ pub struct TailArgs {
     /// A named backend of the host.
     #[arg(long)]
     pubsub: Option<String>,
+    /// The host's bearer token (`[host] token`), if it requires one.
+    #[arg(long, env = "WASMILL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Exit after this many messages.
     #[arg(long)]
     count: Option<usize>,
@@ -130,13 +152,12 @@ pub struct TailArgs {
 /// `wasmill tail`.
 pub async fn tail(a: TailArgs) -> Result<()> {
     let url = topic_url(&a.url, &a.topic, "/messages", a.pubsub.as_deref());
-    let r = reqwest::Client::new()
-        .get(&url)
+    let r = with_token(reqwest::Client::new().get(&url), a.token.as_deref())
         .send()
         .await
         .with_context(|| format!("GET {url} (is `wasmill run` running?)"))?;
     if !r.status().is_success() {
-        bail!("GET {url}: {}", r.status());
+        bail!("GET {url}: {}{}", r.status(), auth_hint(r.status()));
     }
     let mut stream = r.bytes_stream();
     let mut buf = String::new();

@@ -48,6 +48,33 @@ pub struct HostConfig {
     /// Where compiled components are cached (default `$XDG_CACHE_HOME/wasmill` or
     /// `~/.cache/wasmill`); must not be inside `plugins_dir` (see `docs/SECURITY.md`).
     pub cache_dir: Option<PathBuf>,
+    /// HTTP connections open at once (default 1024; lowered to fit the descriptor limit).
+    pub max_connections: usize,
+    /// Time for a connection to send a complete request head, from connecting or the end of
+    /// its previous response; idle connections are closed after it (default 30s).
+    #[serde(with = "crate::config::duration")]
+    pub header_timeout: Duration,
+    /// Time for a request body to arrive completely (default 60s).
+    #[serde(with = "crate::config::duration")]
+    pub body_timeout: Duration,
+    /// The bearer token every HTTP route but `/healthz` requires (default none; the
+    /// `WASMILL_TOKEN` environment variable, when set, takes precedence).
+    pub token: Option<String>,
+    /// Origins (`scheme://host[:port]`) whose pages may use the HTTP API besides the host's
+    /// own (default none).
+    pub allowed_origins: Vec<String>,
+    /// Names a `Host` header may carry besides IP literals and `localhost` (default none).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl HostConfig {
+    /// The token the API requires: `WASMILL_TOKEN` when set and not empty, else `token`.
+    pub fn effective_token(&self) -> Option<String> {
+        std::env::var("WASMILL_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or_else(|| self.token.clone())
+    }
 }
 
 impl Default for HostConfig {
@@ -58,6 +85,12 @@ impl Default for HostConfig {
             close_timeout: Duration::from_secs(10),
             default_pubsub: "memory".into(),
             cache_dir: None,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+            token: None,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -1,6 +1,9 @@
 //! The HTTP API of `wasmill run` (SPEC.md): publish, Server-Sent Events per topic, handlers,
-//! health and Prometheus metrics.
+//! health and Prometheus metrics. `access.rs` decides who may use it (Host, Origin, token),
+//! `conn.rs` bounds its connections.
 
+pub mod access;
+pub mod conn;
 mod envelope;
 mod metrics;
 pub mod tail;
@@ -21,6 +24,8 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
+pub use access::Access;
+pub use conn::ConnLimits;
 pub use envelope::{Envelope, parse_publish_body};
 pub use metrics::render_metrics;
 
@@ -41,6 +46,10 @@ pub struct ApiState {
     pub router: Router,
     /// Largest accepted request body.
     pub max_body: usize,
+    /// Who may use the API.
+    pub access: Arc<Access>,
+    /// Bounds on connections.
+    pub limits: ConnLimits,
 }
 
 #[derive(Debug, Deserialize)]
@@ -48,7 +57,7 @@ struct PubSubQuery {
     pubsub: Option<String>,
 }
 
-fn error(status: StatusCode, reason: impl std::fmt::Display) -> Response {
+pub(crate) fn error(status: StatusCode, reason: impl std::fmt::Display) -> Response {
     (status, axum::Json(json!({ "error": reason.to_string() }))).into_response()
 }
 
@@ -69,6 +78,7 @@ impl ApiState {
 /// The API's routes.
 pub fn routes(state: ApiState) -> HttpRouter {
     let limit = state.max_body;
+    let access = state.access.clone();
     HttpRouter::new()
         .route("/topics/{topic}", post(publish))
         .route("/topics/{topic}/messages", get(stream))
@@ -77,17 +87,17 @@ pub fn routes(state: ApiState) -> HttpRouter {
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(access, access::guard))
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` within `state.limits` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, routes(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.limits;
+    conn::serve(listener, routes(state), limits, shutdown).await
 }
 
 async fn publish(
@@ -112,6 +122,10 @@ async fn publish(
     let uuid = msg.uuid.clone();
     match backend.publisher.publish(&topic, vec![msg]).await {
         Ok(()) => (StatusCode::ACCEPTED, axum::Json(json!({ "uuid": uuid }))).into_response(),
+        Err(e @ crate::Error::Limit(_)) => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("publish to {topic}: {e}"),
+        ),
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("publish to {topic}: {e}"),
@@ -137,6 +151,7 @@ async fn stream(
     }
     let subscription = match sub.subscribe(&topic).await {
         Ok(s) => s,
+        Err(e @ crate::Error::Limit(_)) => return error(StatusCode::TOO_MANY_REQUESTS, e),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     // One event per message; when the client goes away the reader ends the tail, and with it

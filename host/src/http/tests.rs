@@ -15,6 +15,14 @@ async fn serve_backend(
     kind: &str,
     settings: &str,
 ) -> (String, Backend, tokio_util::sync::CancellationToken) {
+    serve_limited(kind, settings, ConnLimits::default()).await
+}
+
+async fn serve_limited(
+    kind: &str,
+    settings: &str,
+    limits: ConnLimits,
+) -> (String, Backend, tokio_util::sync::CancellationToken) {
     let table: toml::Table = toml::from_str(settings).unwrap();
     let backend = registry::connect("b", kind, &table).await.unwrap();
     let mut backends = HashMap::new();
@@ -25,6 +33,8 @@ async fn serve_backend(
         plugins: None,
         router: crate::router::Router::new(crate::router::RouterConfig::default()),
         max_body: 1 << 20,
+        access: Default::default(),
+        limits,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -148,5 +158,57 @@ async fn a_client_that_reads_nothing_never_blocks_the_producer() {
         "drops for the slow client are counted:\n{metrics}"
     );
     drop(stalled);
+    stop.cancel();
+}
+
+/// Reads `stream` until the server closes it; how long that took, or `None` past `limit`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = tokio::time::Instant::now();
+    let mut buf = Vec::new();
+    tokio::time::timeout(limit, stream.read_to_end(&mut buf))
+        .await
+        .ok()
+        .map(|_| started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_connections_are_closed_after_their_timeouts() {
+    use tokio::io::AsyncWriteExt;
+    let limits = ConnLimits {
+        header_timeout: Duration::from_millis(500),
+        body_timeout: Duration::from_millis(500),
+        ..ConnLimits::default()
+    };
+    let (url, _backend, stop) = serve_limited("memory", "", limits).await;
+    let addr = url.trim_start_matches("http://");
+    // Silent from the start.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Half a request head, never finished.
+    let mut slow_head = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow_head
+        .write_all(b"POST /topics/t HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    // A request answered, then idle on keep-alive.
+    let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    // A body announced and never sent in full.
+    let mut slow_body = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow_body
+        .write_all(b"POST /topics/t HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nabc")
+        .await
+        .unwrap();
+    for (what, s) in [
+        ("silent", &mut silent),
+        ("slow head", &mut slow_head),
+        ("idle keep-alive", &mut kept),
+        ("slow body", &mut slow_body),
+    ] {
+        let took = closed_within(s, Duration::from_secs(10)).await;
+        assert!(took.is_some(), "{what}: still open after 10 s");
+    }
     stop.cancel();
 }

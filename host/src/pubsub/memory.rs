@@ -10,8 +10,13 @@
 //! - `block_publish_until_acked`: `publish` returns only when every subscription acked.
 //! - Bounded: each subscription queues at most `max_pending` messages; past that, `publish`
 //!   waits (back-pressure) instead of growing without bound.
+//! - Bounded topics: a topic is held only while it has a subscription or (persistent) stored
+//!   messages; publishing to a topic nobody subscribes to keeps nothing (the message goes
+//!   nowhere, as with GoChannel). At most `max_topics` topics are held; subscribing to, or
+//!   persisting into, one more is refused with [`Error::Limit`] naming the setting.
 
 use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -23,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{Publisher, SubscribeOptions, Subscriber, Subscription, closed};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::message::{AckState, Message};
 
 const NAME: &str = "memory";
@@ -41,7 +46,13 @@ pub struct MemoryConfig {
     pub redelivery_delay: Duration,
     /// How many messages a subscription may have queued before `publish` waits.
     pub max_pending: usize,
+    /// How many topics may be held at once (a topic is held while it has a subscription or
+    /// stored messages); one more is refused. At least 1.
+    pub max_topics: NonZeroUsize,
 }
+
+/// The default of `max_topics`.
+pub const DEFAULT_MAX_TOPICS: NonZeroUsize = NonZeroUsize::new(10_000).unwrap();
 
 impl Default for MemoryConfig {
     fn default() -> Self {
@@ -50,6 +61,7 @@ impl Default for MemoryConfig {
             block_publish_until_acked: false,
             redelivery_delay: Duration::ZERO,
             max_pending: 4096,
+            max_topics: DEFAULT_MAX_TOPICS,
         }
     }
 }
@@ -65,6 +77,13 @@ struct Envelope {
 struct Topic {
     subscribers: Vec<(u64, mpsc::Sender<Envelope>)>,
     stored: Vec<Message>,
+}
+
+impl Topic {
+    /// Whether nothing needs the topic any more (it can be forgotten).
+    fn is_unused(&self) -> bool {
+        self.subscribers.is_empty() && self.stored.is_empty()
+    }
 }
 
 /// The in-memory pub/sub. One value is both the publisher and the subscriber; clones share
@@ -92,7 +111,26 @@ impl Inner {
         let mut topics = self.lock();
         if let Some(t) = topics.get_mut(topic) {
             t.subscribers.retain(|(i, _)| *i != id);
+            if t.is_unused() {
+                topics.remove(topic);
+            }
         }
+    }
+
+    /// `topic`'s entry, created if there is room for one more topic.
+    fn topic_entry<'m>(
+        &self,
+        topics: &'m mut HashMap<String, Topic>,
+        topic: &str,
+    ) -> Result<&'m mut Topic> {
+        let max = self.config.max_topics.get();
+        if !topics.contains_key(topic) && topics.len() >= max {
+            return Err(Error::Limit(format!(
+                "memory pub/sub: topic {topic:?} refused: {max} topics are held already \
+                 (max_topics = {max})"
+            )));
+        }
+        Ok(topics.entry(topic.to_string()).or_default())
     }
 }
 
@@ -120,6 +158,11 @@ impl MemoryPubSub {
         Publisher::close(self).await
     }
 
+    /// How many topics are held right now (with a subscription or stored messages).
+    pub fn topic_count(&self) -> usize {
+        self.inner.lock().len()
+    }
+
     /// How many subscriptions `topic` has right now.
     pub fn subscriber_count(&self, topic: &str) -> usize {
         self.inner
@@ -139,11 +182,16 @@ impl Publisher for MemoryPubSub {
         for msg in messages {
             let subscribers: Vec<_> = {
                 let mut topics = inner.lock();
-                let t = topics.entry(topic.to_string()).or_default();
                 if inner.config.persistent {
+                    let t = inner.topic_entry(&mut topics, topic)?;
                     t.stored.push(msg.copy());
+                    t.subscribers.iter().map(|(_, tx)| tx.clone()).collect()
+                } else {
+                    // Nobody subscribes and nothing is kept: the topic is not held at all.
+                    topics.get(topic).map_or_else(Vec::new, |t| {
+                        t.subscribers.iter().map(|(_, tx)| tx.clone()).collect()
+                    })
                 }
-                t.subscribers.iter().map(|(_, tx)| tx.clone()).collect()
             };
             let mut waits = Vec::new();
             for tx in subscribers {
@@ -196,7 +244,7 @@ impl Subscriber for MemoryPubSub {
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let backlog = {
             let mut topics = inner.lock();
-            let t = topics.entry(topic.to_string()).or_default();
+            let t = inner.topic_entry(&mut topics, topic)?;
             t.subscribers.push((id, tx));
             t.stored.clone()
         };
@@ -496,6 +544,75 @@ mod tests {
         let msgs: Vec<_> = (0..10).map(|i| Message::new(format!("{i}"))).collect();
         let publish = tokio::time::timeout(Duration::from_millis(200), ps.publish("t", msgs)).await;
         assert!(publish.is_err(), "publish did not apply back-pressure");
+    }
+
+    #[tokio::test]
+    async fn a_hundred_thousand_topics_stay_under_the_bound() {
+        // Published to, nobody subscribing: nothing is held.
+        let ps = MemoryPubSub::default();
+        let payload = "x".repeat(64);
+        for i in 0..100_000 {
+            ps.publish(&format!("t{i}"), vec![Message::new(payload.clone())])
+                .await
+                .unwrap();
+        }
+        assert_eq!(ps.topic_count(), 0, "topics without subscribers were kept");
+
+        // Persistent: stored topics are held up to max_topics, one more is refused by name.
+        let ps = MemoryPubSub::new(MemoryConfig {
+            persistent: true,
+            max_topics: NonZeroUsize::new(1000).unwrap(),
+            ..MemoryConfig::default()
+        });
+        let mut refused = 0;
+        for i in 0..100_000 {
+            match ps.publish(&format!("t{i}"), vec![Message::new("m")]).await {
+                Ok(()) => {}
+                Err(Error::Limit(e)) => {
+                    assert!(
+                        e.contains("max_topics") && e.contains(&format!("t{i}")),
+                        "{e}"
+                    );
+                    refused += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(ps.topic_count(), 1000);
+        assert_eq!(refused, 99_000);
+        // A held topic still takes messages.
+        ps.publish("t0", vec![Message::new("again")]).await.unwrap();
+        let Err(e) = ps.subscribe("new").await else {
+            panic!("a subscription past the bound");
+        };
+        assert!(e.to_string().contains("max_topics"), "{e}");
+    }
+
+    #[test]
+    fn max_topics_zero_is_refused_naming_the_key() {
+        let table: toml::Table = toml::from_str("max_topics = 0").unwrap();
+        let e = crate::pubsub::registry::check_settings("m", "memory", &table)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pubsub.m.max_topics"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_topic_is_forgotten_with_its_last_subscription() {
+        let ps = MemoryPubSub::default();
+        let a = ps.subscribe("t").await.unwrap();
+        let b = ps.subscribe("t").await.unwrap();
+        assert_eq!(ps.topic_count(), 1);
+        drop(a);
+        assert_eq!(ps.topic_count(), 1, "forgotten while still subscribed");
+        drop(b);
+        for _ in 0..100 {
+            if ps.topic_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("topic still held after its last subscription ended");
     }
 
     #[tokio::test]
