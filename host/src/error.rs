@@ -70,6 +70,9 @@ pub enum Error {
     /// the setting. Callers may retry later; the HTTP API answers it with 429.
     #[error("{0}")]
     Limit(String),
+    /// Something awaited did not happen in time (a request's reply); the message says what.
+    #[error("{0}")]
+    Timeout(String),
     /// Anything else, with a message that names what failed.
     #[error("{0}")]
     Other(String),

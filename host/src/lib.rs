@@ -15,6 +15,7 @@
 //! - [`config`]: the `wasmill.toml` file, validated with errors that name file and key.
 //! - [`plugins`]: the plugins folder: watch, compile off the message path, swap.
 //! - [`http`]: the HTTP API of `wasmill run`.
+//! - [`components`]: built on the pub/sub traits: poison replay, request-reply.
 //!
 //! ## A native handler on the in-memory pub/sub
 //! ```
@@ -36,6 +37,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod components;
 pub mod config;
 pub mod error;
 pub mod http;

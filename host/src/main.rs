@@ -74,6 +74,10 @@ enum Command {
     New(cli::NewArgs),
     /// Drives the router in-process and prints throughput, latency and memory.
     Bench(cli::BenchArgs),
+    /// Sends a request to a topic of a running host and prints its reply.
+    Request(cli::components::RequestArgs),
+    /// Sends the messages of a poison topic back to the topics they failed on.
+    Replay(cli::components::ReplayArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -121,6 +125,8 @@ async fn main() -> ExitCode {
         Command::Build(a) => cli::build(a),
         Command::New(a) => cli::new(a),
         Command::Bench(a) => cli::bench(a).await,
+        Command::Request(a) => cli::components::request(a).await,
+        Command::Replay(a) => cli::components::replay(a).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

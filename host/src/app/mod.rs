@@ -9,12 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::components::poison_keeper::PoisonKeeper;
+use crate::components::reply::Reply;
 use crate::config::{Config, HandlerConfig, TopicSpec};
 use crate::error::{Error, Result};
 use crate::plugins::manager::{HandlerRoute, PluginManager, TopicRef};
 use crate::pubsub::registry::{self, Backend};
 use crate::router::middleware::failure_policy::has_own_failure_handling;
-use crate::router::{Router, RouterConfig};
+use crate::router::{BoxMiddleware, Router, RouterConfig};
 use crate::wasm::{EngineConfig, Limits, WasmEngine};
 
 pub use check::{CheckReport, check_config};
@@ -110,6 +112,36 @@ pub async fn check_setup(cfg: &Config, plugins_dir: &Path) -> Result<CheckReport
     Ok(check_config(cfg, plugins_dir, &engine).await)
 }
 
+/// The middleware the host puts outside a handler's own chain: the failure policy's poison
+/// queue, the request-reply middleware, the policy's retry (so a retried request answers once,
+/// with its last attempt). The poison topic is kept for replay from when the handler starts.
+fn outer_middleware(
+    route: &HandlerRoute,
+    backends: &HashMap<String, Backend>,
+    poison: &Arc<PoisonKeeper>,
+) -> Result<Vec<BoxMiddleware>> {
+    let mut chain = failure_middleware(route, backends)?;
+    let poison_topic = route
+        .on_failure
+        .as_ref()
+        .and_then(|p| Some((p, p.poison_topic_for(&route.subscribe.topic)?)));
+    if let Some((policy, topic)) = &poison_topic {
+        let pubsub = policy
+            .poison_pubsub
+            .as_deref()
+            .unwrap_or(&route.subscribe.pubsub);
+        if let Some(b) = backends.get(pubsub) {
+            poison.watch(b, topic);
+        }
+    }
+    // The policy's chain starts with its poison queue when it poisons.
+    let at = usize::from(poison_topic.is_some()).min(chain.len());
+    if let Some(b) = backends.get(&route.subscribe.pubsub) {
+        chain.insert(at, Arc::new(Reply::new(b.publisher.clone())));
+    }
+    Ok(chain)
+}
+
 fn listener_is_loopback(addr: &std::net::SocketAddr) -> bool {
     addr.ip().is_loopback()
 }
@@ -148,9 +180,11 @@ pub async fn run(
         .iter()
         .map(|h| route_for(&cfg, h, false))
         .collect();
+    let poison = PoisonKeeper::new(crate::components::poison_keeper::DEFAULT_CAPACITY);
     let mw_factory = {
         let engine = engine.clone();
         let backends = backends.clone();
+        let poison = poison.clone();
         let dir = plugins_dir.clone();
         let default = cfg.host.default_pubsub.clone();
         let limits = Limits {
@@ -169,8 +203,9 @@ pub async fn run(
                 &default,
                 &limits,
             )?;
-            let policy = failure_middleware(route, &backends)?;
-            built.chain.splice(0..0, policy);
+            built
+                .chain
+                .splice(0..0, outer_middleware(route, &backends, &poison)?);
             Ok(built)
         })
     };
@@ -230,6 +265,7 @@ pub async fn run(
         router: router.clone(),
         max_body: 16 << 20,
         access: Arc::new(access),
+        poison,
         limits: crate::http::ConnLimits {
             max_connections: crate::http::conn::fit_descriptor_limit(host.max_connections),
             header_timeout: host.header_timeout,

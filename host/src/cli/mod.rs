@@ -1,5 +1,7 @@
 //! The subcommands other than `run`.
 
+pub mod components;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

@@ -3,6 +3,7 @@
 //! `conn.rs` bounds its connections.
 
 pub mod access;
+pub mod components;
 pub mod conn;
 mod envelope;
 mod metrics;
@@ -29,6 +30,7 @@ pub use conn::ConnLimits;
 pub use envelope::{Envelope, parse_publish_body};
 pub use metrics::render_metrics;
 
+use crate::components::poison_keeper::PoisonKeeper;
 use crate::plugins::manager::PluginManager;
 use crate::pubsub::registry::Backend;
 use crate::router::Router;
@@ -50,11 +52,19 @@ pub struct ApiState {
     pub access: Arc<Access>,
     /// Bounds on connections.
     pub limits: ConnLimits,
+    /// The in-memory poison topics kept for replay.
+    pub poison: Arc<PoisonKeeper>,
 }
 
+/// The query of the topic routes.
 #[derive(Debug, Deserialize)]
 struct PubSubQuery {
+    /// A named backend (default: the default one).
     pubsub: Option<String>,
+    /// `reply=1` on a publish: wait for the reply (request-reply).
+    reply: Option<String>,
+    /// How long to wait for the reply (`5s` by default).
+    timeout: Option<String>,
 }
 
 pub(crate) fn error(status: StatusCode, reason: impl std::fmt::Display) -> Response {
@@ -82,6 +92,7 @@ pub fn routes(state: ApiState) -> HttpRouter {
     HttpRouter::new()
         .route("/topics/{topic}", post(publish))
         .route("/topics/{topic}/messages", get(stream))
+        .route("/topics/{topic}/replay", post(components::replay_route))
         .route("/handlers", get(handlers))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
@@ -119,6 +130,9 @@ async fn publish(
         Ok(m) => m,
         Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
     };
+    if components::wants_reply(q.reply.as_deref()) {
+        return components::publish_and_wait(&state, &q, &topic, msg).await;
+    }
     let uuid = msg.uuid.clone();
     match backend.publisher.publish(&topic, vec![msg]).await {
         Ok(()) => (StatusCode::ACCEPTED, axum::Json(json!({ "uuid": uuid }))).into_response(),

@@ -35,6 +35,7 @@ async fn serve_limited(
         max_body: 1 << 20,
         access: Default::default(),
         limits,
+        poison: crate::components::poison_keeper::PoisonKeeper::new(100),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -1,0 +1,13 @@
+//! Components built on the [`Publisher`](crate::Publisher) / [`Subscriber`](crate::Subscriber)
+//! traits only, so they work on every backend: Watermill's components around the router
+//! (`../shared/reference/watermill.md` section 6).
+//!
+//! - [`replay`]: sends poisoned messages back to the topic they failed on.
+//! - [`poison_keeper`]: holds what is poisoned on the in-memory backend, whose topics keep
+//!   nothing without a subscriber, so that it can be replayed.
+//! - [`reply`]: request-reply: a request carries the topic its reply goes to; the [`reply::Reply`]
+//!   middleware publishes the handler's result there; [`reply::request`] waits for it.
+
+pub mod poison_keeper;
+pub mod replay;
+pub mod reply;

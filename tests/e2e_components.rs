@@ -1,0 +1,195 @@
+//! Watermill's components through the product's contract: request-reply (`wasmill request`,
+//! `POST /topics/{t}?reply=1`) and poison replay (`wasmill replay`,
+//! `POST /topics/{poison}/replay`), against the real binary.
+
+use std::time::Duration;
+
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{Host, next_event, plugin};
+
+/// Runs the `wasmill` CLI; (success, stdout, stderr).
+async fn cli(args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let out = tokio::process::Command::new(support::binary())
+        .args(args)
+        .env_remove("WASMILL_TOKEN")
+        .output()
+        .await?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// A host whose plugins folder holds `name.wasm` (an example plugin) bound by a sidecar.
+async fn host_with(name: &str, sidecar: &str, config: &str) -> anyhow::Result<Host> {
+    let (dir, plugins) = Host::scratch()?;
+    std::fs::copy(plugin(name), plugins.join(format!("{name}.wasm")))?;
+    std::fs::write(plugins.join(format!("{name}.toml")), sidecar)?;
+    std::fs::write(dir.path().join("wasmill.toml"), config)?;
+    let host = Host::start(dir, plugins, &["--config", "wasmill.toml"]).await?;
+    host.wait_handler(name, Duration::from_secs(60), |h| {
+        h["name"] == name && h["state"] == "running"
+    })
+    .await?;
+    Ok(host)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasm_handler_answers_requests_from_the_cli_and_http() -> anyhow::Result<()> {
+    let host = host_with(
+        "uppercase",
+        "subscribe = \"incoming\"\npublish = \"outgoing\"\n",
+        "",
+    )
+    .await?;
+    let mut out = host.sse("outgoing").await?;
+
+    let (ok, stdout, stderr) = cli(&["request", "incoming", "hello", "--url", &host.url]).await?;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "HELLO");
+    // The handler's output still goes to its publish topic, without the request's key.
+    let event = next_event(&mut out, Duration::from_secs(10)).await?;
+    assert_eq!(event["payload"], "HELLO");
+    assert!(
+        event["metadata"].get("_wasmill_reply_to").is_none(),
+        "{event}"
+    );
+
+    let r = host
+        .http
+        .post(format!("{}/topics/incoming?reply=1", host.url))
+        .json(&serde_json::json!({"uuid": "req-1", "metadata": {"k": "v"}, "payload": "json"}))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200);
+    let reply: serde_json::Value = r.json().await?;
+    assert_eq!(reply["payload"], "JSON", "{reply}");
+    assert_eq!(reply["metadata"]["_wasmill_reply_for"], "req-1", "{reply}");
+
+    // Nobody serves `nowhere`: a timeout, 504, and the CLI fails saying so.
+    let r = host
+        .http
+        .post(format!("{}/topics/nowhere?reply=1&timeout=200ms", host.url))
+        .body("x")
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 504);
+    let (ok, _, stderr) = cli(&[
+        "request",
+        "nowhere",
+        "x",
+        "--timeout",
+        "200ms",
+        "--url",
+        &host.url,
+    ])
+    .await?;
+    assert!(!ok);
+    assert!(
+        stderr.contains("504") && stderr.contains("no reply"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_request_is_answered_with_the_reason() -> anyhow::Result<()> {
+    let host = host_with(
+        "always-fail",
+        "subscribe = \"orders\"\n",
+        "[defaults.on_failure]\nmax_attempts = 2\ninitial_interval = \"10ms\"\n",
+    )
+    .await?;
+    let r = host
+        .http
+        .post(format!("{}/topics/orders?reply=1", host.url))
+        .body("x")
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 502);
+    let body: serde_json::Value = r.json().await?;
+    assert!(
+        !body["error"].as_str().unwrap_or_default().is_empty(),
+        "{body}"
+    );
+    // Answered once, after the last attempt: the message was poisoned, not retried forever.
+    host.wait_handler("poisoned", Duration::from_secs(10), |h| {
+        h["counts"]["poisoned"] == 1
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poisoned_messages_are_replayed_with_their_uuid_and_metadata() -> anyhow::Result<()> {
+    let host = host_with(
+        "always-fail",
+        "subscribe = \"orders\"\n",
+        "[defaults.on_failure]\nmax_attempts = 2\ninitial_interval = \"10ms\"\n",
+    )
+    .await?;
+    for i in 0..3 {
+        let r = host
+            .http
+            .post(format!("{}/topics/orders", host.url))
+            .json(&serde_json::json!({"uuid": format!("o-{i}"), "metadata": {"tenant": "t1"}, "payload": format!("order {i}")}))
+            .send()
+            .await?;
+        assert_eq!(r.status().as_u16(), 202);
+    }
+    host.wait_handler("3 poisoned", Duration::from_secs(20), |h| {
+        h["counts"]["poisoned"] == 3
+    })
+    .await?;
+
+    // To another topic first: the messages as they were published, without the poison keys.
+    let mut checked = host.sse("checked").await?;
+    let (ok, stdout, stderr) = cli(&[
+        "replay",
+        "--from",
+        "orders.poison",
+        "--to",
+        "checked",
+        "--limit",
+        "2",
+        "--url",
+        &host.url,
+    ])
+    .await?;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("replayed 2"), "{stdout}");
+    for i in 0..2 {
+        let e = next_event(&mut checked, Duration::from_secs(10)).await?;
+        assert_eq!(e["uuid"], format!("o-{i}"), "{e}");
+        assert_eq!(e["payload"], format!("order {i}"));
+        assert_eq!(e["metadata"]["tenant"], "t1");
+        assert!(e["metadata"].get("reason_poisoned").is_none(), "{e}");
+        assert!(e["metadata"].get("topic_poisoned").is_none(), "{e}");
+    }
+
+    // The rest back to where it failed (over HTTP): handled (and poisoned) once more.
+    let r = host
+        .http
+        .post(format!("{}/topics/orders.poison/replay", host.url))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200);
+    let report: serde_json::Value = r.json().await?;
+    assert_eq!(report["replayed"], 1, "{report}");
+    host.wait_handler("poisoned again", Duration::from_secs(20), |h| {
+        h["counts"]["poisoned"] == 4
+    })
+    .await?;
+    // Nothing left.
+    let r = host
+        .http
+        .post(format!("{}/topics/orders.poison/replay?limit=5", host.url))
+        .send()
+        .await?;
+    let report: serde_json::Value = r.json().await?;
+    assert_eq!(report["replayed"], 1, "the re-poisoned message: {report}");
+    Ok(())
+}
