@@ -243,4 +243,67 @@ mod tests {
         assert_eq!(left[0].uuid, "b");
         assert_eq!(back.recv().await.unwrap().uuid, "a");
     }
+
+    /// On a real broker: the poison topic's queue made when the handler starts (as the host
+    /// does), messages poisoned before the replay subscribes are all replayed and acked.
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn drain_replays_from_a_redis_stream() {
+        use crate::pubsub::conformance::unique_topic;
+        let mut settings = toml::Table::new();
+        settings.insert(
+            "url".into(),
+            std::env::var("WASMILL_TEST_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+                .into(),
+        );
+        let b = crate::pubsub::registry::connect("r", "redis", &settings)
+            .await
+            .unwrap();
+        let topic = unique_topic("orders");
+        let poison = format!("{topic}.poison");
+        b.subscriber.subscribe_initialize(&poison).await.unwrap();
+        b.subscriber.subscribe_initialize(&topic).await.unwrap();
+        for i in 0..3 {
+            b.publisher
+                .publish(&poison, vec![poisoned(&format!("r{i}"), Some(&topic))])
+                .await
+                .unwrap();
+        }
+        let mut sub = b.subscriber.subscribe(&poison).await.unwrap();
+        let r = drain(
+            &mut sub,
+            None,
+            b.publisher.as_ref(),
+            None,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        drop(sub);
+        assert_eq!(r.replayed, 3, "{r:?}");
+        let mut back = b.subscriber.subscribe(&topic).await.unwrap();
+        for i in 0..3 {
+            let m = back.recv().await.unwrap();
+            assert_eq!(m.uuid, format!("r{i}"));
+            assert!(!m.metadata.contains(TOPIC_POISONED));
+            m.ack();
+        }
+        drop(back);
+        // Acked on the poison topic: a second replay finds nothing.
+        let mut sub = b.subscriber.subscribe(&poison).await.unwrap();
+        let r = drain(
+            &mut sub,
+            None,
+            b.publisher.as_ref(),
+            None,
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.replayed, 0);
+        drop(sub);
+        let _ = b.subscriber.remove_topic(&poison).await;
+        let _ = b.subscriber.remove_topic(&topic).await;
+    }
 }
