@@ -105,6 +105,9 @@ const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 const MIN_MEMORY: u64 = 1 << 20;
 const MAX_MEMORY: u64 = 4 << 30;
 /// The most messages (and instances) one handler may have at once.
+/// The largest `batch`.
+pub const MAX_BATCH: usize = 1024;
+
 const MAX_CONCURRENCY: usize = 1024;
 
 /// The most HTTP connections `[host] max_connections` may ask for.
@@ -415,6 +418,15 @@ impl<'a> Static<'a> {
                     "{} is more than {MAX_CONCURRENCY}: each unit is a WASM instance with its own memory",
                     h.concurrency
                 ),
+            ));
+        }
+        if h.batch == 0 {
+            self.errors
+                .push(at.err("batch", "must be at least 1 (1 = a message per call)"));
+        } else if h.batch > MAX_BATCH {
+            self.errors.push(at.err(
+                "batch",
+                format!("{} is more than {MAX_BATCH} messages per call", h.batch),
             ));
         }
         let default = &self.cfg.host.default_pubsub;

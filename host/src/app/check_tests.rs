@@ -263,6 +263,18 @@ plugin = "uppercase.wasm"
 subscribe = "t"
 publish = "t"
 concurrency = 100000
+
+[[handlers]]
+name = "zero-batch"
+plugin = "uppercase.wasm"
+subscribe = "a"
+batch = 0
+
+[[handlers]]
+name = "huge-batch"
+plugin = "uppercase.wasm"
+subscribe = "b"
+batch = 5000
 "#,
     );
     let report = check(&cfg).await;
@@ -272,6 +284,8 @@ concurrency = 100000
         "defaults.timeout",
         "handlers[0].concurrency",
         "handlers[0].publish",
+        "handlers[1].batch",
+        "handlers[2].batch",
     ] {
         assert!(text.contains(key), "no error for {key}:\n{text}");
     }

@@ -83,6 +83,7 @@ pub fn route_for(cfg: &Config, h: &HandlerConfig, from_sidecar: bool) -> Handler
         subscribe: topic_ref(&h.subscribe, default),
         publish: h.publish.as_ref().map(|p| topic_ref(p, default)),
         concurrency: h.concurrency.max(1),
+        batch: h.batch.max(1),
         order_key: h.order_key.clone(),
         limits: Limits {
             fuel: h.fuel.unwrap_or(d.fuel),

@@ -423,6 +423,10 @@ pub struct BenchArgs {
     /// files are found in --plugins.
     #[arg(long)]
     middleware: Option<String>,
+    /// Hand a `.wasm` handler up to N messages per call (the config's `batch = N`; its
+    /// `handle-batch` export); the router keeps `max(concurrency, N)` messages in flight.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    batch: u32,
     /// Where `{ wasm = "FILE" }` middleware files are.
     #[arg(long, default_value = "plugins")]
     plugins: PathBuf,
@@ -496,16 +500,23 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
             plugin,
             Default::default(),
             Default::default(),
-            a.concurrency,
+            a.concurrency.max(a.batch as usize),
         );
-        Arc::new(wasmill::wasm::WasmHandler::new(Arc::new(pool)))
+        Arc::new(wasmill::wasm::WasmHandler::batched(
+            Arc::new(pool),
+            a.batch as usize,
+        ))
     };
     let handler = bench_middleware(&a, &kind, &table, handler).await?;
     let options = BenchOptions {
         messages: a.messages,
         payload_size: size,
-        concurrency: a.concurrency,
-        handler_label: a.handler.clone(),
+        concurrency: a.concurrency.max(a.batch as usize),
+        handler_label: if a.batch > 1 {
+            format!("{} (batch {})", a.handler, a.batch)
+        } else {
+            a.handler.clone()
+        },
         pubsub_label: kind.clone(),
         consume_only: a.consume_only,
         // Against a broker with its raw client beside, publish first and then drain the

@@ -187,6 +187,9 @@ pub struct HandlerConfig {
     /// Messages (and instances) at once.
     #[serde(default = "one")]
     pub concurrency: usize,
+    /// Messages handed to the plugin per call (its `handle-batch` export); 1 = one per call.
+    #[serde(default = "one")]
+    pub batch: usize,
     /// Metadata key whose equal values are processed in order (with concurrency > 1).
     pub order_key: Option<String>,
     /// Middleware, outermost first (after `[defaults] middleware`).

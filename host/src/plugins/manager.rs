@@ -53,6 +53,8 @@ pub struct HandlerRoute {
     pub publish: Option<TopicRef>,
     /// Messages (and instances) at once.
     pub concurrency: usize,
+    /// Messages per guest call (`handle-batch`); the router keeps at least this many in flight.
+    pub batch: usize,
     /// Metadata key whose equal values are processed in order.
     pub order_key: Option<String>,
     /// Sandbox limits.
@@ -378,9 +380,9 @@ impl PluginManager {
             route.name.clone(),
             route.subscribe.topic.clone(),
             sub,
-            Arc::new(WasmHandler::new(pool.clone())),
+            Arc::new(WasmHandler::batched(pool.clone(), route.batch)),
         )
-        .concurrency(route.concurrency);
+        .concurrency(route.concurrency.max(route.batch));
         if let Some(p) = &route.publish {
             spec = spec.publish_to(p.topic.clone(), self.backend(&p.pubsub)?.publisher.clone());
         }

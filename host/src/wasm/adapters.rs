@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::coalesce::Coalescer;
 use super::instance::InstancePool;
 use crate::message::Message;
 use crate::router::{BoxHandler, Handler, HandlerResult, Middleware};
@@ -12,12 +13,32 @@ use crate::router::{BoxHandler, Handler, HandlerResult, Middleware};
 #[derive(Clone)]
 pub struct WasmHandler {
     pool: Arc<InstancePool>,
+    /// With `batch = N` > 1: the queue that gathers messages into `handle-batch` calls.
+    batch: Option<Arc<Coalescer>>,
 }
 
 impl WasmHandler {
-    /// A handler running calls in `pool`.
+    /// A handler running calls in `pool`, one message per call.
     pub fn new(pool: Arc<InstancePool>) -> Self {
-        WasmHandler { pool }
+        WasmHandler { pool, batch: None }
+    }
+
+    /// A handler handing the guest up to `max` messages per call (`batch = N`). A plugin
+    /// without `handle-batch` (0.1.0) is called once per message, with a warning.
+    pub fn batched(pool: Arc<InstancePool>, max: usize) -> Self {
+        if max <= 1 {
+            return Self::new(pool);
+        }
+        if !pool.supports_batch() {
+            tracing::warn!(
+                plugin = %pool.current().name,
+                "batch = {max}: the plugin exports no handle-batch (a wasmill:plugin@0.1.0 \
+                 handler); it is called once per message"
+            );
+            return Self::new(pool);
+        }
+        let batch = Some(Coalescer::new(pool.clone(), max));
+        WasmHandler { pool, batch }
     }
 
     /// The instance pool (version, limits, fuel used, hot swap).
@@ -29,7 +50,10 @@ impl WasmHandler {
 #[async_trait]
 impl Handler for WasmHandler {
     async fn handle(&self, msg: Message) -> HandlerResult {
-        self.pool.call(&msg, None).await
+        match &self.batch {
+            Some(b) => b.handle(msg).await,
+            None => self.pool.call(&msg, None).await,
+        }
     }
 }
 

@@ -28,21 +28,40 @@ impl InstancePool {
     /// Runs the handler on every message of `msgs`, in one guest call when the plugin exports
     /// `handle-batch` (a 0.2.0 handler), else one call per message. The batch shares one
     /// budget: `fuel` and `timeout` times the number of messages; the first message's context
-    /// (its Timeout middleware's deadline, the router's close) bounds the call. A trap fails
-    /// every message of the batch with the same error.
+    /// (its Timeout middleware's deadline, the router's close) bounds the call. When the batch
+    /// call fails (a trap, its budget spent), every message is run again on its own, so only
+    /// the messages that fail alone fail.
     pub async fn call_batch(&self, msgs: &[Message]) -> Vec<HandlerResult> {
-        let batched = matches!(self.current().pre, Pre::SyncHandler2(..) | Pre::Handler2(_));
-        if !batched || msgs.len() < 2 {
-            let mut out = Vec::with_capacity(msgs.len());
-            for m in msgs {
-                out.push(self.call(m, None).await);
-            }
-            return out;
+        if !self.supports_batch() || msgs.len() < 2 {
+            return self.call_each(msgs).await;
         }
         match self.batch_once(msgs).await {
             Ok(results) => results,
-            Err(e) => msgs.iter().map(|_| Err(e.clone())).collect(),
+            // A trap, fuel or time running out fails the whole call: each message is run
+            // again on its own, so only the one(s) that fail alone fail.
+            Err(e) => {
+                tracing::debug!(
+                    plugin = %self.current().name,
+                    "a batch of {} failed ({}): each message runs on its own",
+                    msgs.len(),
+                    e.reason()
+                );
+                self.call_each(msgs).await
+            }
         }
+    }
+
+    /// Whether the current version exports `handle-batch` (a 0.2.0 handler).
+    pub fn supports_batch(&self) -> bool {
+        matches!(self.current().pre, Pre::SyncHandler2(..) | Pre::Handler2(_))
+    }
+
+    async fn call_each(&self, msgs: &[Message]) -> Vec<HandlerResult> {
+        let mut out = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            out.push(self.call(m, None).await);
+        }
+        out
     }
 
     async fn batch_once(&self, msgs: &[Message]) -> Result<Vec<HandlerResult>, HandlerError> {
@@ -201,12 +220,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_trap_fails_the_whole_batch() {
+    async fn a_trap_fails_only_the_message_that_traps() {
         let p = pool("panic", Limits::default(), Grants::default()).await;
         let out = p.call_batch(&batch()).await;
         assert_eq!(out.len(), 5);
         for r in out {
             assert!(r.unwrap_err().reason().starts_with("trap: "));
         }
+        let msgs = [
+            Message::new("spare me"),
+            Message::new("boom"),
+            Message::new("spare me"),
+        ];
+        let out = p.call_batch(&msgs).await;
+        assert!(out[0].is_ok() && out[2].is_ok(), "{out:?}");
+        assert!(out[1].as_ref().unwrap_err().reason().starts_with("trap: "));
     }
 }
