@@ -1,11 +1,12 @@
 //! The HTTP API of `wasmill run` (SPEC.md): publish, Server-Sent Events per topic, handlers,
-//! health and Prometheus metrics. `access.rs` decides who may use it (Host, Origin, token),
+//! health, readiness (`ready.rs`) and Prometheus metrics. `access.rs` decides who may use it (Host, Origin, token),
 //! `conn.rs` bounds its connections.
 
 pub mod access;
 pub mod conn;
 mod envelope;
 mod metrics;
+pub mod ready;
 pub mod tail;
 #[cfg(test)]
 mod tests;
@@ -84,6 +85,7 @@ pub fn routes(state: ApiState) -> HttpRouter {
         .route("/topics/{topic}/messages", get(stream))
         .route("/handlers", get(handlers))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready::readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
