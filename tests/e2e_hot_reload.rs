@@ -560,3 +560,52 @@ async fn a_refused_claim_gets_the_name_once_its_owner_leaves() -> anyhow::Result
     assert_eq!(list.len(), 1, "only dup.wasm's handler is left: {list:?}");
     Ok(())
 }
+
+/// GET /readyz as (status, JSON body).
+async fn readyz(host: &Host) -> anyhow::Result<(u16, serde_json::Value)> {
+    let r = host.http.get(format!("{}/readyz", host.url)).send().await?;
+    let status = r.status().as_u16();
+    Ok((status, r.json().await?))
+}
+
+/// A plugin that fails to load (written while the host runs) makes /readyz answer 503 naming it (with the reason) while a
+/// good plugin serves; once the failed file is deleted it leaves GET /handlers and /readyz
+/// answers 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_failed_plugin_leaves_handlers_and_readyz() -> anyhow::Result<()> {
+    let (dir, plugins) = Host::scratch()?;
+    std::fs::copy(plugin("uppercase"), plugins.join("good.wasm"))?;
+    std::fs::write(
+        plugins.join("good.toml"),
+        "subscribe = \"in\"\npublish = \"out\"\n",
+    )?;
+    let host = Host::start(dir, plugins, &[]).await?;
+    host.wait_handler("good running", WAIT, |h| {
+        h["plugin"] == "good.wasm" && h["state"] == "running"
+    })
+    .await?;
+    assert_eq!(readyz(&host).await?.0, 200, "only a running plugin");
+    // The up-front config check refuses a broken file at start: it arrives while running.
+    std::fs::write(host.plugins.join("bad.toml"), "subscribe = \"bad-in\"\n")?;
+    std::fs::write(
+        host.plugins.join("bad.wasm"),
+        b"this is not a wasm component",
+    )?;
+    host.wait_handler("bad failed", WAIT, |h| {
+        h["plugin"] == "bad.wasm" && h["state"] == "failed"
+    })
+    .await?;
+    let (status, body) = readyz(&host).await?;
+    assert_eq!(status, 503, "{body}");
+    let failed = body["failed"].to_string();
+    assert!(failed.contains("bad (bad.wasm)"), "{body}");
+    assert!(!failed.contains("good"), "{body}");
+
+    std::fs::remove_file(host.plugins.join("bad.wasm"))?;
+    host.wait_no_handler("bad.wasm gone", WAIT, |h| h["plugin"] == "bad.wasm")
+        .await?;
+    let (status, body) = readyz(&host).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ready"], true, "{body}");
+    Ok(())
+}

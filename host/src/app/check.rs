@@ -7,7 +7,7 @@
 //! problem is reported, each naming the file, the entry (`handlers[0]`, or the sidecar file)
 //! and the key.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
 use crate::config::options::join_key;
@@ -18,6 +18,7 @@ use crate::router::middleware::FailurePolicy;
 use crate::router::middleware::MiddlewareSpec;
 use crate::router::middleware::failure_policy::has_own_failure_handling;
 use crate::wasm::{WasmEngine, World};
+use futures::StreamExt;
 
 /// What a check found: counts of what was checked and every problem.
 #[derive(Debug, Default)]
@@ -564,19 +565,12 @@ pub async fn check_config(cfg: &Config, plugins_dir: &Path, engine: &WasmEngine)
         pubsubs: cfg.pubsub.len() + usize::from(!cfg.pubsub.contains_key("memory")),
         ..CheckReport::default()
     };
-    let mut compiled: HashMap<PathBuf, std::result::Result<World, String>> = HashMap::new();
     let compiles = std::mem::take(&mut s.compiles);
+    let compiled = compile_all(engine, &compiles).await;
+    let mut counted: HashSet<&PathBuf> = HashSet::new();
     for c in &compiles {
-        if !compiled.contains_key(&c.path) {
-            let r = engine
-                .compile_file(&c.path)
-                .await
-                .map(|p| p.info.world)
-                .map_err(|e| e.to_string());
-            if c.world == World::Middleware {
-                report.wasm_middleware += 1;
-            }
-            compiled.insert(c.path.clone(), r);
+        if counted.insert(&c.path) && c.world == World::Middleware {
+            report.wasm_middleware += 1;
         }
         match &compiled[&c.path] {
             Err(e) => s.errors.push(format!("{}: {}: {e}", c.file, c.key)),
@@ -602,6 +596,34 @@ pub async fn check_config(cfg: &Config, plugins_dir: &Path, engine: &WasmEngine)
     }
     report.errors = s.errors;
     report
+}
+
+/// Compiles each distinct file of `compiles` (through the compile cache), as many at once as
+/// the machine has cores: a Python or JS component takes seconds, and they no longer wait for
+/// one another. Each file's world, or why it was refused.
+async fn compile_all(
+    engine: &WasmEngine,
+    compiles: &[Compile],
+) -> HashMap<PathBuf, std::result::Result<World, String>> {
+    let mut paths: Vec<&PathBuf> = Vec::new();
+    for c in compiles {
+        if !paths.contains(&&c.path) {
+            paths.push(&c.path);
+        }
+    }
+    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+    futures::stream::iter(paths)
+        .map(|path| async move {
+            let r = engine
+                .compile_file(path)
+                .await
+                .map(|p| p.info.world)
+                .map_err(|e| e.to_string());
+            (path.clone(), r)
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await
 }
 
 #[cfg(test)]

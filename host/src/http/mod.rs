@@ -1,5 +1,5 @@
 //! The HTTP API of `wasmill run` (SPEC.md): publish, Server-Sent Events per topic, handlers,
-//! health and Prometheus metrics. `access.rs` decides who may use it (Host, Origin, token),
+//! health, readiness (`ready.rs`) and Prometheus metrics. `access.rs` decides who may use it (Host, Origin, token),
 //! `conn.rs` bounds its connections.
 
 pub mod access;
@@ -7,6 +7,7 @@ pub mod components;
 pub mod conn;
 mod envelope;
 mod metrics;
+pub mod ready;
 pub mod tail;
 #[cfg(test)]
 mod tests;
@@ -95,6 +96,7 @@ pub fn routes(state: ApiState) -> HttpRouter {
         .route("/topics/{topic}/replay", post(components::replay_route))
         .route("/handlers", get(handlers))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready::readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -164,6 +165,19 @@ pub(super) fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
 }
 
+/// `routes` grouped by handler name, each group in the order given, groups in the order of
+/// their first route.
+fn by_name(routes: Vec<HandlerRoute>) -> Vec<Vec<HandlerRoute>> {
+    let mut groups: Vec<Vec<HandlerRoute>> = Vec::new();
+    for route in routes {
+        match groups.iter_mut().find(|g| g[0].name == route.name) {
+            Some(g) => g.push(route),
+            None => groups.push(vec![route]),
+        }
+    }
+    groups
+}
+
 /// What started for a route.
 struct Started {
     handle: HandlerHandle,
@@ -205,23 +219,30 @@ impl PluginManager {
     /// Starts every configured handler and every plugin in the folder that has a sidecar.
     /// Configured handlers claim their names first; among sidecars, a file named after its
     /// handler (`uppercase.wasm` for `uppercase`) claims before one that borrows the name.
+    ///
+    /// Handlers of different names start (and compile) at once, as many as the machine has
+    /// cores; routes claiming the same name start one after another in that order.
     pub async fn start_all(self: &Arc<Self>) {
-        for route in self.configured.clone() {
-            self.start(route).await;
-        }
+        let mut routes = self.configured.clone();
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
             .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
         files.sort();
-        let mut routes: Vec<HandlerRoute> = files
+        let mut sidecars: Vec<HandlerRoute> = files
             .iter()
             .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
             .filter_map(|wasm| self.read_sidecar(wasm))
             .collect();
-        routes.sort_by_key(|r| Path::new(&r.plugin).file_stem() != Some(r.name.as_ref()));
-        for route in routes {
-            self.start(route).await;
-        }
+        sidecars.sort_by_key(|r| Path::new(&r.plugin).file_stem() != Some(r.name.as_ref()));
+        routes.extend(sidecars);
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+        futures::stream::iter(by_name(routes))
+            .for_each_concurrent(parallel, |group| async move {
+                for route in group {
+                    self.start(route).await;
+                }
+            })
+            .await;
     }
 
     /// The route of `wasm`'s sidecar, if it has one and the config does not bind the file.
@@ -473,5 +494,43 @@ impl PluginManager {
                 let _ = tx.send(FileEvent::Ready(self.dir.join(file)));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod by_name_tests {
+    use super::*;
+
+    fn route(name: &str, plugin: &str) -> HandlerRoute {
+        HandlerRoute {
+            name: name.into(),
+            plugin: plugin.into(),
+            subscribe: TopicRef {
+                pubsub: "memory".into(),
+                topic: "in".into(),
+            },
+            publish: None,
+            concurrency: 1,
+            order_key: None,
+            limits: Limits::default(),
+            allow_publish: Vec::new(),
+            middleware: Vec::new(),
+            from_sidecar: true,
+            on_failure: None,
+        }
+    }
+
+    #[test]
+    fn routes_of_one_name_stay_together_in_order() {
+        let groups = by_name(vec![
+            route("a", "a.wasm"),
+            route("b", "b.wasm"),
+            route("a", "dup.wasm"),
+        ]);
+        let plugins: Vec<Vec<&str>> = groups
+            .iter()
+            .map(|g| g.iter().map(|r| r.plugin.as_str()).collect())
+            .collect();
+        assert_eq!(plugins, vec![vec!["a.wasm", "dup.wasm"], vec!["b.wasm"]]);
     }
 }

@@ -218,6 +218,20 @@ fn detect_world(
     })
 }
 
+/// The fix for a known cause of a link failure, read from the component's imports: the
+/// host grants no `wasi:http`, which componentize-js imports unless built without its `http`
+/// and `fetch-event` features.
+pub fn link_hint(imports: &[String]) -> Option<&'static str> {
+    imports
+        .iter()
+        .any(|i| i.starts_with("wasi:http/"))
+        .then_some(
+            "it imports wasi:http, which the host does not grant: built with componentize-js's \
+         http feature? rebuild with `-d http -d fetch-event` (jco componentize: \
+         `--disable http --disable fetch-event`)",
+        )
+}
+
 /// Says which world `bytes` implements and what it imports, without keeping it loaded
 /// (`wasmill check`).
 pub fn inspect(engine: &WasmEngine, name: &str, bytes: &[u8]) -> Result<ComponentInfo> {
@@ -237,9 +251,12 @@ fn prepare(
 ) -> Result<Pre> {
     let inner = &engine.inner;
     let link = |linker: &wasmtime::component::Linker<PluginState>, what: &str| {
-        linker
-            .instantiate_pre(component)
-            .map_err(|e| err(name, format!("cannot link as a {what}: {e:#}")))
+        linker.instantiate_pre(component).map_err(|e| {
+            let hint = link_hint(&info.imports)
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
+            err(name, format!("cannot link as a {what}: {e:#}{hint}"))
+        })
     };
     let typed =
         |e: wasmtime::Error| err(name, format!("export `handle` has the wrong type: {e:#}"));
@@ -302,19 +319,21 @@ impl WasmEngine {
         check_header(name, bytes)?;
         let sha256 = sha256_hex(bytes);
         let cache = self.inner.cache.as_ref();
-        let component = match cache.and_then(|c| c.load(self.engine(), &sha256)) {
-            Some(c) => c,
+        let (component, fresh) = match cache.and_then(|c| c.load(self.engine(), &sha256)) {
+            Some(c) => (c, false),
             None => {
                 let c = Component::new(self.engine(), bytes)
                     .map_err(|e| err(name, format!("invalid component: {e:#}")))?;
-                if let Some(cache) = cache {
-                    cache.store(&sha256, &c);
-                }
-                c
+                (c, true)
             }
         };
         let info = detect_world(name, self.engine(), &component)?;
         let pre = prepare(self, name, &component, &info)?;
+        // Cached only once its world and imports are accepted: a refused component (tens of
+        // megabytes for Python or JS) never takes room in the cache.
+        if let (true, Some(cache)) = (fresh, cache) {
+            cache.store(&sha256, &component);
+        }
         Ok(Arc::new(CompiledPlugin {
             name: name.into(),
             sha256,
@@ -322,5 +341,21 @@ impl WasmEngine {
             info,
             pre,
         }))
+    }
+}
+
+#[cfg(test)]
+mod hint_tests {
+    use super::link_hint;
+
+    #[test]
+    fn a_wasi_http_import_names_the_componentize_js_flags() {
+        let imports = vec![
+            "wasi:io/streams@0.2.3".to_string(),
+            "wasi:http/types@0.2.3".to_string(),
+        ];
+        let hint = link_hint(&imports).expect("a hint for wasi:http");
+        assert!(hint.contains("-d http -d fetch-event"), "{hint}");
+        assert_eq!(link_hint(&imports[..1]), None, "no hint without wasi:http");
     }
 }

@@ -191,3 +191,20 @@ fn a_cache_dir_inside_the_plugins_folder_is_refused() {
         Some(outside)
     );
 }
+
+/// A component that compiles but is refused (here: no `handle` export) leaves no cache
+/// entry, while an accepted one does.
+#[tokio::test]
+async fn a_refused_component_is_never_cached() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = engine_at(&tmp.path().join("cache"));
+    // The empty component: valid, compiles, implements no Wasmill world.
+    let empty = b"\0asm\x0d\x00\x01\x00".to_vec();
+    let refused = engine.compile("empty.wasm", empty.clone()).await;
+    assert!(refused.is_err(), "the empty component is refused");
+    let path = cache(&engine).entry_path(&sha256_hex(&empty));
+    assert!(!path.exists(), "refused, yet cached at {}", path.display());
+    assert_eq!(run(&engine, "uppercase").await, "HELLO");
+    let sha = sha256_hex(&std::fs::read(fixture("uppercase")).unwrap());
+    assert!(cache(&engine).entry_path(&sha).exists(), "accepted: cached");
+}
