@@ -511,6 +511,7 @@ mod by_name_tests {
             },
             publish: None,
             concurrency: 1,
+            batch: 1,
             order_key: None,
             limits: Limits::default(),
             allow_publish: Vec::new(),
