@@ -327,6 +327,10 @@ impl<'a> Static<'a> {
                 .push(at.err(key, format!("file {} not found", path.display())));
             return None;
         }
+        if let Err(e) = crate::plugins::confine::confined(self.plugins_dir, &path) {
+            self.errors.push(at.err(key, e.to_string()));
+            return None;
+        }
         Some(path)
     }
 

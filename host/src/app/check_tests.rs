@@ -330,3 +330,36 @@ allowed_hosts = ["wasmill.internal", "http://x/"]
     let r = check(&cfg).await;
     assert!(r.is_ok(), "{:#?}", r.errors);
 }
+
+#[tokio::test]
+async fn a_plugin_symlinked_out_of_the_plugins_folder_is_refused() {
+    let (dir, cfg) = setup(
+        r#"
+[[handlers]]
+name = "inside"
+plugin = "inside.wasm"
+subscribe = "a"
+
+[[handlers]]
+name = "outside"
+plugin = "outside.wasm"
+subscribe = "b"
+"#,
+    );
+    let plugins = dir.path().join("plugins");
+    let elsewhere = dir.path().join("elsewhere.wasm");
+    std::fs::copy(fixture("uppercase"), &elsewhere).unwrap();
+    std::os::unix::fs::symlink(plugins.join("uppercase.wasm"), plugins.join("inside.wasm"))
+        .unwrap();
+    std::os::unix::fs::symlink(&elsewhere, plugins.join("outside.wasm")).unwrap();
+    let report = check(&cfg).await;
+    let text = report.errors.join("\n");
+    assert!(
+        text.contains("handlers[1].plugin") && text.contains("outside the plugins folder"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("handlers[0]"),
+        "a link inside the folder is fine: {text}"
+    );
+}

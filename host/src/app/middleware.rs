@@ -66,6 +66,8 @@ fn wasm_middleware_pool(
 ) -> Result<InstancePool> {
     let file = &entry.wasm;
     let path = plugins_dir.join(file);
+    let path = crate::plugins::confine::confined(plugins_dir, &path)
+        .map_err(|e| Error::Config(format!("middleware {{ wasm = {file:?} }}: {e}")))?;
     let bytes = std::fs::read(&path).map_err(|e| {
         Error::Config(format!(
             "middleware {{ wasm = {file:?} }}: cannot read {}: {e}",

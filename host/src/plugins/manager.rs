@@ -372,7 +372,10 @@ impl PluginManager {
     async fn try_start(&self, route: &HandlerRoute) -> Result<Started> {
         let plugin: Arc<CompiledPlugin> = self
             .engine
-            .compile_file(&self.dir.join(&route.plugin))
+            .compile_file(&super::confine::confined(
+                &self.dir,
+                &self.dir.join(&route.plugin),
+            )?)
             .await?;
         if plugin.info.world != World::Handler {
             return Err(Error::Wasm {

@@ -68,7 +68,10 @@ impl PluginManager {
             (handlers, users)
         };
         if !handlers.is_empty() || !middleware_users.is_empty() {
-            let compiled = self.engine.compile_file(path).await;
+            let compiled = match super::confine::confined(&self.dir, path) {
+                Ok(real) => self.engine.compile_file(&real).await,
+                Err(e) => Err(e),
+            };
             self.swap_handlers(&plugin, &handlers, &compiled);
             self.swap_middleware(&plugin, &middleware_users, &compiled);
         }
