@@ -436,11 +436,13 @@ impl<'a> Static<'a> {
         }
         let default = &self.cfg.host.default_pubsub;
         if let Some(p) = &h.publish
+            && !h.allow_loop
             && p.resolve(default) == h.subscribe.resolve(default)
         {
             self.errors.push(at.err(
                 "publish",
-                "is the subscribed topic: every output would come back to the handler, forever",
+                "is the subscribed topic: every output would come back to the handler, forever \
+                 (set allow_loop = true if the handler ends the loop itself)",
             ));
         }
         if h.order_key.as_deref() == Some("") {

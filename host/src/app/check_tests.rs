@@ -363,3 +363,21 @@ subscribe = "b"
         "a link inside the folder is fine: {text}"
     );
 }
+
+#[tokio::test]
+async fn a_loop_is_accepted_only_when_allowed() {
+    let entry = |allow: &str| {
+        format!(
+            "[[handlers]]\nname = \"countdown\"\nplugin = \"uppercase.wasm\"\nsubscribe = \"t\"\npublish = \"t\"\n{allow}"
+        )
+    };
+    let (_d, cfg) = setup(&entry(""));
+    let text = check(&cfg).await.errors.join("\n");
+    assert!(
+        text.contains("handlers[0].publish") && text.contains("allow_loop"),
+        "{text}"
+    );
+    let (_d, cfg) = setup(&entry("allow_loop = true\n"));
+    let report = check(&cfg).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+}

@@ -190,6 +190,10 @@ pub struct HandlerConfig {
     /// Messages handed to the plugin per call (its `handle-batch` export); 1 = one per call.
     #[serde(default = "one")]
     pub batch: usize,
+    /// Allow `publish` to be the subscribed topic (a handler that feeds itself, e.g. a
+    /// countdown that stops on its own); refused otherwise.
+    #[serde(default)]
+    pub allow_loop: bool,
     /// Metadata key whose equal values are processed in order (with concurrency > 1).
     pub order_key: Option<String>,
     /// Middleware, outermost first (after `[defaults] middleware`).
