@@ -1,13 +1,12 @@
 //! `wasmill request` and `wasmill replay`: request-reply and poison replay through a running
 //! host's HTTP API.
 
-use std::io::Read;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use super::{auth_hint, topic_url, with_token};
+use super::{auth_hint, read_payload, topic_url, with_token};
 
 /// Arguments of `wasmill request`.
 #[derive(Args)]
@@ -37,14 +36,7 @@ pub struct RequestArgs {
 pub async fn request(a: RequestArgs) -> Result<()> {
     let wait = humantime::parse_duration(&a.timeout)
         .with_context(|| format!("--timeout {:?}", a.timeout))?;
-    let payload = match a.payload.as_deref() {
-        None | Some("-") => {
-            let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s)?;
-            s
-        }
-        Some(p) => p.to_string(),
-    };
+    let payload = read_payload(a.payload.as_deref())?;
     let mut url = topic_url(&a.url, &a.topic, "", a.pubsub.as_deref());
     url.push(if url.contains('?') { '&' } else { '?' });
     url.push_str(&format!("reply=1&timeout={}", a.timeout));

@@ -88,6 +88,18 @@ fn auth_hint(status: reqwest::StatusCode) -> &'static str {
     }
 }
 
+/// The payload argument, or standard input for `-` or none.
+fn read_payload(arg: Option<&str>) -> Result<String> {
+    match arg {
+        None | Some("-") => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            Ok(s)
+        }
+        Some(p) => Ok(p.to_string()),
+    }
+}
+
 fn topic_url(base: &str, topic: &str, suffix: &str, pubsub: Option<&str>) -> String {
     let mut u = format!("{}/topics/{topic}{suffix}", base.trim_end_matches('/'));
     if let Some(p) = pubsub {
@@ -98,14 +110,7 @@ fn topic_url(base: &str, topic: &str, suffix: &str, pubsub: Option<&str>) -> Str
 
 /// `wasmill publish`.
 pub async fn publish(a: PublishArgs) -> Result<()> {
-    let payload = match a.payload.as_deref() {
-        None | Some("-") => {
-            let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s)?;
-            s
-        }
-        Some(p) => p.to_string(),
-    };
+    let payload = read_payload(a.payload.as_deref())?;
     let mut metadata = BTreeMap::new();
     for kv in &a.metadata {
         let (k, v) = kv
