@@ -1,0 +1,211 @@
+//! Plugins in every supported language, as a new user makes them outside any checkout:
+//! `wasmill new handler NAME --lang L` in a temporary folder, the handler edited to upper-case
+//! its input and to fail on demand, `wasmill build` straight into a running host's plugins
+//! folder, then messages through it: the same input and the same output as the Rust example,
+//! a permanent failure that skips retries while an exception is retried, and the sandbox
+//! holding against an endless loop (fuel or deadline) and a memory hog (the cap) while the
+//! handler keeps serving.
+
+use std::path::Path;
+use std::time::Duration;
+
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{Host, next_event};
+
+/// Runs the `wasmill` CLI in `dir`; (success, stdout, stderr).
+fn cli(dir: &Path, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let out = std::process::Command::new(support::binary())
+        .args(args)
+        .current_dir(dir)
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// The handler body each language gets: "perm" fails permanently, "boom" fails retryably,
+/// anything else comes back upper-cased.
+fn edit_handler(project: &Path, lang: &str) -> anyhow::Result<()> {
+    let (file, from, to) = match lang {
+        "rust" => (
+            "src/lib.rs",
+            "Ok(vec![msg])",
+            r#"let mut msg = msg;
+        let text = msg.payload_str().map_err(|_| Error::permanent("not utf-8"))?;
+        match text {
+            "perm" => Err(Error::permanent("told to fail")),
+            "boom" => Err(Error::retryable("boom")),
+            "spin" => loop {
+                std::hint::black_box(());
+            },
+            "hog" => {
+                let hog: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 1 << 24]).collect();
+                Err(Error::permanent(format!("held {}", std::hint::black_box(hog).len())))
+            }
+            _ => {
+                let upper = text.to_uppercase();
+                msg.set_payload(upper);
+                Ok(vec![msg])
+            }
+        }"#,
+        ),
+        "python" => (
+            "app.py",
+            "    return msg\n",
+            r#"    text = msg.payload().decode()
+    if text == "perm":
+        raise wasmill.Permanent("told to fail")
+    if text == "boom":
+        raise ValueError("boom")
+    if text == "spin":
+        while True:
+            pass
+    if text == "hog":
+        hog = [bytearray(1 << 24) for _ in range(64)]
+        raise wasmill.Permanent(f"held {len(hog)}")
+    msg.set_payload(text.upper().encode())
+    return msg
+"#,
+        ),
+        "js" => (
+            "app.js",
+            "  return msg;\n",
+            r#"  const text = wasmill.text(msg);
+  if (text === 'perm') throw new wasmill.Permanent('told to fail');
+  if (text === 'boom') throw new Error('boom');
+  if (text === 'spin') for (;;) {}
+  if (text === 'hog') {
+    const hog = [];
+    for (let i = 0; i < 64; i++) hog.push(new Uint8Array(1 << 24));
+    throw new wasmill.Permanent(`held ${hog.length}`);
+  }
+  wasmill.setText(msg, text.toUpperCase());
+  return msg;
+"#,
+        ),
+        other => anyhow::bail!("no edit for {other}"),
+    };
+    let path = project.join(file);
+    let text = std::fs::read_to_string(&path)?;
+    anyhow::ensure!(text.contains(from), "{file} has no {from:?}:\n{text}");
+    std::fs::write(&path, text.replacen(from, to, 1))?;
+    Ok(())
+}
+
+async fn scaffold_build_and_serve(lang: &str) -> anyhow::Result<()> {
+    let work = tempfile::tempdir()?;
+    let name = format!("up-{lang}");
+    let (ok, out, err) = cli(work.path(), &["new", "handler", &name, "--lang", lang])?;
+    anyhow::ensure!(ok, "wasmill new --lang {lang}: {out}{err}");
+    let project = work.path().join(&name);
+    edit_handler(&project, lang)?;
+
+    let (dir, plugins) = Host::scratch()?;
+    std::fs::write(
+        plugins.join(format!("{name}.toml")),
+        format!("subscribe = \"in-{lang}\"\npublish = \"out-{lang}\"\n"),
+    )?;
+    let host = Host::start(dir, plugins.clone(), &[]).await?;
+    let mut out = host.sse(&format!("out-{lang}")).await?;
+
+    let plugins_arg = plugins.to_string_lossy().into_owned();
+    let (ok, stdout, stderr) = cli(work.path(), &["build", &name, "--out", &plugins_arg])?;
+    anyhow::ensure!(ok, "wasmill build ({lang}): {stdout}{stderr}");
+    assert!(stdout.contains(&format!("{name}.wasm")), "{stdout}");
+    host.wait_handler(&name, Duration::from_secs(120), |h| h["state"] == "running")
+        .await?;
+
+    host.publish(&format!("in-{lang}"), "hello").await?;
+    let event = next_event(&mut out, Duration::from_secs(30)).await?;
+    assert_eq!(event["payload"], "HELLO", "{lang}: {event}");
+
+    // A permanent failure is poisoned at once; a retryable one is retried first.
+    let mut poison = host.sse(&format!("in-{lang}.poison")).await?;
+    host.publish(&format!("in-{lang}"), "perm").await?;
+    let poisoned = next_event(&mut poison, Duration::from_secs(30)).await?;
+    let reason = poisoned["metadata"]["reason_poisoned"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("told to fail"), "{lang}: {poisoned}");
+    let h = host.handler(&name).await?;
+    assert_eq!(h["counts"]["retried"], 0, "{lang}: {h}");
+
+    host.publish(&format!("in-{lang}"), "boom").await?;
+    let poisoned = next_event(&mut poison, Duration::from_secs(30)).await?;
+    let reason = poisoned["metadata"]["reason_poisoned"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("boom"), "{lang}: {poisoned}");
+    let h = host.handler(&name).await?;
+    assert!(h["counts"]["retried"].as_u64() > Some(0), "{lang}: {h}");
+
+    // The sandbox: a loop is cut off by fuel or the deadline, a hog by the memory cap.
+    host.publish(&format!("in-{lang}"), "spin").await?;
+    let poisoned = next_event(&mut poison, Duration::from_secs(60)).await?;
+    let reason = poisoned["metadata"]["reason_poisoned"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("fuel exhausted") || reason.contains("timeout"),
+        "{lang}: {poisoned}"
+    );
+    host.publish(&format!("in-{lang}"), "hog").await?;
+    let poisoned = next_event(&mut poison, Duration::from_secs(60)).await?;
+    let reason = poisoned["metadata"]["reason_poisoned"]
+        .as_str()
+        .unwrap_or_default();
+    // The cap holds: the host stops the guest ("memory limit") or the guest's own allocator
+    // sees the refusal (Python's MemoryError, JS's out of memory).
+    assert!(
+        reason.to_lowercase().contains("memory") && !reason.contains("held "),
+        "{lang}: {poisoned}"
+    );
+
+    host.publish(&format!("in-{lang}"), "still here").await?;
+    let event = next_event(&mut out, Duration::from_secs(30)).await?;
+    assert_eq!(event["payload"], "STILL HERE", "{lang}: {event}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_handler_scaffolded_outside_the_repository_builds_and_serves() -> anyhow::Result<()>
+{
+    scaffold_build_and_serve("rust").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_handler_scaffolded_outside_the_repository_builds_and_serves() -> anyhow::Result<()>
+{
+    scaffold_build_and_serve("python").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_javascript_handler_scaffolded_outside_the_repository_builds_and_serves()
+-> anyhow::Result<()> {
+    scaffold_build_and_serve("js").await
+}
+
+#[test]
+fn a_middleware_scaffolded_in_each_language_builds() -> anyhow::Result<()> {
+    let work = tempfile::tempdir()?;
+    let out = work.path().join("out");
+    for lang in ["rust", "python", "js"] {
+        let name = format!("mw-{lang}");
+        let (ok, o, e) = cli(work.path(), &["new", "middleware", &name, "--lang", lang])?;
+        anyhow::ensure!(ok, "new middleware --lang {lang}: {o}{e}");
+        let (ok, o, e) = cli(
+            work.path(),
+            &["build", &name, "--out", &out.to_string_lossy()],
+        )?;
+        anyhow::ensure!(ok, "build middleware --lang {lang}: {o}{e}");
+        let wasm = out.join(format!("{name}.wasm"));
+        let (ok, o, e) = cli(work.path(), &["check", &wasm.to_string_lossy()])?;
+        anyhow::ensure!(ok, "check {lang}: {o}{e}");
+        assert!(o.contains("wasmill:plugin/middleware@0.2.0"), "{lang}: {o}");
+    }
+    Ok(())
+}
