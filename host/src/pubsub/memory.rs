@@ -13,7 +13,9 @@
 //! - Bounded topics: a topic is held only while it has a subscription or (persistent) stored
 //!   messages; publishing to a topic nobody subscribes to keeps nothing (the message goes
 //!   nowhere, as with GoChannel). At most `max_topics` topics are held; subscribing to, or
-//!   persisting into, one more is refused with [`Error::Limit`] naming the setting.
+//!   persisting into, one more is refused with [`Error::Limit`] naming the setting; a
+//!   persistent topic keeps at most `max_topic_bytes` of messages (payload and metadata), and a
+//!   publish past it is refused the same way (nothing stored, nothing delivered).
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroUsize;
@@ -49,7 +51,14 @@ pub struct MemoryConfig {
     /// How many topics may be held at once (a topic is held while it has a subscription or
     /// stored messages); one more is refused. At least 1.
     pub max_topics: NonZeroUsize,
+    /// How many bytes (payloads and metadata) a persistent topic may keep; a publish past it
+    /// is refused. Default 256 MiB.
+    #[serde(with = "crate::config::size")]
+    pub max_topic_bytes: u64,
 }
+
+/// The default of `max_topic_bytes`.
+pub const DEFAULT_MAX_TOPIC_BYTES: u64 = 256 << 20;
 
 /// The default of `max_topics`.
 pub const DEFAULT_MAX_TOPICS: NonZeroUsize = NonZeroUsize::new(10_000).unwrap();
@@ -62,6 +71,7 @@ impl Default for MemoryConfig {
             redelivery_delay: Duration::ZERO,
             max_pending: 4096,
             max_topics: DEFAULT_MAX_TOPICS,
+            max_topic_bytes: DEFAULT_MAX_TOPIC_BYTES,
         }
     }
 }
@@ -77,6 +87,8 @@ struct Envelope {
 struct Topic {
     subscribers: Vec<(u64, mpsc::Sender<Envelope>)>,
     stored: Vec<Message>,
+    /// What `stored` holds, in bytes (payloads, metadata keys and values, uuids).
+    stored_bytes: u64,
 }
 
 impl Topic {
@@ -134,6 +146,12 @@ impl Inner {
     }
 }
 
+/// What a stored message counts against `max_topic_bytes`.
+fn stored_size(msg: &Message) -> u64 {
+    let metadata: usize = msg.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    (msg.payload.len() + metadata + msg.uuid.len()) as u64
+}
+
 impl Default for MemoryPubSub {
     fn default() -> Self {
         Self::new(MemoryConfig::default())
@@ -183,7 +201,17 @@ impl Publisher for MemoryPubSub {
             let subscribers: Vec<_> = {
                 let mut topics = inner.lock();
                 if inner.config.persistent {
+                    let max = inner.config.max_topic_bytes;
+                    let size = stored_size(&msg);
+                    let held = topics.get(topic).map_or(0, |t| t.stored_bytes);
+                    if held.saturating_add(size) > max {
+                        return Err(Error::Limit(format!(
+                            "memory pub/sub: topic {topic:?} keeps {held} bytes; a message of \
+                             {size} more is refused (max_topic_bytes = {max})"
+                        )));
+                    }
                     let t = inner.topic_entry(&mut topics, topic)?;
+                    t.stored_bytes += size;
                     t.stored.push(msg.copy());
                     t.subscribers.iter().map(|(_, tx)| tx.clone()).collect()
                 } else {
@@ -586,6 +614,42 @@ mod tests {
             panic!("a subscription past the bound");
         };
         assert!(e.to_string().contains("max_topics"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_persistent_topic_keeps_at_most_max_topic_bytes() {
+        let ps = MemoryPubSub::new(MemoryConfig {
+            persistent: true,
+            max_topic_bytes: 10_000,
+            ..MemoryConfig::default()
+        });
+        let kb = "x".repeat(1000);
+        let mut kept = 0;
+        let refused = loop {
+            match ps
+                .publish("t", vec![Message::with_uuid("u", kb.clone())])
+                .await
+            {
+                Ok(()) => kept += 1,
+                Err(e) => break e,
+            }
+            assert!(kept < 100, "publishes past the bound");
+        };
+        // 1,001 bytes a message (payload and uuid): nine fit in 10,000.
+        assert_eq!(kept, 9);
+        assert!(matches!(refused, Error::Limit(_)), "{refused}");
+        assert!(refused.to_string().contains("max_topic_bytes"), "{refused}");
+        // The refused message was neither kept nor delivered; other topics still take messages.
+        let mut sub = ps.subscribe("t").await.unwrap();
+        for _ in 0..9 {
+            sub.recv().await.unwrap().ack();
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), sub.recv())
+                .await
+                .is_err()
+        );
+        ps.publish("other", vec![Message::new("m")]).await.unwrap();
     }
 
     #[test]

@@ -446,6 +446,21 @@ fn check_output(count: usize, bytes: u64, limits: &Limits) -> Result<(), Handler
     Ok(())
 }
 
+/// A trap in words a plugin's author can act on. A guest's stack lives in its linear memory,
+/// below its data: a stack that overflows (a large local array, deep recursion in a guest that
+/// was not built with stack probes) shows up as an access out of bounds, not as wasmtime's
+/// own `call stack exhausted` (which a deep recursion of wasm calls gives).
+fn trap_summary(trap: wasmtime::Trap) -> String {
+    match trap {
+        wasmtime::Trap::MemoryOutOfBounds => format!(
+            "{trap} (a bug in the plugin, or its stack overflowed: a large local array or \
+             deep recursion)"
+        ),
+        wasmtime::Trap::StackOverflow => format!("{trap} (stack overflow: deep recursion)"),
+        other => other.to_string(),
+    }
+}
+
 /// Names what stopped a call: fuel, deadline, memory cap, or another trap (with the wasm
 /// backtrace).
 pub(super) fn classify(
@@ -490,11 +505,29 @@ pub(super) fn classify(
         .map(|bt| format!("\n{bt}"))
         .unwrap_or_default();
     let what = match e.downcast_ref::<wasmtime::Trap>() {
-        Some(t) => t.to_string(),
+        Some(t) => trap_summary(*t),
         None => format!("{e:#}"),
     };
     HandlerError::with_kind(
         ErrorKind::Trap,
         format!("trap: {what} (during {during}){backtrace}"),
     )
+}
+
+#[cfg(test)]
+mod trap_summary_tests {
+    use super::trap_summary;
+
+    #[test]
+    fn an_access_out_of_bounds_names_the_stack_as_a_suspect() {
+        let s = trap_summary(wasmtime::Trap::MemoryOutOfBounds);
+        assert!(s.contains("out of bounds memory access"), "{s}");
+        assert!(s.contains("stack overflowed"), "{s}");
+        let s = trap_summary(wasmtime::Trap::StackOverflow);
+        assert!(s.contains("stack overflow"), "{s}");
+        assert_eq!(
+            trap_summary(wasmtime::Trap::UnreachableCodeReached),
+            wasmtime::Trap::UnreachableCodeReached.to_string()
+        );
+    }
 }
