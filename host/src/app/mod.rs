@@ -2,6 +2,8 @@
 //! wired together, until a shutdown signal closes them gracefully.
 
 pub mod check;
+#[cfg(test)]
+mod check_props;
 mod middleware;
 
 use std::collections::HashMap;

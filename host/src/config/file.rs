@@ -244,13 +244,20 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("{}: cannot read: {e}", path.display())))?;
-        let file = path.display().to_string();
-        let mut cfg: Config = parse(&file, &text)?;
-        cfg.file = file;
+        let mut cfg = Config::from_toml(&path.display().to_string(), &text)?;
         cfg.base_dir = path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
+        Ok(cfg)
+    }
+
+    /// Parses `text` as the config file named `file` (in errors); paths in it are relative to
+    /// the current folder. What parsing cannot see is checked by `crate::app::check`.
+    pub fn from_toml(file: &str, text: &str) -> Result<Config> {
+        let mut cfg: Config = parse(file, text)?;
+        cfg.file = file.to_string();
+        cfg.base_dir = PathBuf::from(".");
         Ok(cfg)
     }
 
@@ -278,7 +285,12 @@ impl HandlerConfig {
         let file = sidecar.display().to_string();
         let text = std::fs::read_to_string(sidecar)
             .map_err(|e| Error::Config(format!("{file}: cannot read: {e}")))?;
-        let mut h: HandlerConfig = parse(&file, &text)?;
+        Self::from_sidecar_toml(&file, &text, wasm)
+    }
+
+    /// [`HandlerConfig::from_sidecar`] of a sidecar's text, `file` naming it in errors.
+    pub fn from_sidecar_toml(file: &str, text: &str, wasm: &Path) -> Result<HandlerConfig> {
+        let mut h: HandlerConfig = parse(file, text)?;
         if h.name.is_none() {
             h.name = wasm.file_stem().map(|s| s.to_string_lossy().into_owned());
         }

@@ -142,4 +142,33 @@ mod tests {
         assert!(!is_json_media_type("application/jsonx"));
         assert!(!is_json_media_type("text/plain"));
     }
+
+    proptest::proptest! {
+        // The fuzz target `envelope` (fuzz/) as a property, briefly, in every test run: any
+        // body, JSON or not, gives a message or a reason, never a panic.
+        #[test]
+        fn any_body_is_answered(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = parse_publish_body(true, Bytes::from(body.clone()));
+            proptest::prop_assert!(parse_publish_body(false, Bytes::from(body)).is_ok());
+        }
+
+        #[test]
+        fn any_envelope_shaped_json_is_answered(
+            uuid in proptest::option::of("\\PC{0,40}"),
+            key in "\\PC{0,10}",
+            value in "\\PC{0,10}",
+            payload in proptest::option::of("\\PC{0,40}"),
+            b64 in proptest::option::of("[A-Za-z0-9+/=]{0,16}"),
+        ) {
+            let body = serde_json::json!({
+                "uuid": uuid, "metadata": { key: value }, "payload": payload, "payload_base64": b64,
+            });
+            let _ = parse_publish_body(true, Bytes::from(body.to_string()));
+        }
+
+        #[test]
+        fn any_content_type_is_classified(value in "\\PC{0,60}") {
+            let _ = is_json_media_type(&value);
+        }
+    }
 }

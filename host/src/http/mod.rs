@@ -5,7 +5,7 @@
 pub mod access;
 pub mod components;
 pub mod conn;
-mod envelope;
+pub mod envelope;
 mod metrics;
 pub mod ready;
 pub mod tail;

@@ -47,6 +47,7 @@ pub mod redis;
 pub mod registry;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+pub mod stored;
 #[cfg(test)]
 pub mod testkit;
 

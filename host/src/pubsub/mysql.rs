@@ -199,8 +199,7 @@ fn encode(messages: &[Message]) -> Result<Vec<Row3<'_>>> {
     messages
         .iter()
         .map(|m| {
-            let metadata = serde_json::to_string(m.metadata.as_map())
-                .map_err(|e| Error::pubsub(NAME, "encode metadata", e))?;
+            let metadata = super::stored::encode_metadata(&m.metadata);
             Ok((m.uuid.as_str(), metadata, &m.payload[..]))
         })
         .collect()
@@ -790,8 +789,7 @@ fn decode(row: &sqlx::mysql::MySqlRow) -> Result<(i64, Message)> {
     let metadata: String = row.try_get(2).map_err(|e| db_err("read metadata", e))?;
     let payload: Vec<u8> = row.try_get(3).map_err(|e| db_err("read payload", e))?;
     let mut msg = Message::with_uuid(uuid, Bytes::from(payload));
-    let map: HashMap<String, String> = serde_json::from_str(&metadata).unwrap_or_default();
-    msg.metadata = map.into();
+    msg.metadata = super::stored::decode_metadata(NAME, &msg.uuid, metadata.as_bytes());
     Ok((offset, msg))
 }
 

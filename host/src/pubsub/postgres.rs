@@ -198,8 +198,7 @@ impl Publisher for PostgresPubSub {
         let mut tx = self.pool.begin().await.map_err(|e| db_err("begin", e))?;
         lock_topic(&mut tx, topic).await?;
         for m in &messages {
-            let metadata = serde_json::to_string(m.metadata.as_map())
-                .map_err(|e| Error::pubsub(NAME, "encode metadata", e))?;
+            let metadata = super::stored::encode_metadata(&m.metadata);
             sqlx::query(
                 "INSERT INTO wasmill_messages (topic, uuid, metadata, payload) VALUES ($1, $2, $3, $4)",
             )
@@ -330,8 +329,7 @@ impl PostgresPubSub {
         let metadata: String = row.try_get(2).map_err(|e| db_err("read metadata", e))?;
         let payload: Vec<u8> = row.try_get(3).map_err(|e| db_err("read payload", e))?;
         let mut m = Message::with_uuid(uuid, Bytes::from(payload));
-        let md: HashMap<String, String> = serde_json::from_str(&metadata).unwrap_or_default();
-        m.metadata = md.into();
+        m.metadata = super::stored::decode_metadata(NAME, &m.uuid, metadata.as_bytes());
         Ok(Some((offset, m)))
     }
 
@@ -450,8 +448,7 @@ pub async fn publish_in_tx(
 ) -> Result<()> {
     lock_topic(tx, topic).await?;
     for m in messages {
-        let metadata = serde_json::to_string(m.metadata.as_map())
-            .map_err(|e| Error::pubsub(NAME, "encode metadata", e))?;
+        let metadata = super::stored::encode_metadata(&m.metadata);
         sqlx::query(
             "INSERT INTO wasmill_messages (topic, uuid, metadata, payload) VALUES ($1, $2, $3, $4)",
         )

@@ -193,9 +193,8 @@ impl Publisher for RedisPubSub {
             cmd.arg("*").arg("uuid").arg(&m.uuid);
             // Empty metadata is left out (read back as empty).
             if !m.metadata.is_empty() {
-                let metadata = serde_json::to_string(m.metadata.as_map())
-                    .map_err(|e| Error::pubsub(NAME, "encode metadata", e))?;
-                cmd.arg("metadata").arg(metadata);
+                cmd.arg("metadata")
+                    .arg(super::stored::encode_metadata(&m.metadata));
             }
             cmd.arg("payload").arg(&m.payload[..]);
         }
@@ -338,11 +337,7 @@ fn parse_entry(v: Value) -> Option<Entry> {
         }
     }
     let mut msg = Message::with_uuid(uuid, Bytes::from(payload));
-    if !metadata.is_empty() {
-        let md: std::collections::HashMap<String, String> =
-            serde_json::from_slice(&metadata).unwrap_or_default();
-        msg.metadata = md.into();
-    }
+    msg.metadata = super::stored::decode_metadata(NAME, &msg.uuid, &metadata);
     Some(Entry { id, msg })
 }
 

@@ -178,11 +178,10 @@ impl Publisher for SqlitePubSub {
         if self.closed.is_cancelled() {
             return Err(closed(NAME));
         }
-        let metadata = messages
+        let metadata: Vec<String> = messages
             .iter()
-            .map(|m| serde_json::to_string(m.metadata.as_map()))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::pubsub(NAME, "encode metadata", e))?;
+            .map(|m| super::stored::encode_metadata(&m.metadata))
+            .collect();
         let mut tx = self.pool.begin().await.map_err(|e| db_err("begin", e))?;
         // Many rows per statement: one parse and one round through SQLite's VM per chunk
         // instead of per message.
@@ -305,8 +304,7 @@ impl SqlitePubSub {
         let metadata: String = row.try_get(2).map_err(|e| db_err("read metadata", e))?;
         let payload: Vec<u8> = row.try_get(3).map_err(|e| db_err("read payload", e))?;
         let mut m = Message::with_uuid(uuid, Bytes::from(payload));
-        let md: HashMap<String, String> = serde_json::from_str(&metadata).unwrap_or_default();
-        m.metadata = md.into();
+        m.metadata = super::stored::decode_metadata(NAME, &m.uuid, metadata.as_bytes());
         Ok(Some((offset, m)))
     }
 
