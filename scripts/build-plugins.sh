@@ -45,4 +45,36 @@ for manifest in "$plugins"/*/Cargo.toml; do
         copied=$((copied + 1))
     fi
 done
+# The Python and JavaScript examples (plugins/*-py, plugins/*-js), with the toolchains that
+# scripts/setup.sh installs; each is rebuilt only when one of its files is newer than its .wasm.
+export PATH="$HOME/.local/bin:$PATH"
+wit="$root/wit/v0.2.0"
+for dir in "$plugins"/*/; do
+    dir="${dir%/}"
+    name="$(basename "$dir")"
+    dest="$plugins/$name.wasm"
+    sdks="$root/host/src/cli/scaffold/templates"
+    if [[ -f "$dir/pyproject.toml" ]]; then tool=componentize-py; sdk="$sdks/python/wasmill.py"
+    elif [[ -f "$dir/package.json" ]]; then tool=componentize-js; sdk="$sdks/js/wasmill.js"
+    else continue
+    fi
+    # The thin SDK, as `wasmill new` writes it into a project (one source, not committed twice).
+    if ! cmp -s "$sdk" "$dir/$(basename "$sdk")"; then cp "$sdk" "$dir/"; fi
+    built=$((built + 1))
+    if [[ -f "$dest" && -z "$(find -L "$dir" -newer "$dest" -type f -not -path '*/node_modules/*' -not -name '*.pyc' | head -1)" ]]; then
+        continue
+    fi
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "build-plugins: $name skipped: $tool is missing (scripts/setup.sh installs it)" >&2
+        continue
+    fi
+    tmp="$plugins/.$name.tmp.wasm"
+    if [[ "$tool" == componentize-py ]]; then
+        (cd "$dir" && componentize-py -d "$wit" -w wasmill:plugin/handler@0.2.0 componentize app -p . -o "$tmp" >/dev/null)
+    else
+        (cd "$dir" && componentize-js app.js --wit "$wit" -n wasmill:plugin/handler@0.2.0 -d http fetch-event -o "$tmp" >/dev/null)
+    fi
+    mv -f "$tmp" "$dest"
+    copied=$((copied + 1))
+done
 echo "build-plugins: $built components in $plugins ($copied updated)"

@@ -209,3 +209,98 @@ fn a_middleware_scaffolded_in_each_language_builds() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The example plugins of every language (`plugins/uppercase{,-py,-js}`,
+/// `plugins/json-enrich{,-py,-js}`), side by side on one host: the same input gives the same
+/// output, and the same bad input the same kind of failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_plugins_answer_alike_in_every_language() -> anyhow::Result<()> {
+    let (dir, plugins) = Host::scratch()?;
+    let names = [
+        "uppercase",
+        "uppercase-py",
+        "uppercase-js",
+        "json-enrich",
+        "json-enrich-py",
+        "json-enrich-js",
+    ];
+    for name in names {
+        std::fs::copy(support::plugin(name), plugins.join(format!("{name}.wasm")))?;
+        let input = if name.starts_with("uppercase") {
+            "text"
+        } else {
+            "json"
+        };
+        std::fs::write(
+            plugins.join(format!("{name}.toml")),
+            format!("subscribe = \"{input}\"\npublish = \"out-{name}\"\n"),
+        )?;
+    }
+    let host = Host::start(dir, plugins, &[]).await?;
+    let mut outs = Vec::new();
+    for name in names {
+        host.wait_handler(name, Duration::from_secs(120), |h| h["state"] == "running")
+            .await?;
+        outs.push((name, host.sse(&format!("out-{name}")).await?));
+    }
+    let mut poisons = host.sse("json.poison").await?;
+
+    host.publish_json(
+        "text",
+        serde_json::json!({"metadata": {"k": "v"}, "payload": "Hello, wasmill!"}),
+    )
+    .await?;
+    host.publish("json", r#"{"order": 7, "items": ["a"]}"#)
+        .await?;
+    host.publish("json", "[1, 2]").await?;
+    for (name, out) in &mut outs {
+        let event = next_event(out, Duration::from_secs(30)).await?;
+        if name.starts_with("uppercase") {
+            assert_eq!(event["payload"], "HELLO, WASMILL!", "{name}: {event}");
+            assert_eq!(event["metadata"]["k"], "v", "{name}: {event}");
+        } else {
+            let value: serde_json::Value =
+                serde_json::from_str(event["payload"].as_str().unwrap_or_default())?;
+            assert_eq!(
+                value,
+                serde_json::json!({"order": 7, "items": ["a"], "enriched": true, "handled_by": "json-enrich"}),
+                "{name}"
+            );
+            assert_eq!(
+                event["metadata"]["content-type"], "application/json",
+                "{name}"
+            );
+        }
+    }
+    // `[1, 2]` is JSON but not an object: a permanent failure in each language, poisoned
+    // without retries.
+    let mut reasons = Vec::new();
+    for _ in 0..3 {
+        let poisoned = next_event(&mut poisons, Duration::from_secs(30)).await?;
+        reasons.push((
+            poisoned["metadata"]["handler_poisoned"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            poisoned["metadata"]["reason_poisoned"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        ));
+    }
+    reasons.sort();
+    for ((handler, reason), want) in
+        reasons
+            .iter()
+            .zip(["json-enrich", "json-enrich-js", "json-enrich-py"])
+    {
+        assert_eq!(handler, want);
+        assert!(reason.starts_with("invalid json: "), "{handler}: {reason}");
+        assert_eq!(
+            host.handler(handler).await?["counts"]["retried"],
+            0,
+            "{handler}"
+        );
+    }
+    Ok(())
+}

@@ -169,7 +169,8 @@ impl Host {
             logs,
             http,
         };
-        host.wait_healthy(Duration::from_secs(60)).await?;
+        // Generous: a cold start compiles every plugin first (a Python or JS one takes seconds).
+        host.wait_healthy(Duration::from_secs(300)).await?;
         Ok(host)
     }
 
