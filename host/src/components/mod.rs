@@ -2,12 +2,15 @@
 //! traits only, so they work on every backend: Watermill's components around the router
 //! (`../shared/reference/watermill.md` section 6).
 //!
+//! - [`forwarder`]: the transactional outbox: messages stored on one backend (in the business
+//!   write's transaction) and forwarded to their topic on another.
 //! - [`replay`]: sends poisoned messages back to the topic they failed on.
 //! - [`poison_keeper`]: holds what is poisoned on the in-memory backend, whose topics keep
 //!   nothing without a subscriber, so that it can be replayed.
 //! - [`reply`]: request-reply: a request carries the topic its reply goes to; the [`reply::Reply`]
 //!   middleware publishes the handler's result there; [`reply::request`] waits for it.
 
+pub mod forwarder;
 pub mod poison_keeper;
 pub mod replay;
 pub mod reply;

@@ -98,6 +98,12 @@ fn db_err(what: impl std::fmt::Display, e: sqlx::Error) -> Error {
 }
 
 impl PostgresPubSub {
+    /// The connection pool, to begin the transactions that publish with [`publish_in_tx`]
+    /// (the outbox: see `components::forwarder`).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Opens (creating if needed) the database and its tables.
     pub async fn connect(config: PostgresConfig) -> Result<Self> {
         let pool = PgPoolOptions::new()
