@@ -2,6 +2,8 @@
 //! traits only, so they work on every backend: Watermill's components around the router
 //! (`../shared/reference/watermill.md` section 6).
 //!
+//! - [`fan`]: fan-in (several topics moved into one) and fan-out (one subscription shared by
+//!   any number of local subscribers).
 //! - [`forwarder`]: the transactional outbox: messages stored on one backend (in the business
 //!   write's transaction) and forwarded to their topic on another.
 //! - [`replay`]: sends poisoned messages back to the topic they failed on.
@@ -10,6 +12,7 @@
 //! - [`reply`]: request-reply: a request carries the topic its reply goes to; the [`reply::Reply`]
 //!   middleware publishes the handler's result there; [`reply::request`] waits for it.
 
+pub mod fan;
 pub mod forwarder;
 pub mod poison_keeper;
 pub mod replay;

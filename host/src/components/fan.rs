@@ -1,0 +1,252 @@
+//! Fan-in and fan-out (Watermill's `fanin` and `gochannel`-backed `fanout`), on the
+//! [`Publisher`]/[`Subscriber`] traits, so on any backend.
+//!
+//! - [`fan_in`]: the messages of several topics, moved to one topic. Each message is acked on
+//!   its source only once published to the target (at least once; uuid, metadata and payload
+//!   kept; the source topic in metadata [`FANNED_IN_FROM`]).
+//! - [`FanOut`]: one subscription to a topic of a backend (one consumer, one ack), handed to
+//!   any number of local subscribers, each of which gets every message. A message is acked on
+//!   the backend once every local subscriber has it queued (the in-memory pub/sub's publish),
+//!   so local subscribers that come and go cost the broker nothing.
+
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Result;
+use crate::message::Message;
+use crate::pubsub::memory::MemoryPubSub;
+use crate::pubsub::{Publisher, Subscriber, Subscription};
+
+/// The metadata key naming the topic a fanned-in message came from.
+pub const FANNED_IN_FROM: &str = "fanned_in_from";
+
+/// Moves every message of the `sources` topics (of `subscriber`) to `target` (of
+/// `publisher`) until `stop` is cancelled. Subscribes to every source before it returns, so
+/// nothing published after the call is missed; the moving runs in the returned tasks.
+pub async fn fan_in(
+    subscriber: &dyn Subscriber,
+    publisher: Arc<dyn Publisher>,
+    sources: &[String],
+    target: &str,
+    stop: CancellationToken,
+) -> Result<JoinSet<()>> {
+    let mut tasks = JoinSet::new();
+    for source in sources {
+        let sub = subscriber.subscribe(source).await?;
+        let (publisher, source, target, stop) = (
+            publisher.clone(),
+            source.clone(),
+            target.to_string(),
+            stop.clone(),
+        );
+        tasks.spawn(async move { move_all(sub, &source, publisher.as_ref(), &target, stop).await });
+    }
+    Ok(tasks)
+}
+
+async fn move_all(
+    mut sub: Subscription,
+    source: &str,
+    publisher: &dyn Publisher,
+    target: &str,
+    stop: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            m = sub.recv() => match m { Some(m) => m, None => return },
+            _ = stop.cancelled() => return,
+        };
+        let mut out = msg.copy();
+        out.metadata.set(FANNED_IN_FROM, source);
+        match publisher.publish(target, vec![out]).await {
+            Ok(()) => {
+                msg.ack();
+            }
+            Err(e) => {
+                tracing::warn!(uuid = %msg.uuid, source, target, "fan-in: publish failed, redelivered later: {e}");
+                msg.nack();
+            }
+        }
+    }
+}
+
+/// One subscription to a topic, shared by any number of local subscribers.
+pub struct FanOut {
+    local: MemoryPubSub,
+    topic: String,
+    task: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl FanOut {
+    /// Subscribes once to `topic` of `subscriber` and starts handing its messages out.
+    pub async fn start(subscriber: &dyn Subscriber, topic: &str) -> Result<FanOut> {
+        let mut sub = subscriber.subscribe(topic).await?;
+        let local = MemoryPubSub::default();
+        let stop = CancellationToken::new();
+        let task = {
+            let (local, topic, stop) = (local.clone(), topic.to_string(), stop.clone());
+            tokio::spawn(async move {
+                loop {
+                    let msg = tokio::select! {
+                        m = sub.recv() => match m { Some(m) => m, None => return },
+                        _ = stop.cancelled() => return,
+                    };
+                    match local.publish(&topic, vec![msg.copy()]).await {
+                        Ok(()) => msg.ack(),
+                        Err(_) => msg.nack(),
+                    };
+                }
+            })
+        };
+        Ok(FanOut {
+            local,
+            topic: topic.to_string(),
+            task,
+            stop,
+        })
+    }
+
+    /// A new local subscriber: every message that arrives from now on, in order. Ack or nack
+    /// it as usual; a nack redelivers it to this local subscriber only.
+    pub async fn subscribe(&self) -> Result<Subscription> {
+        self.local.subscribe(&self.topic).await
+    }
+
+    /// Stops the shared subscription; local subscriptions end.
+    pub async fn close(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        let _ = Subscriber::close(&self.local).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn next(sub: &mut Subscription) -> Message {
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .expect("a message within 10 s")
+            .expect("an open subscription");
+        m.ack();
+        m
+    }
+
+    async fn fan_in_on(ps: Arc<dyn PubSubBoth>, prefix: &str) {
+        let sources: Vec<String> = (0..3)
+            .map(|i| crate::pubsub::conformance::unique_topic(&format!("{prefix}-in{i}")))
+            .collect();
+        let target = crate::pubsub::conformance::unique_topic(&format!("{prefix}-out"));
+        for t in sources.iter().chain([&target]) {
+            ps.subscribe_initialize(t).await.unwrap();
+        }
+        let mut out = ps.subscribe(&target).await.unwrap();
+        let stop = CancellationToken::new();
+        let publisher: Arc<dyn Publisher> = ps.clone().as_publisher();
+        let tasks = fan_in(
+            ps.as_subscriber(),
+            publisher.clone(),
+            &sources,
+            &target,
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        for (i, s) in sources.iter().enumerate() {
+            let mut m = Message::with_uuid(format!("m{i}"), format!("p{i}"));
+            m.metadata.set("k", "v");
+            publisher.publish(s, vec![m]).await.unwrap();
+        }
+        let mut got: Vec<(String, String)> = Vec::new();
+        for _ in 0..3 {
+            let m = next(&mut out).await;
+            assert_eq!(m.metadata.get("k"), "v");
+            got.push((m.uuid.clone(), m.metadata.get(FANNED_IN_FROM).to_string()));
+        }
+        got.sort();
+        let want: Vec<(String, String)> = (0..3)
+            .map(|i| (format!("m{i}"), sources[i].clone()))
+            .collect();
+        assert_eq!(got, want);
+        stop.cancel();
+        tasks.join_all().await;
+    }
+
+    /// A backend as both of its halves (for the tests).
+    trait PubSubBoth: Publisher + Subscriber {
+        fn as_publisher(self: Arc<Self>) -> Arc<dyn Publisher>;
+        fn as_subscriber(&self) -> &dyn Subscriber;
+    }
+
+    impl<T: Publisher + Subscriber> PubSubBoth for T {
+        fn as_publisher(self: Arc<Self>) -> Arc<dyn Publisher> {
+            self
+        }
+        fn as_subscriber(&self) -> &dyn Subscriber {
+            self
+        }
+    }
+
+    #[tokio::test]
+    async fn fan_in_moves_several_topics_into_one_in_memory() {
+        fan_in_on(Arc::new(MemoryPubSub::default()), "mem").await;
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn fan_in_moves_several_topics_into_one_on_redis() {
+        let ps = crate::pubsub::redis::RedisPubSub::connect(crate::pubsub::redis::RedisConfig {
+            consumer_group: Some(crate::pubsub::conformance::unique_group()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        fan_in_on(Arc::new(ps), "redis").await;
+    }
+
+    async fn fan_out_on(ps: Arc<dyn PubSubBoth>, prefix: &str) {
+        let topic = crate::pubsub::conformance::unique_topic(&format!("{prefix}-fanout"));
+        ps.subscribe_initialize(&topic).await.unwrap();
+        let fan = FanOut::start(ps.as_subscriber(), &topic).await.unwrap();
+        let mut locals = Vec::new();
+        for _ in 0..3 {
+            locals.push(fan.subscribe().await.unwrap());
+        }
+        let publisher = ps.clone().as_publisher();
+        for i in 0..5 {
+            publisher
+                .publish(&topic, vec![Message::with_uuid(format!("m{i}"), "x")])
+                .await
+                .unwrap();
+        }
+        for local in &mut locals {
+            for i in 0..5 {
+                assert_eq!(next(local).await.uuid, format!("m{i}"));
+            }
+        }
+        fan.close().await;
+    }
+
+    #[tokio::test]
+    async fn fan_out_gives_every_local_subscriber_every_message_in_memory() {
+        fan_out_on(Arc::new(MemoryPubSub::default()), "mem").await;
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn fan_out_gives_every_local_subscriber_every_message_from_redis() {
+        let ps = crate::pubsub::redis::RedisPubSub::connect(crate::pubsub::redis::RedisConfig {
+            consumer_group: Some(crate::pubsub::conformance::unique_group()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        fan_out_on(Arc::new(ps), "redis").await;
+    }
+}
