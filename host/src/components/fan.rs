@@ -15,7 +15,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
-use crate::message::Message;
 use crate::pubsub::memory::MemoryPubSub;
 use crate::pubsub::{Publisher, Subscriber, Subscription};
 
@@ -128,6 +127,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::message::Message;
 
     async fn next(sub: &mut Subscription) -> Message {
         let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
