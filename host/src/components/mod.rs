@@ -2,6 +2,7 @@
 //! traits only, so they work on every backend: Watermill's components around the router
 //! (`../shared/reference/watermill.md` section 6).
 //!
+//! - [`cqrs`]: command and event buses and processors, handlers chosen by message name.
 //! - [`fan`]: fan-in (several topics moved into one) and fan-out (one subscription shared by
 //!   any number of local subscribers).
 //! - [`forwarder`]: the transactional outbox: messages stored on one backend (in the business
@@ -12,6 +13,7 @@
 //! - [`reply`]: request-reply: a request carries the topic its reply goes to; the [`reply::Reply`]
 //!   middleware publishes the handler's result there; [`reply::request`] waits for it.
 
+pub mod cqrs;
 pub mod fan;
 pub mod forwarder;
 pub mod poison_keeper;
