@@ -193,3 +193,68 @@ async fn poisoned_messages_are_replayed_with_their_uuid_and_metadata() -> anyhow
     assert_eq!(report["replayed"], 1, "the re-poisoned message: {report}");
     Ok(())
 }
+
+/// CQRS from the config: a `[[commands]]` entry binds a command name to a WASM handler, whose
+/// named output is published on the event bus, where an `[[events]]` entry's handler takes
+/// it; a command of another name on the command's topic is acked and ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_and_events_bound_to_wasm_handlers_in_the_config() -> anyhow::Result<()> {
+    let (dir, plugins) = Host::scratch()?;
+    for name in ["uppercase", "json-enrich"] {
+        std::fs::copy(plugin(name), plugins.join(format!("{name}.wasm")))?;
+    }
+    std::fs::write(
+        dir.path().join("wasmill.toml"),
+        r#"
+[[commands]]
+name = "Shout"
+plugin = "uppercase.wasm"
+
+[[events]]
+name = "Shout"
+plugin = "json-enrich.wasm"
+publish = "enriched"
+"#,
+    )?;
+    let host = Host::start(dir, plugins, &["--config", "wasmill.toml"]).await?;
+    for name in ["command.Shout", "event.Shout.json-enrich"] {
+        host.wait_handler(name, Duration::from_secs(60), |h| h["state"] == "running")
+            .await?;
+    }
+    let mut events = host.sse("events.Shout").await?;
+    let mut enriched = host.sse("enriched").await?;
+
+    host.publish_json(
+        "commands.Shout",
+        serde_json::json!({"metadata": {"name": "Other"}, "payload": "{\"ignored\": 1}"}),
+    )
+    .await?;
+    host.publish_json(
+        "commands.Shout",
+        serde_json::json!({"metadata": {"name": "Shout"}, "payload": "{\"a\": \"b\"}"}),
+    )
+    .await?;
+    let event = next_event(&mut events, Duration::from_secs(20)).await?;
+    assert_eq!(event["payload"], "{\"A\": \"B\"}", "{event}");
+    assert_eq!(event["metadata"]["name"], "Shout", "{event}");
+    let out = next_event(&mut enriched, Duration::from_secs(20)).await?;
+    let value: serde_json::Value =
+        serde_json::from_str(out["payload"].as_str().unwrap_or_default())?;
+    assert_eq!(value["A"], "B", "{out}");
+    assert_eq!(value["enriched"], true, "{out}");
+    // The ignored command was acked (processed) without an event.
+    let h = host.handler("command.Shout").await?;
+    assert_eq!(h["counts"]["processed"], 2, "{h}");
+    assert_eq!(h["counts"]["failed"], 0, "{h}");
+    assert_eq!(h["counts"]["poisoned"], 0, "{h}");
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(500),
+            next_event(&mut events, Duration::from_secs(1))
+        )
+        .await
+        .map_or(true, |r| r.is_err()),
+        "the ignored command made an event"
+    );
+    Ok(())
+}

@@ -39,6 +39,8 @@ fn every_key_is_documented_in_its_section() {
     expect("`[defaults]`", field_names::<Defaults>());
     expect("`[[handlers]]`", field_names::<HandlerConfig>());
     expect("`{ wasm = ", field_names::<WasmMiddlewareEntry>());
+    expect("`[cqrs]`", field_names::<super::cqrs::CqrsConfig>());
+    expect("`[cqrs]`", &["name", "handler", "ack_unknown"]);
     expect("## Middleware", NAMES);
     for name in NAMES {
         let options = option_names(name);

@@ -21,9 +21,19 @@ pub struct Config {
     /// `[defaults]`: what every WASM handler gets unless its entry overrides it.
     #[serde(default)]
     pub defaults: Defaults,
-    /// `[[handlers]]`: plugins bound to routes.
+    /// `[[handlers]]`: plugins bound to routes (after loading, with one entry per
+    /// `[[commands]]` and `[[events]]` entry appended).
     #[serde(default)]
     pub handlers: Vec<HandlerConfig>,
+    /// `[cqrs]`: the topics of commands and events.
+    #[serde(default)]
+    pub cqrs: super::cqrs::CqrsConfig,
+    /// `[[commands]]`: a command name bound to a WASM handler (see `config::cqrs`).
+    #[serde(default)]
+    pub commands: Vec<toml::Table>,
+    /// `[[events]]`: an event name bound to a WASM handler (see `config::cqrs`).
+    #[serde(default)]
+    pub events: Vec<toml::Table>,
     /// The folder the file was read from; relative paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -257,6 +267,13 @@ impl Config {
     pub fn from_toml(file: &str, text: &str) -> Result<Config> {
         let mut cfg: Config = parse(file, text)?;
         cfg.file = file.to_string();
+        use super::cqrs::{Entry, handler_for};
+        for (kind, list) in [(Entry::Command, &cfg.commands), (Entry::Event, &cfg.events)] {
+            for (i, t) in list.iter().enumerate() {
+                let h = handler_for(file, &cfg.cqrs, kind, i, t)?;
+                cfg.handlers.push(h);
+            }
+        }
         cfg.base_dir = PathBuf::from(".");
         Ok(cfg)
     }

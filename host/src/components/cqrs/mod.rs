@@ -15,4 +15,5 @@
 
 pub mod bus;
 pub mod marshal;
+pub mod middleware;
 pub mod processor;

@@ -34,6 +34,7 @@ pub const NAMES: &[&str] = &[
     "random_panic",
     "deduplicator",
     "delay_on_error",
+    "cqrs",
 ];
 
 /// The options a built-in middleware takes as a table (empty: none, or not a table).
@@ -47,6 +48,7 @@ pub fn option_names(name: &str) -> &'static [&'static str] {
         "timeout" => field_names::<TimeoutOptions>(),
         "throttle" => field_names::<ThrottleOptions>(),
         "deduplicator" => field_names::<DedupOptions>(),
+        "cqrs" => field_names::<crate::components::cqrs::middleware::CqrsOptions>(),
         _ => &[],
     }
 }
@@ -92,6 +94,8 @@ pub enum MiddlewareSpec {
     },
     /// `{ delay_on_error = { … } }`.
     DelayOnError(DelayOnError),
+    /// `{ cqrs = { name, ack_unknown, events, pubsub } }`.
+    Cqrs(crate::components::cqrs::middleware::CqrsOptions),
 }
 
 #[derive(Deserialize)]
@@ -239,6 +243,12 @@ impl MiddlewareSpec {
                 };
                 MiddlewareSpec::Timeout(after)
             }
+            "cqrs" => {
+                let o: crate::components::cqrs::middleware::CqrsOptions =
+                    options(required(opts, "{ cqrs = { name = \"PlaceOrder\" } }")?)?;
+                o.check()?;
+                MiddlewareSpec::Cqrs(o)
+            }
             "poison_queue" => {
                 let cfg: PoisonQueueConfig =
                     options(required(opts, "{ poison_queue = { topic = \"poison\" } }")?)?;
@@ -300,6 +310,7 @@ impl MiddlewareSpec {
     pub fn publishes_on(&self) -> Option<Option<&str>> {
         match self {
             MiddlewareSpec::PoisonQueue(c) => Some(c.pubsub.as_deref()),
+            MiddlewareSpec::Cqrs(c) if c.events.is_some() => Some(c.pubsub.as_deref()),
             _ => None,
         }
     }
@@ -329,6 +340,10 @@ impl MiddlewareSpec {
                 Arc::new(Deduplicator::new(keys.clone(), *window))
             }
             MiddlewareSpec::DelayOnError(d) => Arc::new(*d),
+            MiddlewareSpec::Cqrs(c) => Arc::new(crate::components::cqrs::middleware::Cqrs::new(
+                c.clone(),
+                publisher(c.pubsub.as_deref())?,
+            )),
         })
     }
 }
