@@ -109,6 +109,13 @@ pub struct BenchReport {
     pub raw: Option<RawComparison>,
     /// How many rounds the figures are the median of ([`BenchReport::median`]); 1 for one run.
     pub rounds: usize,
+    /// A `.wasm` handler: seconds to load it before the first message (a compile, or a read
+    /// of the compile cache when it holds the file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_secs: Option<f64>,
+    /// A `.wasm` handler: fuel it burnt per message, on average over every round.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fuel_per_message: Option<f64>,
 }
 
 /// Wasmill's figures as a ratio of the raw client's, measured in the same run.
@@ -210,6 +217,12 @@ impl std::fmt::Display for BenchReport {
         match self.peak_rss_mib {
             Some(m) => writeln!(f, "  peak memory  {m:.1} MiB")?,
             None => writeln!(f, "  peak memory  unknown")?,
+        }
+        if let Some(s) = self.load_secs {
+            writeln!(f, "  plugin load  {s:.2} s (compile, or the compile cache)")?;
+        }
+        if let Some(fuel) = self.fuel_per_message {
+            writeln!(f, "  fuel         {fuel:.0} per message")?;
         }
         if let Some(raw) = &self.raw {
             writeln!(
@@ -464,6 +477,8 @@ pub async fn run(
         peak_rss_mib: peak_rss_mib(),
         raw: None,
         rounds: 1,
+        load_secs: None,
+        fuel_per_message: None,
     })
 }
 
@@ -590,6 +605,8 @@ mod tests {
             peak_rss_mib: Some(10.0),
             raw: None,
             rounds: 1,
+            load_secs: None,
+            fuel_per_message: None,
         };
         r.compare_raw(crate::pubsub::RawBenchFigures {
             publish_per_sec: 100.0,

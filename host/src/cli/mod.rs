@@ -317,6 +317,7 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
         }
         None => (a.pubsub.clone(), toml::Table::new(), None),
     };
+    let mut loaded: Option<(f64, Arc<wasmill::wasm::InstancePool>)> = None;
     let handler: wasmill::BoxHandler = if a.handler == "native" {
         native_passthrough()
     } else {
@@ -332,18 +333,17 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
                 None
             });
         let engine = wasmill::wasm::WasmEngine::new(wasmill::wasm::EngineConfig { cache_dir })?;
+        let started = std::time::Instant::now();
         let plugin = engine.compile_file(Path::new(&a.handler)).await?;
-        let pool = wasmill::wasm::InstancePool::new(
+        let pool = Arc::new(wasmill::wasm::InstancePool::new(
             engine,
             plugin,
             Default::default(),
             Default::default(),
             a.concurrency.max(a.batch as usize),
-        );
-        Arc::new(wasmill::wasm::WasmHandler::batched(
-            Arc::new(pool),
-            a.batch as usize,
-        ))
+        ));
+        loaded = Some((started.elapsed().as_secs_f64(), pool.clone()));
+        Arc::new(wasmill::wasm::WasmHandler::batched(pool, a.batch as usize))
     };
     let handler = bench_middleware(&a, &kind, &table, handler).await?;
     let options = BenchOptions {
@@ -399,7 +399,12 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
         }
         rounds.push(report);
     }
-    let report = wasmill::bench::BenchReport::median(rounds).context("no round ran")?;
+    let ran = rounds.len();
+    let mut report = wasmill::bench::BenchReport::median(rounds).context("no round ran")?;
+    if let Some((secs, pool)) = loaded {
+        report.load_secs = Some(secs);
+        report.fuel_per_message = Some(pool.fuel_used() as f64 / (a.messages * ran) as f64);
+    }
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
