@@ -124,21 +124,11 @@ impl FanOut {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
+    use crate::components::test_util::{Both, next, redis};
     use crate::message::Message;
 
-    async fn next(sub: &mut Subscription) -> Message {
-        let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
-            .await
-            .expect("a message within 10 s")
-            .expect("an open subscription");
-        m.ack();
-        m
-    }
-
-    async fn fan_in_on(ps: Arc<dyn PubSubBoth>, prefix: &str) {
+    async fn fan_in_on(ps: Arc<dyn Both>, prefix: &str) {
         let sources: Vec<String> = (0..3)
             .map(|i| crate::pubsub::conformance::unique_topic(&format!("{prefix}-in{i}")))
             .collect();
@@ -148,9 +138,9 @@ mod tests {
         }
         let mut out = ps.subscribe(&target).await.unwrap();
         let stop = CancellationToken::new();
-        let publisher: Arc<dyn Publisher> = ps.clone().as_publisher();
+        let publisher: Arc<dyn Publisher> = ps.clone().publisher();
         let tasks = fan_in(
-            ps.as_subscriber(),
+            ps.subscriber(),
             publisher.clone(),
             &sources,
             &target,
@@ -178,21 +168,6 @@ mod tests {
         tasks.join_all().await;
     }
 
-    /// A backend as both of its halves (for the tests).
-    trait PubSubBoth: Publisher + Subscriber {
-        fn as_publisher(self: Arc<Self>) -> Arc<dyn Publisher>;
-        fn as_subscriber(&self) -> &dyn Subscriber;
-    }
-
-    impl<T: Publisher + Subscriber> PubSubBoth for T {
-        fn as_publisher(self: Arc<Self>) -> Arc<dyn Publisher> {
-            self
-        }
-        fn as_subscriber(&self) -> &dyn Subscriber {
-            self
-        }
-    }
-
     #[tokio::test]
     async fn fan_in_moves_several_topics_into_one_in_memory() {
         fan_in_on(Arc::new(MemoryPubSub::default()), "mem").await;
@@ -201,24 +176,19 @@ mod tests {
     #[cfg(feature = "redis")]
     #[tokio::test]
     async fn fan_in_moves_several_topics_into_one_on_redis() {
-        let ps = crate::pubsub::redis::RedisPubSub::connect(crate::pubsub::redis::RedisConfig {
-            consumer_group: Some(crate::pubsub::conformance::unique_group()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let ps = redis().await;
         fan_in_on(Arc::new(ps), "redis").await;
     }
 
-    async fn fan_out_on(ps: Arc<dyn PubSubBoth>, prefix: &str) {
+    async fn fan_out_on(ps: Arc<dyn Both>, prefix: &str) {
         let topic = crate::pubsub::conformance::unique_topic(&format!("{prefix}-fanout"));
         ps.subscribe_initialize(&topic).await.unwrap();
-        let fan = FanOut::start(ps.as_subscriber(), &topic).await.unwrap();
+        let fan = FanOut::start(ps.subscriber(), &topic).await.unwrap();
         let mut locals = Vec::new();
         for _ in 0..3 {
             locals.push(fan.subscribe().await.unwrap());
         }
-        let publisher = ps.clone().as_publisher();
+        let publisher = ps.clone().publisher();
         for i in 0..5 {
             publisher
                 .publish(&topic, vec![Message::with_uuid(format!("m{i}"), "x")])
@@ -241,12 +211,7 @@ mod tests {
     #[cfg(feature = "redis")]
     #[tokio::test]
     async fn fan_out_gives_every_local_subscriber_every_message_from_redis() {
-        let ps = crate::pubsub::redis::RedisPubSub::connect(crate::pubsub::redis::RedisConfig {
-            consumer_group: Some(crate::pubsub::conformance::unique_group()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let ps = redis().await;
         fan_out_on(Arc::new(ps), "redis").await;
     }
 }

@@ -175,17 +175,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::components::test_util::next;
     use crate::pubsub::Subscriber;
     use crate::pubsub::memory::MemoryPubSub;
-
-    async fn next(sub: &mut Subscription) -> Message {
-        let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
-            .await
-            .expect("a message within 10 s")
-            .expect("an open subscription");
-        m.ack();
-        m
-    }
 
     #[test]
     fn wrap_and_unwrap_keep_the_message_whole() {

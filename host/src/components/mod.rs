@@ -19,3 +19,5 @@ pub mod forwarder;
 pub mod poison_keeper;
 pub mod replay;
 pub mod reply;
+#[cfg(test)]
+mod test_util;

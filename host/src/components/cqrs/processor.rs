@@ -175,9 +175,10 @@ mod tests {
 
     use super::*;
     use crate::components::cqrs::marshal::{marshal, unmarshal};
+    use crate::components::test_util::{Both, redis};
     use crate::error::HandlerError;
+    use crate::pubsub::Publisher;
     use crate::pubsub::memory::{MemoryConfig, MemoryPubSub};
-    use crate::pubsub::{Publisher, Subscriber};
     use crate::router::handler_fn;
 
     #[derive(Serialize, Deserialize)]
@@ -287,21 +288,6 @@ mod tests {
         t2.join_all().await;
     }
 
-    /// A backend as both its halves.
-    trait Both: Publisher + Subscriber {
-        fn publisher(self: Arc<Self>) -> Arc<dyn Publisher>;
-        fn subscriber(&self) -> &dyn Subscriber;
-    }
-
-    impl<T: Publisher + Subscriber> Both for T {
-        fn publisher(self: Arc<Self>) -> Arc<dyn Publisher> {
-            self
-        }
-        fn subscriber(&self) -> &dyn Subscriber {
-            self
-        }
-    }
-
     #[tokio::test]
     async fn commands_and_events_in_memory() {
         commands_and_events_on(Arc::new(MemoryPubSub::new(MemoryConfig {
@@ -314,12 +300,7 @@ mod tests {
     #[cfg(feature = "redis")]
     #[tokio::test]
     async fn commands_and_events_on_redis() {
-        let ps = crate::pubsub::redis::RedisPubSub::connect(crate::pubsub::redis::RedisConfig {
-            consumer_group: Some(crate::pubsub::conformance::unique_group()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let ps = redis().await;
         commands_and_events_on(Arc::new(ps)).await;
     }
 
