@@ -7,7 +7,18 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use super::find_tool;
-use crate::cli::scaffold::{Kind, WIT};
+use crate::cli::scaffold::{JS_SDK, Kind, PYTHON_SDK, WIT};
+
+/// Writes the thin SDK (`file`, `text`) into a project that has none (a checkout that does not
+/// commit it, or a hand-made project), saying so.
+fn ensure_sdk(project: &Path, file: &str, text: &str) -> Result<()> {
+    let path = project.join(file);
+    if !path.exists() {
+        println!("build: writing the SDK {} (it was missing)", path.display());
+        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
+}
 
 /// The project's `wit/` folder, or the embedded WIT written into a temporary one (removed
 /// when the guard drops).
@@ -52,6 +63,7 @@ pub fn python(project: &Path, kind: Kind, out: &Path) -> Result<()> {
             project.display()
         );
     }
+    ensure_sdk(project, "wasmill.py", PYTHON_SDK)?;
     let (wit, _keep) = wit_dir(project)?;
     let wit = std::path::absolute(wit)?;
     let mut cmd = Command::new(tool);
@@ -77,6 +89,7 @@ pub fn js(project: &Path, kind: Kind, out: &Path) -> Result<()> {
     if !project.join(&entry).is_file() {
         bail!("{}: no {entry} (package.json's main)", project.display());
     }
+    ensure_sdk(project, "wasmill.js", JS_SDK)?;
     let (wit, _keep) = wit_dir(project)?;
     let wit = std::path::absolute(wit)?;
     let mut cmd = Command::new(tool);
@@ -87,4 +100,20 @@ pub fn js(project: &Path, kind: Kind, out: &Path) -> Result<()> {
         .args(["-n", &kind.world(), "-d", "http", "fetch-event", "-o"])
         .arg(std::path::absolute(out)?);
     run(cmd, "componentize-js")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_sdk_is_written_and_an_edited_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure_sdk(dir.path(), "wasmill.py", PYTHON_SDK).unwrap();
+        let path = dir.path().join("wasmill.py");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), PYTHON_SDK);
+        std::fs::write(&path, "# mine").unwrap();
+        ensure_sdk(dir.path(), "wasmill.py", PYTHON_SDK).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "# mine");
+    }
 }

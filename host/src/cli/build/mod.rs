@@ -120,6 +120,17 @@ fn plugin_name(project: &Project) -> Result<String> {
     }
 }
 
+/// Where `wasmill build DIR` looks: `DIR`, or `plugins/DIR` when only that exists (where
+/// `wasmill new` puts a project when a `plugins` folder is present).
+fn project_dir(dir: &Path, plugins: &Path) -> PathBuf {
+    let inside = plugins.join(dir);
+    if !dir.exists() && dir.is_relative() && inside.is_dir() {
+        inside
+    } else {
+        dir.to_path_buf()
+    }
+}
+
 /// A tool in one of `extra` places, on `PATH` or in `~/.local/bin` (where `scripts/setup.sh`
 /// installs), else an error naming what to install.
 pub(crate) fn find_tool(name: &str, extra: &[PathBuf], install: &str) -> Result<PathBuf> {
@@ -152,6 +163,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("create {}", a.out.display()))?;
     let mut built = 0;
     for dir in dirs {
+        let dir = project_dir(&dir, Path::new("plugins"));
         let found = projects(&dir);
         if found.is_empty() {
             bail!(
@@ -240,6 +252,24 @@ mod tests {
         assert_eq!(
             declared_kind(&detect(&dir.path().join("p")).unwrap()).unwrap(),
             Kind::Handler
+        );
+    }
+
+    #[test]
+    fn a_project_name_is_also_looked_for_in_the_plugins_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir_all(plugins.join("greeter")).unwrap();
+        std::fs::create_dir_all(dir.path().join("here")).unwrap();
+        let here = dir.path().join("here");
+        assert_eq!(
+            project_dir(Path::new("greeter"), &plugins),
+            plugins.join("greeter")
+        );
+        assert_eq!(project_dir(&here, &plugins), here);
+        assert_eq!(
+            project_dir(Path::new("nowhere"), &plugins),
+            Path::new("nowhere")
         );
     }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-pub use templates::{Kind, Lang, WIT};
+pub use templates::{JS_SDK, Kind, Lang, PYTHON_SDK, WIT};
 
 /// Arguments of `wasmill new`.
 #[derive(Args)]

@@ -130,10 +130,7 @@ pub fn files(name: &str, kind: Kind, lang: Lang) -> Vec<(PathBuf, String)> {
                 Kind::Middleware => include_str!("templates/python/middleware.py"),
             };
             out.push(("app.py".into(), app.to_string()));
-            out.push((
-                "wasmill.py".into(),
-                include_str!("templates/python/wasmill.py").into(),
-            ));
+            out.push(("wasmill.py".into(), PYTHON_SDK.into()));
             out.push((
                 "pyproject.toml".into(),
                 fill(include_str!("templates/python/pyproject.toml")),
@@ -146,10 +143,7 @@ pub fn files(name: &str, kind: Kind, lang: Lang) -> Vec<(PathBuf, String)> {
                 Kind::Middleware => include_str!("templates/js/middleware.js"),
             };
             out.push(("app.js".into(), app.to_string()));
-            out.push((
-                "wasmill.js".into(),
-                include_str!("templates/js/wasmill.js").into(),
-            ));
+            out.push(("wasmill.js".into(), JS_SDK.into()));
             out.push((
                 "package.json".into(),
                 fill(include_str!("templates/js/package.json")),
@@ -159,6 +153,12 @@ pub fn files(name: &str, kind: Kind, lang: Lang) -> Vec<(PathBuf, String)> {
     }
     out
 }
+
+/// The thin SDK of Python projects (`wasmill.py`).
+pub const PYTHON_SDK: &str = include_str!("templates/python/wasmill.py");
+
+/// The thin SDK of JavaScript projects (`wasmill.js`).
+pub const JS_SDK: &str = include_str!("templates/js/wasmill.js");
 
 /// The Rust guest SDK's sources, written into a Rust project as a path dependency.
 const RUST_SDK: [(&str, &str); 5] = [
