@@ -194,7 +194,7 @@ async fn poisoned_messages_are_replayed_with_their_uuid_and_metadata() -> anyhow
     Ok(())
 }
 
-/// CQRS from the config: a `[[commands]]` entry binds a command name to a WASM handler, whose
+/// CQRS from the config (examples/05-cqrs): a `[[commands]]` entry binds a command name to a WASM handler, whose
 /// named output is published on the event bus, where an `[[events]]` entry's handler takes
 /// it; a command of another name on the command's topic is acked and ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,18 +203,15 @@ async fn commands_and_events_bound_to_wasm_handlers_in_the_config() -> anyhow::R
     for name in ["uppercase", "json-enrich"] {
         std::fs::copy(plugin(name), plugins.join(format!("{name}.wasm")))?;
     }
+    // examples/05-cqrs, with its plugins folder pointed at this scratch copy.
+    let example =
+        std::fs::read_to_string(support::repo_root().join("examples/05-cqrs/wasmill.toml"))?;
     std::fs::write(
         dir.path().join("wasmill.toml"),
-        r#"
-[[commands]]
-name = "Shout"
-plugin = "uppercase.wasm"
-
-[[events]]
-name = "Shout"
-plugin = "json-enrich.wasm"
-publish = "enriched"
-"#,
+        example.replace(
+            "plugins_dir = \"../../plugins\"",
+            "plugins_dir = \"plugins\"",
+        ),
     )?;
     let host = Host::start(dir, plugins, &["--config", "wasmill.toml"]).await?;
     for name in ["command.Shout", "event.Shout.json-enrich"] {
