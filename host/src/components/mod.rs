@@ -7,6 +7,8 @@
 //!   any number of local subscribers).
 //! - [`forwarder`]: the transactional outbox: messages stored on one backend (in the business
 //!   write's transaction) and forwarded to their topic on another.
+//! - [`requeue`]: failed messages sent back to their topic after a delay, counted, at most
+//!   `max_requeues` times.
 //! - [`replay`]: sends poisoned messages back to the topic they failed on.
 //! - [`poison_keeper`]: holds what is poisoned on the in-memory backend, whose topics keep
 //!   nothing without a subscriber, so that it can be replayed.
@@ -19,5 +21,6 @@ pub mod forwarder;
 pub mod poison_keeper;
 pub mod replay;
 pub mod reply;
+pub mod requeue;
 #[cfg(test)]
 mod test_util;
