@@ -255,3 +255,30 @@ async fn commands_and_events_bound_to_wasm_handlers_in_the_config() -> anyhow::R
     );
     Ok(())
 }
+
+/// `[[requeue]]`: a message that keeps failing goes back to its topic from the poison queue
+/// after the delay, counted, and past `max_requeues` ends on `<poison>.dead`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requeuer_sends_failed_messages_back_then_gives_up() -> anyhow::Result<()> {
+    let host = host_with(
+        "always-fail",
+        "subscribe = \"incoming\"\non_failure = { max_attempts = 1 }\n",
+        "[[requeue]]\nfrom = \"incoming.poison\"\ndelay = \"100ms\"\nmax_requeues = 2\n",
+    )
+    .await?;
+    let mut dead = host.sse("incoming.poison.dead").await?;
+    let uuid = host.publish("incoming", "doomed").await?;
+    let gone = next_event(&mut dead, Duration::from_secs(30)).await?;
+    assert_eq!(gone["uuid"], uuid.as_str(), "{gone}");
+    assert_eq!(gone["metadata"]["_wasmill_requeued"], "2", "{gone}");
+    assert!(
+        gone["metadata"]["reason_poisoned"]
+            .as_str()
+            .is_some_and(|r| r.contains("max_requeues")),
+        "{gone}"
+    );
+    // Three handlings: the first, and one per requeue.
+    let h = host.handler("always-fail").await?;
+    assert_eq!(h["counts"]["poisoned"], 3, "{h}");
+    Ok(())
+}

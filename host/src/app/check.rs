@@ -178,6 +178,32 @@ impl<'a> Static<'a> {
     }
 
     /// `[host]`'s HTTP API keys: connection bounds, timeouts, token, origins and hosts.
+    /// `[[requeue]]` and `[[forwarders]]`: the backends they name exist, topics are not empty.
+    fn components(&mut self) {
+        let f = &self.cfg.file;
+        let default = &self.cfg.host.default_pubsub;
+        let mut places: Vec<(String, (String, String))> = Vec::new();
+        for (i, r) in self.cfg.requeue.iter().enumerate() {
+            places.push((format!("requeue[{i}].from"), r.from.resolve(default)));
+        }
+        for (i, fw) in self.cfg.forwarders.iter().enumerate() {
+            places.push((format!("forwarders[{i}].from"), fw.from.resolve(default)));
+            let to = fw.to.clone().unwrap_or_else(|| default.clone());
+            places.push((format!("forwarders[{i}].to"), (to, "-".into())));
+        }
+        for (key, (pubsub, topic)) in places {
+            if !self.cfg.knows_pubsub(&pubsub) {
+                self.errors.push(format!(
+                    "{f}: {key}: unknown pubsub {pubsub:?} (declare it as [pubsub.{pubsub}])"
+                ));
+            }
+            if topic.is_empty() {
+                self.errors
+                    .push(format!("{f}: {key}: the topic must not be empty"));
+            }
+        }
+    }
+
     fn http_api(&mut self) {
         let f = &self.cfg.file;
         let host = &self.cfg.host;
@@ -517,6 +543,7 @@ pub async fn check_config(cfg: &Config, plugins_dir: &Path, engine: &WasmEngine)
     let mut s = Static::new(cfg, plugins_dir);
     s.backends();
     s.http_api();
+    s.components();
     let mut names: HashMap<String, String> = HashMap::new();
     let mut name_taken = |s: &mut Static, at: &At, name: &Option<String>| match name {
         None => s.errors.push(at.err("", "missing key \"name\"")),

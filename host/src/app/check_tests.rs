@@ -381,3 +381,17 @@ async fn a_loop_is_accepted_only_when_allowed() {
     let report = check(&cfg).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
 }
+
+#[tokio::test]
+async fn requeuers_and_forwarders_name_known_backends() {
+    let (_dir, cfg) = setup(
+        "[[requeue]]\nfrom = { pubsub = \"nope\", topic = \"p\" }\n\n\
+         [[forwarders]]\nfrom = \"\"\nto = \"gone\"\n\n[[requeue]]\nfrom = \"fine.poison\"\n",
+    );
+    let report = check(&cfg).await;
+    let all = report.errors.join("\n");
+    assert!(all.contains("requeue[0].from: unknown pubsub \"nope\""), "{all}");
+    assert!(all.contains("forwarders[0].from: the topic must not be empty"), "{all}");
+    assert!(all.contains("forwarders[0].to: unknown pubsub \"gone\""), "{all}");
+    assert_eq!(report.errors.len(), 3, "{all}");
+}

@@ -4,6 +4,7 @@
 pub mod check;
 #[cfg(test)]
 mod check_props;
+mod components;
 mod middleware;
 
 use std::collections::HashMap;
@@ -231,6 +232,8 @@ pub async fn run(
         sidecar_reader,
     );
     manager.start_all().await;
+    let components_stop = tokio_util::sync::CancellationToken::new();
+    let components = components::start(&cfg, &backends, &components_stop).await?;
 
     manager.watch(crate::plugins::watch::watch(
         &plugins_dir,
@@ -288,6 +291,8 @@ pub async fn run(
     };
 
     let result = router.run_until(shutdown).await;
+    components_stop.cancel();
+    components.join_all().await;
     http_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     result

@@ -41,6 +41,14 @@ fn every_key_is_documented_in_its_section() {
     expect("`{ wasm = ", field_names::<WasmMiddlewareEntry>());
     expect("`[cqrs]`", field_names::<super::cqrs::CqrsConfig>());
     expect("`[cqrs]`", &["name", "handler", "ack_unknown"]);
+    expect(
+        "`[[requeue]]`",
+        field_names::<super::components::RequeueEntry>(),
+    );
+    expect(
+        "`[[requeue]]`",
+        field_names::<super::components::ForwarderEntry>(),
+    );
     expect("## Middleware", NAMES);
     for name in NAMES {
         let options = option_names(name);

@@ -34,6 +34,12 @@ pub struct Config {
     /// `[[events]]`: an event name bound to a WASM handler (see `config::cqrs`).
     #[serde(default)]
     pub events: Vec<toml::Table>,
+    /// `[[requeue]]`: poison topics whose messages go back after a delay.
+    #[serde(default)]
+    pub requeue: Vec<super::components::RequeueEntry>,
+    /// `[[forwarders]]`: outbox topics whose messages are forwarded.
+    #[serde(default)]
+    pub forwarders: Vec<super::components::ForwarderEntry>,
     /// The folder the file was read from; relative paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,

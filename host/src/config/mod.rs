@@ -1,6 +1,7 @@
 //! The `wasmill.toml` configuration: parsing, defaults and validation with errors that name
 //! the file, the key and what was expected.
 
+pub mod components;
 pub mod cqrs;
 mod file;
 pub mod options;

@@ -1,0 +1,42 @@
+//! `[[requeue]]` and `[[forwarders]]`: Watermill's requeuer and forwarder run by the host
+//! (`components::requeue`, `components::forwarder`), on any configured backend.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::TopicSpec;
+
+/// `[[requeue]]`: a poison topic whose messages go back to their topic after a delay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequeueEntry {
+    /// The poison topic read (a topic, or `{ pubsub, topic }`).
+    pub from: TopicSpec,
+    /// The delay when a message names none (`_watermill_delayed_until`). Default 10s.
+    #[serde(default = "default_delay", with = "super::duration")]
+    pub delay: Duration,
+    /// How many times one message may be requeued (then `<from>.dead`); unlimited if unset.
+    #[serde(default)]
+    pub max_requeues: Option<u32>,
+}
+
+fn default_delay() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// `[[forwarders]]`: a forwarder topic (the outbox) whose messages go to their destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwarderEntry {
+    /// The forwarder topic read (default `forwarder_topic` on the default pub/sub).
+    #[serde(default = "default_forwarder_topic")]
+    pub from: TopicSpec,
+    /// The backend the messages are published to (default: the host's default pub/sub).
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+fn default_forwarder_topic() -> TopicSpec {
+    TopicSpec::Topic(crate::components::forwarder::DEFAULT_TOPIC.into())
+}
