@@ -390,8 +390,17 @@ async fn requeuers_and_forwarders_name_known_backends() {
     );
     let report = check(&cfg).await;
     let all = report.errors.join("\n");
-    assert!(all.contains("requeue[0].from: unknown pubsub \"nope\""), "{all}");
-    assert!(all.contains("forwarders[0].from: the topic must not be empty"), "{all}");
-    assert!(all.contains("forwarders[0].to: unknown pubsub \"gone\""), "{all}");
+    assert!(
+        all.contains("requeue[0].from: unknown pubsub \"nope\""),
+        "{all}"
+    );
+    assert!(
+        all.contains("forwarders[0].from: the topic must not be empty"),
+        "{all}"
+    );
+    assert!(
+        all.contains("forwarders[0].to: unknown pubsub \"gone\""),
+        "{all}"
+    );
     assert_eq!(report.errors.len(), 3, "{all}");
 }

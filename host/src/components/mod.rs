@@ -3,6 +3,7 @@
 //! (`../shared/reference/watermill.md` section 6).
 //!
 //! - [`cqrs`]: command and event buses and processors, handlers chosen by message name.
+//! - [`delay`]: delayed messages (`_watermill_delayed_until`) and a delaying publisher.
 //! - [`fan`]: fan-in (several topics moved into one) and fan-out (one subscription shared by
 //!   any number of local subscribers).
 //! - [`forwarder`]: the transactional outbox: messages stored on one backend (in the business
@@ -16,6 +17,7 @@
 //!   middleware publishes the handler's result there; [`reply::request`] waits for it.
 
 pub mod cqrs;
+pub mod delay;
 pub mod fan;
 pub mod forwarder;
 pub mod poison_keeper;

@@ -8,6 +8,8 @@
 //! - `persistent`: every published message is kept, and a new subscription first receives all
 //!   earlier messages of its topic.
 //! - `block_publish_until_acked`: `publish` returns only when every subscription acked.
+//! - Delayed messages (`_watermill_delayed_until` in the future, `components::delay`) are held
+//!   and published when due; closing the pub/sub drops those still held.
 //! - Bounded: each subscription queues at most `max_pending` messages; past that, `publish`
 //!   waits (back-pressure) instead of growing without bound.
 //! - Bounded topics: a topic is held only while it has a subscription or (persistent) stored
@@ -198,6 +200,23 @@ impl Publisher for MemoryPubSub {
             return Err(closed(NAME));
         }
         for msg in messages {
+            // A delayed message (`_watermill_delayed_until` ahead) is held, then published.
+            if let Some(wait) = crate::components::delay::due(&msg)
+                .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok())
+                .filter(|w| !w.is_zero())
+            {
+                let (me, topic) = (self.clone(), topic.to_string());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = me.inner.closed.cancelled() => return,
+                    }
+                    if let Err(e) = me.publish(&topic, vec![msg]).await {
+                        tracing::warn!(topic, "memory pub/sub: a delayed message was dropped: {e}");
+                    }
+                });
+                continue;
+            }
             let subscribers: Vec<_> = {
                 let mut topics = inner.lock();
                 if inner.config.persistent {

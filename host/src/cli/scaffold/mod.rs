@@ -19,7 +19,7 @@ pub struct NewArgs {
     kind: String,
     /// The plugin's name (letters, digits, `-` and `_`; the `.wasm` file is named after it).
     name: String,
-    /// The language: rust, python, js, c or go.
+    /// The language: rust, python or js (c and go are not supported yet).
     #[arg(long, default_value = "rust")]
     lang: String,
     /// Where the project goes (default: `plugins` when that folder exists here, else the
