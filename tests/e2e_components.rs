@@ -282,3 +282,48 @@ async fn a_requeuer_sends_failed_messages_back_then_gives_up() -> anyhow::Result
     assert_eq!(h["counts"]["poisoned"], 3, "{h}");
     Ok(())
 }
+
+/// examples/06-request-reply-and-replay, as its README runs it: a request answered, a failing
+/// message poisoned, then replayed with `wasmill replay` to its topic, with its uuid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_reply_and_replay_example_runs_as_its_readme_says() -> anyhow::Result<()> {
+    let (dir, plugins) = Host::scratch()?;
+    for name in ["uppercase", "always-fail"] {
+        std::fs::copy(plugin(name), plugins.join(format!("{name}.wasm")))?;
+    }
+    let example = support::repo_root().join("examples/06-request-reply-and-replay/wasmill.toml");
+    std::fs::copy(example, dir.path().join("wasmill.toml"))?;
+    let host = Host::start(dir, plugins, &["--config", "wasmill.toml"]).await?;
+    for name in ["shout", "fragile"] {
+        host.wait_handler(name, Duration::from_secs(60), |h| h["state"] == "running")
+            .await?;
+    }
+    let (ok, stdout, stderr) = cli(&[
+        "request",
+        "requests",
+        "hello",
+        "--timeout",
+        "5s",
+        "--url",
+        &host.url,
+    ])
+    .await?;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "HELLO");
+
+    let mut poison = host.sse("fragile.poison").await?;
+    let uuid = host.publish("fragile", "order 1").await?;
+    let poisoned = next_event(&mut poison, Duration::from_secs(20)).await?;
+    assert_eq!(poisoned["uuid"], uuid.as_str());
+    let mut again = host.sse("fragile").await?;
+    let (ok, stdout, stderr) =
+        cli(&["replay", "--from", "fragile.poison", "--url", &host.url]).await?;
+    assert!(ok, "{stdout}{stderr}");
+    let replayed = next_event(&mut again, Duration::from_secs(20)).await?;
+    assert_eq!(replayed["uuid"], uuid.as_str(), "{replayed}");
+    assert!(
+        replayed["metadata"].get("reason_poisoned").is_none(),
+        "{replayed}"
+    );
+    Ok(())
+}
