@@ -1,34 +1,17 @@
-//! Delayed messages (Watermill's `components/delay`): a message carries when it is due in
-//! metadata `_watermill_delayed_until` (RFC 3339) and `_watermill_delayed_for`, and a backend
-//! that can delay holds it until then (the in-memory one does; the requeuer honours it on any
-//! backend). [`DelayingPublisher`] sets a delay on every message it publishes.
+//! Delayed messages (Watermill's `components/delay`): the metadata (`pubsub::delay`,
+//! re-exported here) says when a message is due, and a backend that can delay holds it until
+//! then (the in-memory one does; the requeuer honours it on any backend).
+//! [`DelayingPublisher`] sets a delay on every message it publishes.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::error::Result;
 use crate::message::Message;
 use crate::pubsub::Publisher;
-pub use crate::router::middleware::delay_on_error::{DELAYED_FOR, DELAYED_UNTIL};
-
-/// Marks `msg` due `delay` from now.
-pub fn delay_for(msg: &mut Message, delay: Duration) {
-    msg.metadata
-        .set(DELAYED_FOR, humantime::format_duration(delay).to_string());
-    msg.metadata.set(
-        DELAYED_UNTIL,
-        humantime::format_rfc3339_millis(SystemTime::now() + delay).to_string(),
-    );
-}
-
-/// When `msg` is due, if it names a time.
-pub fn due(msg: &Message) -> Option<SystemTime> {
-    msg.metadata
-        .get_opt(DELAYED_UNTIL)
-        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-}
+pub use crate::pubsub::delay::{DELAYED_FOR, DELAYED_UNTIL, delay_for, due};
 
 /// A publisher that delays every message by `delay`, unless it names its own.
 pub struct DelayingPublisher {

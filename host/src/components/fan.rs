@@ -53,9 +53,8 @@ async fn move_all(
     stop: CancellationToken,
 ) {
     loop {
-        let msg = tokio::select! {
-            m = sub.recv() => match m { Some(m) => m, None => return },
-            _ = stop.cancelled() => return,
+        let Some(msg) = crate::components::recv_until(&mut sub, &stop).await else {
+            return;
         };
         let mut out = msg.copy();
         out.metadata.set(FANNED_IN_FROM, source);
@@ -89,9 +88,8 @@ impl FanOut {
             let (local, topic, stop) = (local.clone(), topic.to_string(), stop.clone());
             tokio::spawn(async move {
                 loop {
-                    let msg = tokio::select! {
-                        m = sub.recv() => match m { Some(m) => m, None => return },
-                        _ = stop.cancelled() => return,
+                    let Some(msg) = crate::components::recv_until(&mut sub, &stop).await else {
+                        return;
                     };
                     match local.publish(&topic, vec![msg.copy()]).await {
                         Ok(()) => msg.ack(),

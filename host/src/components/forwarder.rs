@@ -126,12 +126,8 @@ impl Forwarder {
     /// to its destination (or, without one, to the poison topic).
     pub async fn run(&self, mut source: Subscription, stop: CancellationToken) {
         loop {
-            let msg = tokio::select! {
-                m = source.recv() => match m {
-                    Some(m) => m,
-                    None => return,
-                },
-                _ = stop.cancelled() => return,
+            let Some(msg) = super::recv_until(&mut source, &stop).await else {
+                return;
             };
             self.forward(msg).await;
         }
@@ -247,17 +243,8 @@ mod tests {
     #[cfg(feature = "postgres")]
     #[tokio::test]
     async fn a_postgres_transaction_forwards_what_it_commits_only() {
-        use crate::pubsub::postgres::{PostgresConfig, PostgresPubSub, publish_in_tx};
-        let url = std::env::var("WASMILL_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let db = PostgresPubSub::connect(PostgresConfig {
-            url,
-            consumer_group: Some(crate::pubsub::conformance::unique_group()),
-            poll_interval: Duration::from_millis(200),
-            start_at_end: false,
-        })
-        .await
-        .unwrap();
+        use crate::pubsub::postgres::publish_in_tx;
+        let db = crate::components::test_util::postgres().await;
         let outbox = crate::pubsub::conformance::unique_topic("forwarder");
         db.subscribe_initialize(&outbox).await.unwrap();
         let target = MemoryPubSub::default();
@@ -304,17 +291,8 @@ mod tests {
     async fn a_forwarder_stopped_mid_way_loses_nothing_on_postgres() {
         use std::collections::HashSet;
 
-        use crate::pubsub::postgres::{PostgresConfig, PostgresPubSub, publish_in_tx};
-        let url = std::env::var("WASMILL_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let db = PostgresPubSub::connect(PostgresConfig {
-            url,
-            consumer_group: Some(crate::pubsub::conformance::unique_group()),
-            poll_interval: Duration::from_millis(100),
-            start_at_end: false,
-        })
-        .await
-        .unwrap();
+        use crate::pubsub::postgres::publish_in_tx;
+        let db = crate::components::test_util::postgres().await;
         let outbox = crate::pubsub::conformance::unique_topic("forwarder-kill");
         db.subscribe_initialize(&outbox).await.unwrap();
         let target = MemoryPubSub::default();

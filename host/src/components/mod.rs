@@ -26,3 +26,15 @@ pub mod reply;
 pub mod requeue;
 #[cfg(test)]
 mod test_util;
+
+/// The next message of `sub`, or `None` once it ends or `stop` is cancelled: the loop head of
+/// every component that drains a subscription.
+async fn recv_until(
+    sub: &mut crate::pubsub::Subscription,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Option<crate::message::Message> {
+    tokio::select! {
+        m = sub.recv() => m,
+        _ = stop.cancelled() => None,
+    }
+}

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::replay::unpoison;
 use crate::message::Message;
+use crate::pubsub::delay::DELAYED_UNTIL;
 use crate::pubsub::{Publisher, Subscription};
-use crate::router::middleware::delay_on_error::DELAYED_UNTIL;
 use crate::router::middleware::poison_queue::REASON_POISONED;
 
 /// The metadata key counting how many times a message was requeued.
@@ -39,9 +39,8 @@ impl Requeuer {
     /// Requeues what `source` (a subscription to the poison topic) receives until `stop`.
     pub async fn run(&self, mut source: Subscription, stop: CancellationToken) {
         loop {
-            let msg = tokio::select! {
-                m = source.recv() => match m { Some(m) => m, None => return },
-                _ = stop.cancelled() => return,
+            let Some(msg) = crate::components::recv_until(&mut source, &stop).await else {
+                return;
             };
             let wait = due(&msg, self.delay)
                 .duration_since(SystemTime::now())
@@ -93,10 +92,7 @@ impl Requeuer {
 
 /// When `msg` may go back: its `_watermill_delayed_until`, else `delay` from now.
 fn due(msg: &Message, delay: Duration) -> SystemTime {
-    msg.metadata
-        .get_opt(DELAYED_UNTIL)
-        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-        .unwrap_or_else(|| SystemTime::now() + delay)
+    crate::pubsub::delay::due(msg).unwrap_or_else(|| SystemTime::now() + delay)
 }
 
 #[cfg(test)]

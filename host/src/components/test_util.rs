@@ -43,3 +43,18 @@ pub async fn redis() -> crate::pubsub::redis::RedisPubSub {
     .await
     .unwrap()
 }
+
+/// A PostgreSQL pub/sub on the machine's server, with a consumer group of its own.
+#[cfg(feature = "postgres")]
+pub async fn postgres() -> crate::pubsub::postgres::PostgresPubSub {
+    let url = std::env::var("WASMILL_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    crate::pubsub::postgres::PostgresPubSub::connect(crate::pubsub::postgres::PostgresConfig {
+        url,
+        consumer_group: Some(crate::pubsub::conformance::unique_group()),
+        poll_interval: Duration::from_millis(100),
+        start_at_end: false,
+    })
+    .await
+    .unwrap()
+}

@@ -32,6 +32,7 @@ pub mod ack_batcher;
 #[cfg(feature = "amqp")]
 pub mod amqp;
 pub mod conformance;
+pub mod delay;
 pub mod memory;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;

@@ -120,9 +120,8 @@ impl Processor {
     async fn dispatch_all(&self, topic: &str, mut sub: Subscription, stop: CancellationToken) {
         let handlers = &self.topics[topic];
         loop {
-            let msg = tokio::select! {
-                m = sub.recv() => match m { Some(m) => m, None => return },
-                _ = stop.cancelled() => return,
+            let Some(msg) = crate::components::recv_until(&mut sub, &stop).await else {
+                return;
             };
             let handler = name_of(&msg).and_then(|n| handlers.get(n));
             let Some(handler) = handler else {

@@ -2,7 +2,7 @@
 //! each failure (on backends that can delay redelivery; the in-memory one does).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -10,10 +10,7 @@ use serde::Deserialize;
 use crate::message::Message;
 use crate::router::{BoxHandler, Handler, HandlerResult, Middleware};
 
-/// Metadata key: how long the message is delayed for (e.g. "200ms").
-pub const DELAYED_FOR: &str = "_watermill_delayed_for";
-/// Metadata key: until when (RFC 3339).
-pub const DELAYED_UNTIL: &str = "_watermill_delayed_until";
+pub use crate::pubsub::delay::{DELAYED_FOR, DELAYED_UNTIL};
 
 /// Delay settings.
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -66,12 +63,7 @@ impl Handler for Delaying {
             Ok(out) => Ok(out),
             Err(e) => {
                 let delay = self.cfg.next_delay(previous);
-                msg.metadata
-                    .set(DELAYED_FOR, humantime::format_duration(delay).to_string());
-                msg.metadata.set(
-                    DELAYED_UNTIL,
-                    humantime::format_rfc3339_millis(SystemTime::now() + delay).to_string(),
-                );
+                crate::pubsub::delay::delay_for(&mut msg, delay);
                 msg.set_redelivery_delay(delay);
                 Err(e)
             }
