@@ -239,8 +239,11 @@ async fn the_example_plugins_answer_alike_in_every_language() -> anyhow::Result<
     let host = Host::start(dir, plugins, &[]).await?;
     let mut outs = Vec::new();
     for name in names {
-        host.wait_handler(name, Duration::from_secs(120), |h| h["state"] == "running")
-            .await?;
+        // Python and JavaScript compile after the host answers (the cache is cold here).
+        host.wait_handler(name, Duration::from_secs(300), |h| {
+            h["name"] == name && h["state"] == "running"
+        })
+        .await?;
         outs.push((name, host.sse(&format!("out-{name}")).await?));
     }
     let mut poisons = host.sse("json.poison").await?;

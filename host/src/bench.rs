@@ -28,6 +28,8 @@ pub struct BenchOptions {
     pub batch: usize,
     /// The handler's concurrency.
     pub concurrency: usize,
+    /// Messages handed to the handler at once (`batch = N`; 1: one at a time).
+    pub handler_batch: usize,
     /// A label for the handler (e.g. "native" or the plugin file).
     pub handler_label: String,
     /// A label for the backend.
@@ -47,6 +49,7 @@ impl Default for BenchOptions {
             payload_size: 100,
             batch: crate::pubsub::RAW_PUBLISH_WINDOW,
             concurrency: 1,
+            handler_batch: 1,
             handler_label: "native".into(),
             pubsub_label: "memory".into(),
             consume_only: false,
@@ -396,7 +399,10 @@ pub async fn run(
     };
 
     let router = Router::new(RouterConfig::default());
-    let h = router.add(spec.concurrency(options.concurrency))?;
+    let h = router.add(
+        spec.concurrency(options.concurrency)
+            .batch(options.handler_batch),
+    )?;
     let r = router.clone();
     let running = tokio::spawn(async move { r.run().await });
     router.running().await;

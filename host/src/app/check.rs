@@ -540,6 +540,43 @@ fn sidecars(cfg: &Config, plugins_dir: &Path) -> Vec<(PathBuf, PathBuf)> {
 /// Checks `cfg` as `wasmill run` would use it with the plugins folder `plugins_dir`,
 /// compiling every component with `engine`. Returns every problem found.
 pub async fn check_config(cfg: &Config, plugins_dir: &Path, engine: &WasmEngine) -> CheckReport {
+    let (mut report, compiles) = check_statically(cfg, plugins_dir);
+    let compiled = compile_all(engine, &compiles).await;
+    for c in &compiles {
+        match &compiled[&c.path] {
+            Err(e) => report.errors.push(format!("{}: {}: {e}", c.file, c.key)),
+            Ok(w) if *w != c.world => {
+                let hint = match c.world {
+                    World::Handler => {
+                        "; a middleware component goes in a middleware list as { wasm = \"FILE.wasm\" }"
+                    }
+                    World::Middleware => {
+                        "; a handler component goes in a [[handlers]] entry or a sidecar"
+                    }
+                };
+                report.errors.push(format!(
+                    "{}: {}: {} implements {w}, not {}{hint}",
+                    c.file,
+                    c.key,
+                    c.path.display(),
+                    c.world
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
+    report
+}
+
+/// The checks of [`check_config`] that need no compiler (`wasmill run` makes them before it
+/// starts; the components compile behind their subscriptions, and one that does not compile
+/// is listed as failed in `GET /readyz` and `GET /handlers`).
+pub fn check_static(cfg: &Config, plugins_dir: &Path) -> CheckReport {
+    check_statically(cfg, plugins_dir).0
+}
+
+/// The report of the static checks, and the components left to compile.
+fn check_statically(cfg: &Config, plugins_dir: &Path) -> (CheckReport, Vec<Compile>) {
     let mut s = Static::new(cfg, plugins_dir);
     s.backends();
     s.http_api();
@@ -599,36 +636,14 @@ pub async fn check_config(cfg: &Config, plugins_dir: &Path, engine: &WasmEngine)
         ..CheckReport::default()
     };
     let compiles = std::mem::take(&mut s.compiles);
-    let compiled = compile_all(engine, &compiles).await;
     let mut counted: HashSet<&PathBuf> = HashSet::new();
     for c in &compiles {
         if counted.insert(&c.path) && c.world == World::Middleware {
             report.wasm_middleware += 1;
         }
-        match &compiled[&c.path] {
-            Err(e) => s.errors.push(format!("{}: {}: {e}", c.file, c.key)),
-            Ok(w) if *w != c.world => {
-                let hint = match c.world {
-                    World::Handler => {
-                        "; a middleware component goes in a middleware list as { wasm = \"FILE.wasm\" }"
-                    }
-                    World::Middleware => {
-                        "; a handler component goes in a [[handlers]] entry or a sidecar"
-                    }
-                };
-                s.errors.push(format!(
-                    "{}: {}: {} implements {w}, not {}{hint}",
-                    c.file,
-                    c.key,
-                    c.path.display(),
-                    c.world
-                ));
-            }
-            Ok(_) => {}
-        }
     }
     report.errors = s.errors;
-    report
+    (report, compiles)
 }
 
 /// Compiles each distinct file of `compiles` (through the compile cache), as many at once as

@@ -169,8 +169,9 @@ pub async fn run(
             )
         })?;
     }
-    // The whole configuration is checked before anything connects, subscribes or listens.
-    let report = check_setup(&cfg, &plugins_dir).await?.into_result()?;
+    // The configuration is checked before anything connects, subscribes or listens; the
+    // components compile behind their subscriptions (below), a failed one listed in /readyz.
+    let report = check::check_static(&cfg, &plugins_dir).into_result()?;
     tracing::info!("{}", report.summary(&cfg.file));
     let backends = connect_backends(&cfg).await?;
     let cache_dir = crate::wasm::cache::resolve_dir(cfg.cache_dir(), &plugins_dir)?;
@@ -231,16 +232,6 @@ pub async fn run(
         mw_factory,
         sidecar_reader,
     );
-    manager.start_all().await;
-    let components_stop = tokio_util::sync::CancellationToken::new();
-    let components = components::start(&cfg, &backends, &components_stop).await?;
-
-    manager.watch(crate::plugins::watch::watch(
-        &plugins_dir,
-        Duration::from_millis(300),
-    )?);
-    tracing::info!(plugins = %plugins_dir.display(), "watching the plugins folder");
-
     let addr = options
         .http
         .clone()
@@ -251,6 +242,36 @@ pub async fn run(
     let local = listener
         .local_addr()
         .map_err(|e| Error::io("read the listen address", e))?;
+    // Watched from now, so no change made while the plugins compile is missed; the events wait
+    // in the channel until the first load is done.
+    let events = crate::plugins::watch::watch(&plugins_dir, Duration::from_millis(300))?;
+
+    // The router runs first, so each handler subscribes as it is added: a message published
+    // from here on waits in its handler's subscription while the plugin compiles.
+    let router_task = {
+        let router = router.clone();
+        tokio::spawn(async move { router.run_until(shutdown).await })
+    };
+    router.running().await;
+    let loading = manager.subscribe_all().await;
+    {
+        let manager = manager.clone();
+        let dir = plugins_dir.clone();
+        tokio::spawn(async move {
+            loading.await;
+            manager.watch(events);
+            tracing::info!(plugins = %dir.display(), "plugins loaded; watching the plugins folder");
+        });
+    }
+    let components_stop = tokio_util::sync::CancellationToken::new();
+    let components = match components::start(&cfg, &backends, &components_stop).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = router.close().await;
+            return Err(e);
+        }
+    };
+
     tracing::info!("HTTP API listening on http://{local}");
     let host = &cfg.host;
     let access = crate::http::Access {
@@ -290,7 +311,9 @@ pub async fn run(
         })
     };
 
-    let result = router.run_until(shutdown).await;
+    let result = router_task
+        .await
+        .unwrap_or_else(|e| Err(Error::Other(format!("the router task failed: {e}"))));
     components_stop.cancel();
     components.join_all().await;
     http_stop.cancel();

@@ -261,8 +261,8 @@ pub struct BenchArgs {
     /// files are found in --plugins.
     #[arg(long)]
     middleware: Option<String>,
-    /// Hand a `.wasm` handler up to N messages per call (the config's `batch = N`; its
-    /// `handle-batch` export); the router keeps `max(concurrency, N)` messages in flight.
+    /// Hand the handler up to N messages at once (the config's `batch = N`: a `.wasm`
+    /// handler's `handle-batch` export); `concurrency` batches run at once.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     batch: u32,
     /// Where `{ wasm = "FILE" }` middleware files are.
@@ -340,16 +340,17 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
             plugin,
             Default::default(),
             Default::default(),
-            a.concurrency.max(a.batch as usize),
+            a.concurrency,
         ));
         loaded = Some((started.elapsed().as_secs_f64(), pool.clone()));
-        Arc::new(wasmill::wasm::WasmHandler::batched(pool, a.batch as usize))
+        Arc::new(wasmill::wasm::WasmHandler::new(pool))
     };
     let handler = bench_middleware(&a, &kind, &table, handler).await?;
     let options = BenchOptions {
         messages: a.messages,
         payload_size: size,
-        concurrency: a.concurrency.max(a.batch as usize),
+        concurrency: a.concurrency,
+        handler_batch: a.batch as usize,
         handler_label: if a.batch > 1 {
             format!("{} (batch {})", a.handler, a.batch)
         } else {

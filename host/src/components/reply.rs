@@ -84,6 +84,18 @@ impl Handler for Replying {
         }
         result
     }
+
+    /// A batch without requests passes through whole; with one, message by message.
+    async fn handle_batch(&self, msgs: Vec<Message>) -> Vec<HandlerResult> {
+        if msgs.iter().all(|m| m.metadata.get_opt(REPLY_TO).is_none()) {
+            return self.next.handle_batch(msgs).await;
+        }
+        let mut out = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            out.push(self.handle(msg).await);
+        }
+        out
+    }
 }
 
 impl Middleware for Reply {

@@ -82,6 +82,7 @@ fn owner_info(e: &Entry) -> HandlerInfo {
         .unwrap_or_default();
     let current = e.pool.as_ref().map(|p| p.current());
     let state = match &e.handle {
+        Some(h) if e.compiling && !h.is_stopped() => HandlerState::Pending,
         Some(h) => h.state(),
         None => e.idle,
     };

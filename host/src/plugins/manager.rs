@@ -27,7 +27,10 @@ use tokio::sync::mpsc;
 use super::watch::FileEvent;
 use crate::error::{Error, Result};
 use crate::pubsub::registry::Backend;
-use crate::router::{BoxMiddleware, HandlerHandle, HandlerSpec, HandlerState, Router};
+use crate::router::{
+    BoxHandler, BoxMiddleware, Deferred, DeferredSlot, HandlerHandle, HandlerSpec, HandlerState,
+    Router, apply_middleware, deferred,
+};
 use crate::wasm::{CompiledPlugin, Grants, InstancePool, Limits, WasmEngine, WasmHandler, World};
 
 pub use super::info::{Counts, HandlerInfo, MiddlewareVersion};
@@ -110,6 +113,8 @@ pub(super) struct Entry {
     pub(super) reloads: u64,
     /// The state shown while there is no router handler: `Pending`, `Failed` or `Stopped`.
     pub(super) idle: HandlerState,
+    /// Subscribed, its plugin still compiling: messages wait in the subscription.
+    pub(super) compiling: bool,
 }
 
 impl Entry {
@@ -165,22 +170,15 @@ pub(super) fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
 }
 
-/// `routes` grouped by handler name, each group in the order given, groups in the order of
-/// their first route.
-fn by_name(routes: Vec<HandlerRoute>) -> Vec<Vec<HandlerRoute>> {
-    let mut groups: Vec<Vec<HandlerRoute>> = Vec::new();
-    for route in routes {
-        match groups.iter_mut().find(|g| g[0].name == route.name) {
-            Some(g) => g.push(route),
-            None => groups.push(vec![route]),
-        }
-    }
-    groups
+/// A route's handler subscribed, waiting for its chain.
+struct Subscribed {
+    handle: HandlerHandle,
+    slot: DeferredSlot,
 }
 
-/// What started for a route.
-struct Started {
-    handle: HandlerHandle,
+/// What loaded for a route: its plugin's pool and the chain around it.
+struct Loaded {
+    chain: BoxHandler,
     pool: Arc<InstancePool>,
     middleware: Vec<String>,
     wasm_middleware: Vec<(String, Arc<InstancePool>)>,
@@ -216,13 +214,10 @@ impl PluginManager {
         lock(&self.reload_listeners).push(f);
     }
 
-    /// Starts every configured handler and every plugin in the folder that has a sidecar.
-    /// Configured handlers claim their names first; among sidecars, a file named after its
-    /// handler (`uppercase.wasm` for `uppercase`) claims before one that borrows the name.
-    ///
-    /// Handlers of different names start (and compile) at once, as many as the machine has
-    /// cores; routes claiming the same name start one after another in that order.
-    pub async fn start_all(self: &Arc<Self>) {
+    /// Every configured handler and every plugin in the folder that has a sidecar, in the
+    /// order they claim their names: configured handlers first; among sidecars, a file named
+    /// after its handler (`uppercase.wasm` for `uppercase`) before one that borrows the name.
+    fn initial_routes(&self) -> Vec<HandlerRoute> {
         let mut routes = self.configured.clone();
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
             .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
@@ -235,14 +230,42 @@ impl PluginManager {
             .collect();
         sidecars.sort_by_key(|r| Path::new(&r.plugin).file_stem() != Some(r.name.as_ref()));
         routes.extend(sidecars);
+        routes
+    }
+
+    /// Starts every handler of [`Self::initial_routes`] and waits until each is loaded.
+    pub async fn start_all(self: &Arc<Self>) {
+        let loading = self.subscribe_all().await;
+        loading.await;
+    }
+
+    /// Subscribes every handler of [`Self::initial_routes`] (each claims its name, subscribes
+    /// its topic and is listed as compiling) and returns the work that compiles their plugins,
+    /// as many at once as the machine has cores. A message published from now on waits in its
+    /// handler's subscription until the plugin is loaded, so the host can answer on HTTP while
+    /// large components compile (`GET /readyz` names them).
+    pub async fn subscribe_all(
+        self: &Arc<Self>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut subscribed = Vec::new();
+        for route in self.initial_routes() {
+            if let Some(s) = self.subscribe(&route) {
+                subscribed.push((route, s));
+            }
+        }
+        for (_, s) in &subscribed {
+            s.handle.started().await;
+        }
+        let manager = self.clone();
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
-        futures::stream::iter(by_name(routes))
-            .for_each_concurrent(parallel, |group| async move {
-                for route in group {
-                    self.start(route).await;
-                }
-            })
-            .await;
+        async move {
+            futures::stream::iter(subscribed)
+                .for_each_concurrent(parallel, |(route, s)| {
+                    let manager = manager.clone();
+                    async move { manager.load(route, s).await }
+                })
+                .await;
+        }
     }
 
     /// The route of `wasm`'s sidecar, if it has one and the config does not bind the file.
@@ -275,9 +298,18 @@ impl PluginManager {
     /// Claims the route's handler name for its file and starts the handler. A name owned by
     /// another file is refused (the owner is not touched).
     pub(super) async fn start(self: &Arc<Self>, route: HandlerRoute) {
+        if let Some(s) = self.subscribe(&route) {
+            self.load(route, s).await;
+        }
+    }
+
+    /// Claims the route's handler name for its file and subscribes a handler whose chain comes
+    /// when [`Self::load`] has compiled the plugin. `None` when the name is not claimed (owned
+    /// by another file, already running) or the subscription could not be added.
+    fn subscribe(self: &Arc<Self>, route: &HandlerRoute) -> Option<Subscribed> {
         let name = route.name.clone();
+        let mut guard = lock(&self.state);
         {
-            let mut guard = lock(&self.state);
             let st = &mut *guard;
             st.refused
                 .retain(|r| !(r.route.plugin == route.plugin && r.route.name == name));
@@ -296,14 +328,17 @@ impl PluginManager {
                         owner.route.plugin, route.plugin
                     );
                     tracing::error!(handler = %name, plugin = %route.plugin, owner = %owner.route.plugin, "handler name taken, refused; the owner is not touched: {error}");
-                    st.refused.push(Refused { route, error });
-                    return;
+                    st.refused.push(Refused {
+                        route: route.clone(),
+                        error,
+                    });
+                    return None;
                 }
                 Some(e)
                     if e.is_live() || (e.handle.is_none() && e.idle == HandlerState::Pending) =>
                 {
                     tracing::warn!(handler = %name, plugin = %route.plugin, "already running or starting; not started again");
-                    return;
+                    return None;
                 }
                 Some(e) => {
                     e.route = route.clone();
@@ -323,12 +358,50 @@ impl PluginManager {
                             last_error: None,
                             reloads: 0,
                             idle: HandlerState::Pending,
+                            compiling: false,
                         },
                     );
                 }
             }
         }
-        let result = self.try_start(&route).await;
+        let (handler, slot) = deferred();
+        let subscribed = self
+            .subscription(route, handler)
+            .map(|handle| Subscribed { handle, slot });
+        let e = guard.entries.get_mut(&name)?;
+        match subscribed {
+            Ok(s) => {
+                e.handle = Some(s.handle.clone());
+                e.compiling = true;
+                Some(s)
+            }
+            Err(err) => {
+                tracing::error!(handler = %name, plugin = %route.plugin, "cannot subscribe handler: {err}");
+                e.idle = HandlerState::Failed;
+                e.last_error = Some(err.to_string());
+                None
+            }
+        }
+    }
+
+    /// Compiles the route's plugin and its middleware and puts the chain behind the
+    /// subscription; on failure the subscription stops (its waiting messages are nacked, back
+    /// to the broker) and the handler is listed as failed with the reason.
+    async fn load(self: &Arc<Self>, route: HandlerRoute, subscribed: Subscribed) {
+        let name = route.name.clone();
+        let Subscribed { handle, slot } = subscribed;
+        let result = self.try_load(&route).await.map_err(|e| e.to_string());
+        match &result {
+            Ok(l) => slot.fill(l.chain.clone()),
+            Err(_) => {
+                slot.fail(format!(
+                    "handler {name:?}: plugin {} did not load",
+                    route.plugin
+                ));
+                handle.stop();
+                handle.stopped().await;
+            }
+        }
         let mut st = lock(&self.state);
         let Some(e) = st
             .entries
@@ -336,15 +409,13 @@ impl PluginManager {
             .filter(|e| e.route.plugin == route.plugin)
         else {
             // Released while starting (cannot happen while a file's events run in order).
-            if let Ok(s) = result {
-                s.handle.stop();
-            }
+            handle.stop();
             return;
         };
+        e.compiling = false;
         match result {
             Ok(s) => {
                 tracing::info!(handler = %name, plugin = %route.plugin, sha256 = %short(&s.pool.current().sha256), "handler loaded");
-                e.handle = Some(s.handle);
                 e.pool = Some(s.pool);
                 e.middleware = s.middleware;
                 e.wasm_middleware = s
@@ -358,18 +429,39 @@ impl PluginManager {
                     })
                     .collect();
             }
-            Err(err) => {
-                tracing::error!(handler = %name, plugin = %route.plugin, "cannot start handler: {err}");
+            Err(reason) => {
+                tracing::error!(handler = %name, plugin = %route.plugin, "cannot start handler: {reason}");
+                e.handle = None;
                 e.idle = HandlerState::Failed;
                 e.pool = None;
                 e.middleware = Vec::new();
                 e.wasm_middleware = Vec::new();
-                e.last_error = Some(err.to_string());
+                e.last_error = Some(reason);
             }
         }
     }
 
-    async fn try_start(&self, route: &HandlerRoute) -> Result<Started> {
+    /// A router handler for `route` running `handler` (no middleware: the chain is inside).
+    fn subscription(&self, route: &HandlerRoute, handler: Deferred) -> Result<HandlerHandle> {
+        let sub = self.backend(&route.subscribe.pubsub)?.subscriber.clone();
+        let mut spec = HandlerSpec::new(
+            route.name.clone(),
+            route.subscribe.topic.clone(),
+            sub,
+            Arc::new(handler),
+        )
+        .concurrency(route.concurrency)
+        .batch(route.batch);
+        if let Some(p) = &route.publish {
+            spec = spec.publish_to(p.topic.clone(), self.backend(&p.pubsub)?.publisher.clone());
+        }
+        if let Some(k) = &route.order_key {
+            spec = spec.order_key(k.clone());
+        }
+        self.router.add(spec)
+    }
+
+    async fn try_load(&self, route: &HandlerRoute) -> Result<Loaded> {
         let plugin: Arc<CompiledPlugin> = self
             .engine
             .compile_file(&super::confine::confined(
@@ -399,19 +491,14 @@ impl PluginManager {
             grants,
             route.concurrency,
         ));
-        let sub = self.backend(&route.subscribe.pubsub)?.subscriber.clone();
-        let mut spec = HandlerSpec::new(
-            route.name.clone(),
-            route.subscribe.topic.clone(),
-            sub,
-            Arc::new(WasmHandler::batched(pool.clone(), route.batch)),
-        )
-        .concurrency(route.concurrency.max(route.batch));
-        if let Some(p) = &route.publish {
-            spec = spec.publish_to(p.topic.clone(), self.backend(&p.pubsub)?.publisher.clone());
-        }
-        if let Some(k) = &route.order_key {
-            spec = spec.order_key(k.clone());
+        if route.batch > 1 && !pool.supports_batch() {
+            tracing::warn!(
+                handler = %route.name,
+                plugin = %route.plugin,
+                "batch = {}: the plugin exports no handle-batch (a wasmill:plugin@0.1.0 \
+                 handler); it is called once per message of each batch",
+                route.batch
+            );
         }
         // Building compiles the `{ wasm }` middleware: off the async threads.
         let built = {
@@ -427,12 +514,9 @@ impl PluginManager {
                 })??
         };
         let names = built.chain.iter().map(|m| m.name().to_string()).collect();
-        for m in built.chain {
-            spec = spec.middleware(m);
-        }
-        let handle = self.router.add(spec)?;
-        Ok(Started {
-            handle,
+        let handler: BoxHandler = Arc::new(WasmHandler::new(pool.clone()));
+        Ok(Loaded {
+            chain: apply_middleware(handler, &built.chain),
             pool,
             middleware: names,
             wasm_middleware: built.wasm,
@@ -497,44 +581,5 @@ impl PluginManager {
                 let _ = tx.send(FileEvent::Ready(self.dir.join(file)));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod by_name_tests {
-    use super::*;
-
-    fn route(name: &str, plugin: &str) -> HandlerRoute {
-        HandlerRoute {
-            name: name.into(),
-            plugin: plugin.into(),
-            subscribe: TopicRef {
-                pubsub: "memory".into(),
-                topic: "in".into(),
-            },
-            publish: None,
-            concurrency: 1,
-            batch: 1,
-            order_key: None,
-            limits: Limits::default(),
-            allow_publish: Vec::new(),
-            middleware: Vec::new(),
-            from_sidecar: true,
-            on_failure: None,
-        }
-    }
-
-    #[test]
-    fn routes_of_one_name_stay_together_in_order() {
-        let groups = by_name(vec![
-            route("a", "a.wasm"),
-            route("b", "b.wasm"),
-            route("a", "dup.wasm"),
-        ]);
-        let plugins: Vec<Vec<&str>> = groups
-            .iter()
-            .map(|g| g.iter().map(|r| r.plugin.as_str()).collect())
-            .collect();
-        assert_eq!(plugins, vec![vec!["a.wasm", "dup.wasm"], vec!["b.wasm"]]);
     }
 }

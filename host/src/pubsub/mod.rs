@@ -169,6 +169,12 @@ impl std::fmt::Debug for Source {
 pub trait MessageSource: Send + 'static {
     /// The next message, or `None` when the source has ended.
     async fn next(&mut self) -> Option<Message>;
+
+    /// The next message if one can be handed out at once, without waiting or asking the
+    /// broker (the router fills a `batch` with these); `None` otherwise.
+    fn try_next(&mut self) -> Option<Message> {
+        None
+    }
 }
 
 /// The backend's end of a subscription: where it sends messages and learns of cancellation.
@@ -221,6 +227,18 @@ impl Subscription {
                 m = src.next() => m,
                 _ = self.cancel.cancelled() => None,
             },
+        }
+    }
+
+    /// The next message if one is at hand now (received, within the in-flight limit), without
+    /// waiting; `None` otherwise, or once the subscription has ended.
+    pub fn try_recv(&mut self) -> Option<Message> {
+        if self.cancel.is_cancelled() {
+            return None;
+        }
+        match &mut self.source {
+            Source::Channel(rx) => rx.try_recv().ok(),
+            Source::Pull(src) => src.try_next(),
         }
     }
 

@@ -180,36 +180,50 @@ impl<F: Fetcher> ReadAhead<F> {
     }
 }
 
+impl<F: Fetcher> ReadAhead<F> {
+    /// A message that can be handed out now without a fetch, if any (and if in-flight room).
+    fn take_ready(&mut self) -> Option<Message> {
+        self.reap();
+        if self.in_flight.len() >= self.options.max_in_flight {
+            return None;
+        }
+        if let Some((due, _, _)) = self.redeliver.front()
+            && *due <= Instant::now()
+            && let Some((_, msg, receipt)) = self.redeliver.pop_front()
+        {
+            return Some(self.hand_out(msg.copy(), receipt));
+        }
+        // With one in flight, a waiting redelivery goes before anything newer (order).
+        if !(self.redeliver.is_empty() || self.options.max_in_flight > 1) {
+            return None;
+        }
+        self.give_back_stale();
+        let (_, msg, receipt) = self.buffer.pop_front()?;
+        Some(self.hand_out(msg, receipt))
+    }
+}
+
 #[async_trait]
 impl<F: Fetcher> super::MessageSource for ReadAhead<F> {
+    fn try_next(&mut self) -> Option<Message> {
+        self.take_ready()
+    }
+
     async fn next(&mut self) -> Option<Message> {
         // Messages are often ready without waiting: take part in tokio's cooperative budget.
         tokio::task::consume_budget().await;
         loop {
-            self.reap();
-            let room = self.in_flight.len() < self.options.max_in_flight;
-            if room {
-                if let Some((due, _, _)) = self.redeliver.front()
-                    && *due <= Instant::now()
-                    && let Some((_, msg, receipt)) = self.redeliver.pop_front()
-                {
-                    return Some(self.hand_out(msg.copy(), receipt));
-                }
-                // With one in flight, a waiting redelivery goes before anything newer (order).
-                if self.redeliver.is_empty() || self.options.max_in_flight > 1 {
-                    self.give_back_stale();
-                    if let Some((_, msg, receipt)) = self.buffer.pop_front() {
-                        return Some(self.hand_out(msg, receipt));
-                    }
-                    if self.redeliver.is_empty() {
-                        let max = self.options.read_count;
-                        let batch = self.fetcher().fetch(max).await;
-                        let since = batch.since;
-                        self.buffer
-                            .extend(batch.messages.into_iter().map(|(m, r)| (since, m, r)));
-                        continue;
-                    }
-                }
+            if let Some(msg) = self.take_ready() {
+                return Some(msg);
+            }
+            // Nothing at hand: fetch when there is room and no redelivery waits its turn.
+            if self.in_flight.len() < self.options.max_in_flight && self.redeliver.is_empty() {
+                let max = self.options.read_count;
+                let batch = self.fetcher().fetch(max).await;
+                let since = batch.since;
+                self.buffer
+                    .extend(batch.messages.into_iter().map(|(m, r)| (since, m, r)));
+                continue;
             }
             // Nothing to hand out now: wait for a settlement or the next redelivery time.
             let due = self.redeliver.front().map(|(due, _, _)| *due);

@@ -23,6 +23,17 @@ pub trait Handler: Send + Sync + 'static {
     /// Handles `msg`. On `Ok`, the router publishes the returned messages to the handler's
     /// publish topic and then acks `msg`; on `Err`, it nacks `msg`.
     async fn handle(&self, msg: Message) -> HandlerResult;
+
+    /// Handles several messages at once (a handler with `batch = N`): one result per message,
+    /// in order. By default each message is handled on its own, one after another, so a
+    /// middleware that does not override it runs around every message as with `handle`.
+    async fn handle_batch(&self, msgs: Vec<Message>) -> Vec<HandlerResult> {
+        let mut out = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            out.push(self.handle(msg).await);
+        }
+        out
+    }
 }
 
 /// A shared handler; middleware produce and consume these.

@@ -1,6 +1,7 @@
 //! The router: subscribes each handler to its topic, runs every message through the handler's
 //! middleware chain and publishes what the handler produced before acking.
 
+mod deferred;
 mod handler;
 pub mod middleware;
 pub mod plugin;
@@ -9,8 +10,11 @@ mod routing;
 mod stats;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_batch;
 mod worker;
 
+pub use deferred::{Deferred, DeferredSlot, deferred};
 pub use handler::{
     BoxHandler, BoxMiddleware, Handler, HandlerResult, Middleware, apply_middleware, handler_fn,
     middleware_fn,

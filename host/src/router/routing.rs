@@ -51,6 +51,9 @@ pub struct HandlerSpec {
     /// With `concurrency` > 1: messages with equal values of this metadata key are processed
     /// one at a time, in the order received.
     pub order_key: Option<String>,
+    /// Up to how many messages go to the chain at once ([`Handler::handle_batch`]): those at
+    /// hand when one arrives, never waiting for more. 1: one message at a time.
+    pub batch: usize,
 }
 
 impl HandlerSpec {
@@ -70,6 +73,7 @@ impl HandlerSpec {
             middleware: Vec::new(),
             concurrency: 1,
             order_key: None,
+            batch: 1,
         }
     }
 
@@ -88,6 +92,15 @@ impl HandlerSpec {
     /// Processes up to `n` messages at once.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
+        self
+    }
+
+    /// Hands the chain up to `n` messages at once: after each message received, those already
+    /// at hand (up to `n` in all) go with it in one [`Handler::handle_batch`]; a lone message
+    /// never waits for company. Batches run `concurrency` at a time (one at a time, in order,
+    /// with an `order_key`).
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n.max(1);
         self
     }
 
@@ -506,8 +519,13 @@ async fn run_handler(
     tasks: TaskTracker,
 ) {
     let name = &spec.name;
+    let batching = spec.batch > 1;
     let options = SubscribeOptions {
-        max_in_flight: spec.concurrency,
+        max_in_flight: if batching {
+            spec.batch * spec.concurrency
+        } else {
+            spec.concurrency
+        },
     };
     let subscription = tokio::select! {
         r = spec.subscriber.subscribe_with(&spec.subscribe_topic, options) => r,
@@ -533,7 +551,19 @@ async fn run_handler(
     tracing::info!(handler = %name, topic = %spec.subscribe_topic, "handler started");
 
     let in_flight = TaskTracker::new();
-    if spec.concurrency <= 1 {
+    if batching {
+        let batches = spec.concurrency.max(1);
+        let lanes = if spec.order_key.is_some() { 1 } else { batches };
+        run_in_batches(
+            &mut subscription,
+            &entry,
+            &worker,
+            &in_flight,
+            lanes,
+            spec.batch,
+        )
+        .await;
+    } else if spec.concurrency <= 1 {
         while let Some(msg) = next_message(&mut subscription, &entry.stop).await {
             worker.process(msg).await;
         }
@@ -575,6 +605,40 @@ async fn next_message(sub: &mut Subscription, stop: &CancellationToken) -> Optio
         biased;
         _ = stop.cancelled() => None,
         m = sub.recv() => m,
+    }
+}
+
+/// Batches of up to `size` messages, `lanes` of them at a time (one: in order, in this task).
+async fn run_in_batches(
+    sub: &mut Subscription,
+    entry: &HandlerEntry,
+    worker: &Arc<Worker>,
+    in_flight: &TaskTracker,
+    lanes: usize,
+    size: usize,
+) {
+    let permits = Arc::new(Semaphore::new(lanes));
+    while let Some(first) = next_message(sub, &entry.stop).await {
+        let mut batch = Vec::with_capacity(size);
+        batch.push(first);
+        while batch.len() < size {
+            match sub.try_recv() {
+                Some(m) => batch.push(m),
+                None => break,
+            }
+        }
+        if lanes <= 1 {
+            worker.process_batch(batch).await;
+            continue;
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let worker = worker.clone();
+        in_flight.spawn(async move {
+            worker.process_batch(batch).await;
+            drop(permit);
+        });
     }
 }
 

@@ -4,41 +4,21 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::coalesce::Coalescer;
 use super::instance::InstancePool;
 use crate::message::Message;
 use crate::router::{BoxHandler, Handler, HandlerResult, Middleware};
 
-/// A handler component bound to one subscriber, with its instance pool.
+/// A handler component bound to one subscriber, with its instance pool. With `batch = N` the
+/// router hands it up to N messages at once: one `handle-batch` call into a 0.2.0 guest.
 #[derive(Clone)]
 pub struct WasmHandler {
     pool: Arc<InstancePool>,
-    /// With `batch = N` > 1: the queue that gathers messages into `handle-batch` calls.
-    batch: Option<Arc<Coalescer>>,
 }
 
 impl WasmHandler {
-    /// A handler running calls in `pool`, one message per call.
+    /// A handler running calls in `pool`.
     pub fn new(pool: Arc<InstancePool>) -> Self {
-        WasmHandler { pool, batch: None }
-    }
-
-    /// A handler handing the guest up to `max` messages per call (`batch = N`). A plugin
-    /// without `handle-batch` (0.1.0) is called once per message, with a warning.
-    pub fn batched(pool: Arc<InstancePool>, max: usize) -> Self {
-        if max <= 1 {
-            return Self::new(pool);
-        }
-        if !pool.supports_batch() {
-            tracing::warn!(
-                plugin = %pool.current().name,
-                "batch = {max}: the plugin exports no handle-batch (a wasmill:plugin@0.1.0 \
-                 handler); it is called once per message"
-            );
-            return Self::new(pool);
-        }
-        let batch = Some(Coalescer::new(pool.clone(), max));
-        WasmHandler { pool, batch }
+        WasmHandler { pool }
     }
 
     /// The instance pool (version, limits, fuel used, hot swap).
@@ -50,10 +30,11 @@ impl WasmHandler {
 #[async_trait]
 impl Handler for WasmHandler {
     async fn handle(&self, msg: Message) -> HandlerResult {
-        match &self.batch {
-            Some(b) => b.handle(msg).await,
-            None => self.pool.call(&msg, None).await,
-        }
+        self.pool.call(&msg, None).await
+    }
+
+    async fn handle_batch(&self, msgs: Vec<Message>) -> Vec<HandlerResult> {
+        self.pool.call_batch(&msgs).await
     }
 }
 

@@ -6,7 +6,6 @@ pub mod adapters;
 pub mod batch;
 pub mod bindings;
 pub mod cache;
-pub mod coalesce;
 pub mod component;
 pub mod convert;
 pub mod engine;

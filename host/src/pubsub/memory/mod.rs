@@ -399,34 +399,47 @@ impl MemorySource {
     }
 }
 
+impl MemorySource {
+    /// A message that can be handed out now without waiting, if any (and if in-flight room).
+    fn take_ready(&mut self) -> Option<Message> {
+        self.reap();
+        if self.in_flight.len() >= self.max_in_flight {
+            return None;
+        }
+        if let Some((due, _)) = self.redeliver.front()
+            && *due <= Instant::now()
+        {
+            let (_, env) = self.redeliver.pop_front()?;
+            return Some(self.hand_out(env, false));
+        }
+        // With one in flight, a waiting redelivery goes before anything newer (order).
+        if !(self.redeliver.is_empty() || self.max_in_flight > 1) {
+            return None;
+        }
+        if let Some(env) = self.backlog.pop_front() {
+            return Some(self.hand_out(env, true));
+        }
+        let env = self.queue.try_recv().ok()?;
+        Some(self.hand_out(env, true))
+    }
+}
+
 #[async_trait]
 impl super::MessageSource for MemorySource {
+    fn try_next(&mut self) -> Option<Message> {
+        self.take_ready()
+    }
+
     async fn next(&mut self) -> Option<Message> {
         let _keep_registered = &self.registration;
         // Messages are often ready without waiting; take part in tokio's cooperative budget so
         // a consumer that nacks in a loop (immediate redelivery) cannot starve other tasks.
         tokio::task::consume_budget().await;
         loop {
-            self.reap();
-            let room = self.in_flight.len() < self.max_in_flight;
-            if room {
-                if let Some((due, _)) = self.redeliver.front()
-                    && *due <= Instant::now()
-                {
-                    let (_, env) = self.redeliver.pop_front()?;
-                    return Some(self.hand_out(env, false));
-                }
-                // With one in flight, a waiting redelivery goes before anything newer (order).
-                let may_take_new = self.redeliver.is_empty() || self.max_in_flight > 1;
-                if may_take_new {
-                    if let Some(env) = self.backlog.pop_front() {
-                        return Some(self.hand_out(env, true));
-                    }
-                    if let Ok(env) = self.queue.try_recv() {
-                        return Some(self.hand_out(env, true));
-                    }
-                }
+            if let Some(msg) = self.take_ready() {
+                return Some(msg);
             }
+            let room = self.in_flight.len() < self.max_in_flight;
             // Nothing ready: wait for a new message, a settlement or a redelivery time.
             let redeliver_at = self.redeliver.front().map(|(due, _)| *due);
             let take_new = room && (self.redeliver.is_empty() || self.max_in_flight > 1);

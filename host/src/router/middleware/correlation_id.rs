@@ -31,14 +31,31 @@ impl Handler for Correlating {
     async fn handle(&self, msg: Message) -> HandlerResult {
         let id = correlation_id(&msg).to_string();
         let mut out = self.0.handle(msg).await?;
-        if !id.is_empty() {
-            for m in &mut out {
-                if !m.metadata.contains(CORRELATION_ID) {
-                    set_correlation_id(m, id.clone());
-                }
+        stamp(&id, &mut out);
+        Ok(out)
+    }
+
+    async fn handle_batch(&self, msgs: Vec<Message>) -> Vec<HandlerResult> {
+        let ids: Vec<String> = msgs.iter().map(|m| correlation_id(m).to_string()).collect();
+        let mut results = self.0.handle_batch(msgs).await;
+        for (id, result) in ids.into_iter().zip(&mut results) {
+            if let Ok(out) = result {
+                stamp(&id, out);
             }
         }
-        Ok(out)
+        results
+    }
+}
+
+/// Gives the outputs lacking a correlation id the input's `id` (if it has one).
+fn stamp(id: &str, out: &mut [Message]) {
+    if id.is_empty() {
+        return;
+    }
+    for m in out {
+        if !m.metadata.contains(CORRELATION_ID) {
+            set_correlation_id(m, id.to_string());
+        }
     }
 }
 

@@ -167,7 +167,25 @@ struct Poisoning {
 #[async_trait]
 impl Handler for Poisoning {
     async fn handle(&self, msg: Message) -> HandlerResult {
-        let err = match self.next.handle(msg.clone()).await {
+        let result = self.next.handle(msg.clone()).await;
+        self.poison_failed(msg, result).await
+    }
+
+    async fn handle_batch(&self, msgs: Vec<Message>) -> Vec<HandlerResult> {
+        let results = self.next.handle_batch(msgs.clone()).await;
+        let mut out = Vec::with_capacity(msgs.len());
+        for (msg, result) in msgs.into_iter().zip(results) {
+            out.push(self.poison_failed(msg, result).await);
+        }
+        out
+    }
+}
+
+impl Poisoning {
+    /// `result` of handling `msg`, a failure (that the filter lets through) turned into the
+    /// message in the poison queue and a success.
+    async fn poison_failed(&self, msg: Message, result: HandlerResult) -> HandlerResult {
+        let err = match result {
             Ok(out) => return Ok(out),
             Err(e) => e,
         };

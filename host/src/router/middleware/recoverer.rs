@@ -97,6 +97,21 @@ impl Handler for Recovering {
             }
         }
     }
+
+    /// The batch together; if it panics, each message again on its own, so only the
+    /// message(s) that panic alone fail.
+    async fn handle_batch(&self, msgs: Vec<Message>) -> Vec<HandlerResult> {
+        let chain = Marked(self.0.handle_batch(msgs.clone()));
+        if let Ok(results) = AssertUnwindSafe(chain).catch_unwind().await {
+            return results;
+        }
+        LAST_PANIC.with(|p| p.borrow_mut().take());
+        let mut out = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            out.push(self.handle(msg).await);
+        }
+        out
+    }
 }
 
 impl Middleware for Recoverer {

@@ -107,9 +107,33 @@ struct Retrying {
 impl Handler for Retrying {
     async fn handle(&self, msg: Message) -> HandlerResult {
         let started = tokio::time::Instant::now();
+        let first = self.next.handle(msg.clone()).await;
+        self.retry_after(msg, first, started).await
+    }
+
+    /// The batch's first attempt together; each message that failed is retried on its own.
+    async fn handle_batch(&self, msgs: Vec<Message>) -> Vec<HandlerResult> {
+        let started = tokio::time::Instant::now();
+        let first = self.next.handle_batch(msgs.clone()).await;
+        let mut out = Vec::with_capacity(msgs.len());
+        for (msg, result) in msgs.into_iter().zip(first) {
+            out.push(self.retry_after(msg, result, started).await);
+        }
+        out
+    }
+}
+
+impl Retrying {
+    /// Retries `msg` after an attempt that gave `result`, as the policy says.
+    async fn retry_after(
+        &self,
+        msg: Message,
+        mut result: HandlerResult,
+        started: tokio::time::Instant,
+    ) -> HandlerResult {
         let mut retry_num = 0;
         loop {
-            let err = match self.next.handle(msg.clone()).await {
+            let err = match result {
                 Ok(out) => return Ok(out),
                 Err(e) => e,
             };
@@ -140,6 +164,7 @@ impl Handler for Retrying {
                 // close_timeout; the nacked message is delivered again later.
                 _ = closing.cancelled() => return Err(err),
             }
+            result = self.next.handle(msg.clone()).await;
         }
     }
 }
