@@ -47,7 +47,7 @@ for manifest in "$plugins"/*/Cargo.toml; do
 done
 # The Python and JavaScript examples (plugins/*-py, plugins/*-js), with the toolchains that
 # scripts/setup.sh installs; each is rebuilt only when one of its files is newer than its .wasm.
-export PATH="$HOME/.local/bin:$PATH"
+export PATH="$HOME/.local/bin:$HOME/.cargo/bin:$PATH"
 wit="$root/wit/v0.2.0"
 for dir in "$plugins"/*/; do
     dir="${dir%/}"
@@ -56,12 +56,13 @@ for dir in "$plugins"/*/; do
     sdks="$root/host/src/cli/scaffold/templates"
     if [[ -f "$dir/pyproject.toml" ]]; then tool=componentize-py; sdk="$sdks/python/wasmill.py"
     elif [[ -f "$dir/package.json" ]]; then tool=componentize-js; sdk="$sdks/js/wasmill.js"
+    elif [[ -f "$dir/Makefile" ]]; then tool=wasm-tools; sdk="$sdks/c/wasmill.h"
     else continue
     fi
     # The thin SDK, as `wasmill new` writes it into a project (one source, not committed twice).
     if ! cmp -s "$sdk" "$dir/$(basename "$sdk")"; then cp "$sdk" "$dir/"; fi
     built=$((built + 1))
-    if [[ -f "$dest" && -z "$(find -L "$dir" -newer "$dest" -type f -not -path '*/node_modules/*' -not -name '*.pyc' | head -1)" ]]; then
+    if [[ -f "$dest" && -z "$(find -L "$dir" -newer "$dest" -type f -not -path '*/node_modules/*' -not -path '*/build/*' -not -name '*.pyc' | head -1)" ]]; then
         continue
     fi
     if ! command -v "$tool" >/dev/null 2>&1; then
@@ -71,6 +72,9 @@ for dir in "$plugins"/*/; do
     tmp="$plugins/.$name.tmp.wasm"
     if [[ "$tool" == componentize-py ]]; then
         (cd "$dir" && componentize-py -d "$wit" -w wasmill:plugin/handler@0.2.0 componentize app -p . -o "$tmp" >/dev/null)
+    elif [[ "$tool" == wasm-tools ]]; then
+        make --no-print-directory -s -C "$dir" WIT="$wit" "$name.wasm" >/dev/null
+        mv -f "$dir/$name.wasm" "$tmp"
     else
         (cd "$dir" && componentize-js app.js --wit "$wit" -n wasmill:plugin/handler@0.2.0 -d http fetch-event -o "$tmp" >/dev/null)
     fi

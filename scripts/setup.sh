@@ -3,7 +3,9 @@
 # idempotently, saying what it does:
 #   - the wasm32-wasip2 Rust target (Rust plugins compile to components directly with it);
 #   - componentize-py (PyPI), which builds Python plugins (bundles CPython into the component);
-#   - componentize-js (npm), which builds JavaScript plugins (bundles StarlingMonkey).
+#   - componentize-js (npm), which builds JavaScript plugins (bundles StarlingMonkey);
+#   - for C plugins: clang, lld and wasi-libc (Debian packages, through apt-get: as root, or
+#     with sudo), wit-bindgen-cli and wasm-tools (crates.io, cargo install, ~3 min each).
 # Python and npm tools go to the user's ~/.local (no root needed); `wasmill build` looks there
 # as well as on PATH. Set WASMILL_SKIP_GUESTS=1 to install the Rust target only.
 set -euo pipefail
@@ -28,4 +30,24 @@ fi
 if ! componentize-js --version 2>/dev/null | grep -q "$COMPONENTIZE_JS"; then
   echo "setup: npm install -g --prefix ~/.local @bytecodealliance/componentize-js@$COMPONENTIZE_JS (builds JavaScript plugins)"
   npm install --silent -g --prefix "$HOME/.local" "@bytecodealliance/componentize-js@$COMPONENTIZE_JS"
+fi
+
+WIT_BINDGEN=0.63.0
+WASM_TOOLS=1.263.0
+missing=()
+for pkg in clang lld wasi-libc; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: apt-get install ${missing[*]} (builds C plugins)"
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
+  $sudo_ apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! wit-bindgen --version 2>/dev/null | grep -q "$WIT_BINDGEN"; then
+  echo "setup: cargo install wit-bindgen-cli@$WIT_BINDGEN (C bindings of the WIT)"
+  cargo install --quiet --locked "wit-bindgen-cli@$WIT_BINDGEN" --no-default-features --features c
+fi
+if ! wasm-tools --version 2>/dev/null | grep -q "$WASM_TOOLS"; then
+  echo "setup: cargo install wasm-tools@$WASM_TOOLS (makes C modules components)"
+  cargo install --quiet --locked "wasm-tools@$WASM_TOOLS" --no-default-features --features component
 fi

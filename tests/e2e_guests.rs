@@ -87,6 +87,37 @@ fn edit_handler(project: &Path, lang: &str) -> anyhow::Result<()> {
   return msg;
 "#,
         ),
+        "c" => (
+            "up-c.c",
+            "    return wasmill_emit(out, msg);\n",
+            r#"    wasmill_bytes_t p = wasmill_payload(msg);
+#define IS(s) (p.len == strlen(s) && memcmp(p.ptr, s, p.len) == 0)
+    if (IS("perm") || IS("boom") || IS("spin") || IS("hog")) {
+        bool perm = IS("perm"), boom = IS("boom"), spin = IS("spin");
+        wasmill_bytes_free(&p);
+        wasmill_drop(msg);
+        if (perm) return wasmill_fail(out, "told to fail", false);
+        if (boom) return wasmill_fail(out, "boom", true);
+        if (spin) {
+            for (volatile int i = 0;; i++) {
+            }
+        }
+        // volatile: the compiler may not drop allocations it can see are never read.
+        volatile char *hog[64];
+        for (int i = 0; i < 64; i++) {
+            hog[i] = malloc(1 << 24);
+            if (!hog[i]) return wasmill_fail(out, "out of memory", false);
+            hog[i][(1 << 24) - 1] = (char)i;
+        }
+        return wasmill_fail(out, hog[63][(1 << 24) - 1] == 63 ? "held 64" : "held ?", false);
+    }
+    for (size_t i = 0; i < p.len; i++) {
+        if (p.ptr[i] >= 'a' && p.ptr[i] <= 'z') p.ptr[i] -= 32;
+    }
+    wasmill_set_payload(msg, p);
+    return wasmill_emit(out, msg);
+"#,
+        ),
         other => anyhow::bail!("no edit for {other}"),
     };
     let path = project.join(file);
@@ -189,11 +220,16 @@ async fn a_javascript_handler_scaffolded_outside_the_repository_builds_and_serve
     scaffold_build_and_serve("js").await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_c_handler_scaffolded_outside_the_repository_builds_and_serves() -> anyhow::Result<()> {
+    scaffold_build_and_serve("c").await
+}
+
 #[test]
 fn a_middleware_scaffolded_in_each_language_builds() -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let out = work.path().join("out");
-    for lang in ["rust", "python", "js"] {
+    for lang in ["rust", "python", "js", "c"] {
         let name = format!("mw-{lang}");
         let (ok, o, e) = cli(work.path(), &["new", "middleware", &name, "--lang", lang])?;
         anyhow::ensure!(ok, "new middleware --lang {lang}: {o}{e}");
@@ -220,6 +256,7 @@ async fn the_example_plugins_answer_alike_in_every_language() -> anyhow::Result<
         "uppercase",
         "uppercase-py",
         "uppercase-js",
+        "uppercase-c",
         "json-enrich",
         "json-enrich-py",
         "json-enrich-js",

@@ -11,7 +11,7 @@ use crate::cli::scaffold::{JS_SDK, Kind, PYTHON_SDK, WIT};
 
 /// Writes the thin SDK (`file`, `text`) into a project that has none (a checkout that does not
 /// commit it, or a hand-made project), saying so.
-fn ensure_sdk(project: &Path, file: &str, text: &str) -> Result<()> {
+pub(super) fn ensure_sdk(project: &Path, file: &str, text: &str) -> Result<()> {
     let path = project.join(file);
     if !path.exists() {
         println!("build: writing the SDK {} (it was missing)", path.display());
@@ -22,7 +22,7 @@ fn ensure_sdk(project: &Path, file: &str, text: &str) -> Result<()> {
 
 /// The project's `wit/` folder, or the embedded WIT written into a temporary one (removed
 /// when the guard drops).
-fn wit_dir(project: &Path) -> Result<(PathBuf, Option<TempWit>)> {
+pub(super) fn wit_dir(project: &Path) -> Result<(PathBuf, Option<TempWit>)> {
     let own = project.join("wit");
     if own.is_dir() {
         return Ok((own, None));
@@ -34,7 +34,7 @@ fn wit_dir(project: &Path) -> Result<(PathBuf, Option<TempWit>)> {
 }
 
 /// A temporary WIT folder, removed on drop.
-struct TempWit(PathBuf);
+pub(super) struct TempWit(PathBuf);
 
 impl Drop for TempWit {
     fn drop(&mut self) {
@@ -42,7 +42,7 @@ impl Drop for TempWit {
     }
 }
 
-fn run(mut cmd: Command, what: &str) -> Result<()> {
+pub(super) fn run(mut cmd: Command, what: &str) -> Result<()> {
     let status = cmd.status().with_context(|| format!("run {what}"))?;
     if !status.success() {
         bail!("{what} failed ({status})");

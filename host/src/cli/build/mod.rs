@@ -1,9 +1,11 @@
 //! `wasmill build [DIR...]`: plugin projects into `.wasm` components. Each project's language
-//! is detected from its files (`Cargo.toml`, `pyproject.toml`/`app.py`, `package.json`), its
+//! is detected from its files (`Cargo.toml`, `pyproject.toml`/`app.py`, `package.json`,
+//! `wasmill.h` or a Makefile beside `.c` files), its
 //! toolchain is run, and the component is written beside the others atomically (a running host
 //! never reads half a file). A missing tool is one line saying what to install: nothing is
 //! installed behind the user's back, except the `wasm32-wasip2` target through rustup.
 
+mod c;
 mod cargo;
 mod componentize;
 
@@ -43,6 +45,8 @@ pub fn detect(dir: &Path) -> Option<Project> {
         Lang::Js
     } else if has("app.py") || wasmill_table(&dir.join("pyproject.toml")).is_some() {
         Lang::Python
+    } else if c::is_project(dir) {
+        Lang::C
     } else {
         return None;
     };
@@ -85,6 +89,7 @@ fn declared_kind(project: &Project) -> Result<Kind> {
             .as_str()
             .map(str::to_string),
         Lang::Rust => None,
+        Lang::C => return c::declared_kind(&project.dir),
     };
     world.map_or(Ok(Kind::Handler), |w| Kind::parse(&w))
 }
@@ -107,6 +112,7 @@ fn plugin_name(project: &Project) -> Result<String> {
             .ok()
             .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
             .and_then(|t| t.get("project")?.get("name")?.as_str().map(str::to_string)),
+        Lang::C => c::makefile_var(&project.dir, "NAME"),
     };
     match declared {
         Some(n) => Ok(n),
@@ -168,7 +174,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
         if found.is_empty() {
             bail!(
                 "{}: no plugin project here (Cargo.toml with src/lib.rs, pyproject.toml or \
-                 app.py, package.json)",
+                 app.py, package.json, wasmill.h or a Makefile with .c files)",
                 dir.display()
             );
         }
@@ -180,6 +186,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
                 Lang::Rust => cargo::build(&project.dir, &name, &tmp),
                 Lang::Python => componentize::python(&project.dir, declared_kind(&project)?, &tmp),
                 Lang::Js => componentize::js(&project.dir, declared_kind(&project)?, &tmp),
+                Lang::C => c::build(&project.dir, declared_kind(&project)?, &tmp),
             };
             if let Err(e) = result {
                 let _ = std::fs::remove_file(&tmp);

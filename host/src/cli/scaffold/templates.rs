@@ -50,11 +50,13 @@ pub enum Lang {
     Python,
     /// JavaScript with componentize-js.
     Js,
+    /// C with clang and wasi-libc, bindings from `wit-bindgen c`, `wasm-tools component new`.
+    C,
 }
 
 impl Lang {
     /// Every language, in the order the docs list them.
-    pub const ALL: [Lang; 3] = [Lang::Rust, Lang::Python, Lang::Js];
+    pub const ALL: [Lang; 4] = [Lang::Rust, Lang::Python, Lang::Js, Lang::C];
 
     /// `rust`, `python` (`py`), `js` (`javascript`).
     pub fn parse(s: &str) -> Result<Self> {
@@ -62,8 +64,12 @@ impl Lang {
             "rust" | "rs" => Ok(Self::Rust),
             "python" | "py" => Ok(Self::Python),
             "js" | "javascript" => Ok(Self::Js),
-            "c" | "go" => {
-                bail!("--lang {s}: not supported yet (rust, python and js are; see docs/guests/)")
+            "c" => Ok(Self::C),
+            "go" => {
+                bail!(
+                    "--lang go: not supported yet (rust, python, js and c are; see \
+                     docs/guests/README.md for why)"
+                )
             }
             other => {
                 let known: Vec<&str> = Self::ALL.iter().map(|l| l.name()).collect();
@@ -78,6 +84,7 @@ impl Lang {
             Self::Rust => "rust",
             Self::Python => "python",
             Self::Js => "js",
+            Self::C => "c",
         }
     }
 
@@ -87,9 +94,14 @@ impl Lang {
             Self::Rust => " (needs `rustup target add wasm32-wasip2`, which it runs itself)",
             Self::Python => " (needs `pip install componentize-py==0.25.1`)",
             Self::Js => " (needs `npm install -g @bytecodealliance/componentize-js@0.23.0`)",
+            Self::C => C_TOOLS_HINT,
         }
     }
 }
+
+/// What a C project needs installed.
+const C_TOOLS_HINT: &str = " (needs `apt-get install clang lld wasi-libc` and `cargo install \
+     wit-bindgen-cli@0.63.0 wasm-tools`)";
 
 /// The relative path and text of every file of a new project.
 pub fn files(name: &str, kind: Kind, lang: Lang) -> Vec<(PathBuf, String)> {
@@ -150,12 +162,28 @@ pub fn files(name: &str, kind: Kind, lang: Lang) -> Vec<(PathBuf, String)> {
             ));
             out.push((".gitignore".into(), "node_modules/\n*.wasm\n".into()));
         }
+        Lang::C => {
+            let app = match kind {
+                Kind::Handler => include_str!("templates/c/handler.c"),
+                Kind::Middleware => include_str!("templates/c/middleware.c"),
+            };
+            out.push((format!("{name}.c").into(), app.to_string()));
+            out.push(("wasmill.h".into(), C_SDK.into()));
+            out.push((
+                "Makefile".into(),
+                fill(include_str!("templates/c/Makefile")),
+            ));
+            out.push((".gitignore".into(), "build/\n*.wasm\n".into()));
+        }
     }
     out
 }
 
 /// The thin SDK of Python projects (`wasmill.py`).
 pub const PYTHON_SDK: &str = include_str!("templates/python/wasmill.py");
+
+/// The thin SDK of C projects (`wasmill.h`, over the bindings of `wit-bindgen c`).
+pub const C_SDK: &str = include_str!("templates/c/wasmill.h");
 
 /// The thin SDK of JavaScript projects (`wasmill.js`).
 pub const JS_SDK: &str = include_str!("templates/js/wasmill.js");
@@ -196,6 +224,15 @@ fn readme(name: &str, kind: Kind, lang: Lang) -> String {
             "`npm install -g @bytecodealliance/componentize-js@0.23.0` (or `npm install` here).",
             "`wasmill.js` is the thin SDK: `wasmill.handler(fn)` makes the exports; throwing \
              `wasmill.Permanent` skips retries, anything else thrown is retried.",
+        ),
+        Lang::C => (
+            "the `.c` file",
+            "clang, lld and wasi-libc (`apt-get install clang lld wasi-libc`), `wit-bindgen` and \
+             `wasm-tools` (`cargo install wit-bindgen-cli@0.63.0 wasm-tools`). `make` runs the \
+             same steps.",
+            "`wasmill.h` is the thin SDK: one function of a message is the handler \
+             (`WASMILL_HANDLER(fn)`), `wasmill_fail(out, reason, retryable)` fails a message. \
+             The host grants no WASI: log with `wasmill_log`, not `printf`.",
         ),
     };
     format!(
