@@ -260,6 +260,7 @@ async fn the_example_plugins_answer_alike_in_every_language() -> anyhow::Result<
         "json-enrich",
         "json-enrich-py",
         "json-enrich-js",
+        "json-enrich-c",
     ];
     for name in names {
         std::fs::copy(support::plugin(name), plugins.join(format!("{name}.wasm")))?;
@@ -315,7 +316,7 @@ async fn the_example_plugins_answer_alike_in_every_language() -> anyhow::Result<
     // `[1, 2]` is JSON but not an object: a permanent failure in each language, poisoned
     // without retries.
     let mut reasons = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let poisoned = next_event(&mut poisons, Duration::from_secs(30)).await?;
         reasons.push((
             poisoned["metadata"]["handler_poisoned"]
@@ -332,7 +333,7 @@ async fn the_example_plugins_answer_alike_in_every_language() -> anyhow::Result<
     for ((handler, reason), want) in
         reasons
             .iter()
-            .zip(["json-enrich", "json-enrich-js", "json-enrich-py"])
+            .zip(["json-enrich", "json-enrich-c", "json-enrich-js", "json-enrich-py"])
     {
         assert_eq!(handler, want);
         assert!(reason.starts_with("invalid json: "), "{handler}: {reason}");
