@@ -330,11 +330,12 @@ async fn the_example_plugins_answer_alike_in_every_language() -> anyhow::Result<
         ));
     }
     reasons.sort();
-    for ((handler, reason), want) in
-        reasons
-            .iter()
-            .zip(["json-enrich", "json-enrich-c", "json-enrich-js", "json-enrich-py"])
-    {
+    for ((handler, reason), want) in reasons.iter().zip([
+        "json-enrich",
+        "json-enrich-c",
+        "json-enrich-js",
+        "json-enrich-py",
+    ]) {
         assert_eq!(handler, want);
         assert!(reason.starts_with("invalid json: "), "{handler}: {reason}");
         assert_eq!(

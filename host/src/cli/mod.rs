@@ -31,6 +31,9 @@ pub fn check(file: &Path) -> Result<()> {
     for e in &info.exports {
         println!("  {e}");
     }
+    for w in wasmill::wasm::toolchain_warnings(&bytes) {
+        eprintln!("warning: {name}: {w}");
+    }
     Ok(())
 }
 

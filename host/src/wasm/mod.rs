@@ -20,6 +20,7 @@ mod sync_io;
 mod tests;
 #[cfg(test)]
 mod tests_chain;
+pub mod toolchain;
 
 pub use adapters::{WasmHandler, WasmMiddleware};
 pub use component::{CompiledPlugin, ComponentInfo, WitVersion, World, inspect};
@@ -27,3 +28,4 @@ pub use engine::{EngineConfig, WasmEngine};
 pub use instance::InstancePool;
 pub use limits::Limits;
 pub use state::Grants;
+pub use toolchain::toolchain_warnings;
