@@ -56,7 +56,11 @@ for dir in "$plugins"/*/; do
     sdks="$root/host/src/cli/scaffold/templates"
     if [[ -f "$dir/pyproject.toml" ]]; then tool=componentize-py; sdk="$sdks/python/wasmill.py"
     elif [[ -f "$dir/package.json" ]]; then tool=componentize-js; sdk="$sdks/js/wasmill.js"
-    elif [[ -f "$dir/Makefile" ]]; then tool=wasm-tools; sdk="$sdks/c/wasmill.h"
+    elif compgen -G "$dir/*.c" >/dev/null; then tool=wasm-tools; sdk="$sdks/c/wasmill.h"
+        # The Makefile as `wasmill new` writes it (from the template, not committed twice).
+        sed -e "s/{name}/$name/" -e "s/{world}/handler/" "$sdks/c/Makefile" > "$dir/.Makefile.new"
+        if cmp -s "$dir/.Makefile.new" "$dir/Makefile"; then rm -f "$dir/.Makefile.new"
+        else mv -f "$dir/.Makefile.new" "$dir/Makefile"; fi
     else continue
     fi
     # The thin SDK, as `wasmill new` writes it into a project (one source, not committed twice).
