@@ -83,7 +83,11 @@ impl Deferred {
         matches!(self.shared.outcome.get(), Some(Outcome::Ready(_)))
     }
 
+    /// The chain or the failure, once settled (at once when it is).
     async fn outcome(&self) -> &Outcome {
+        if let Some(o) = self.shared.outcome.get() {
+            return o;
+        }
         loop {
             let notified = self.shared.settled.notified();
             if let Some(o) = self.shared.outcome.get() {
@@ -97,17 +101,23 @@ impl Deferred {
 #[async_trait]
 impl Handler for Deferred {
     async fn handle(&self, msg: Message) -> HandlerResult {
-        let outcome = match self.shared.outcome.get() {
-            Some(o) => o,
-            None => self.outcome().await,
-        };
-        match outcome {
+        match self.outcome().await {
             Outcome::Ready(chain) => chain.handle(msg).await,
-            Outcome::Failed(reason) => {
-                Err(HandlerError::with_kind(ErrorKind::Handler, reason.clone()))
-            }
+            Outcome::Failed(reason) => Err(failed(reason)),
         }
     }
+
+    /// The batch goes to the chain whole (so `batch = N` reaches the plugin's `handle-batch`).
+    async fn handle_batch(&self, msgs: Vec<Message>) -> Vec<HandlerResult> {
+        match self.outcome().await {
+            Outcome::Ready(chain) => chain.handle_batch(msgs).await,
+            Outcome::Failed(reason) => msgs.iter().map(|_| Err(failed(reason))).collect(),
+        }
+    }
+}
+
+fn failed(reason: &str) -> HandlerError {
+    HandlerError::with_kind(ErrorKind::Handler, reason.to_string())
 }
 
 #[cfg(test)]
@@ -139,6 +149,33 @@ mod tests {
         let out = handler.handle(Message::new("late")).await.unwrap();
         assert_eq!(&out[0].payload[..], b"LATE");
         assert!(handler.is_ready());
+    }
+
+    /// Counts the batches it is handed whole.
+    struct Batches(std::sync::atomic::AtomicUsize);
+
+    #[async_trait]
+    impl Handler for Batches {
+        async fn handle(&self, msg: Message) -> HandlerResult {
+            Ok(vec![msg])
+        }
+
+        async fn handle_batch(&self, msgs: Vec<Message>) -> Vec<HandlerResult> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            msgs.into_iter().map(|m| Ok(vec![m])).collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_reaches_the_chain_whole() {
+        let (handler, slot) = deferred();
+        let inner = Arc::new(Batches(Default::default()));
+        slot.fill(inner.clone());
+        let results = handler
+            .handle_batch(vec![Message::new("a"), Message::new("b")])
+            .await;
+        assert_eq!(results.len(), 2);
+        assert_eq!(inner.0.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

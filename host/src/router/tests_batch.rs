@@ -119,3 +119,39 @@ async fn messages_at_hand_go_together_and_each_is_settled_on_its_own_result() {
     router.close().await.unwrap();
     run.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn built_in_middleware_pass_the_batch_on_and_retry_only_what_failed() {
+    use crate::router::middleware::retry::RetryConfig;
+    use crate::router::middleware::{CorrelationId, Recoverer, Retry};
+
+    let inner = Arc::new(Recording::default());
+    inner.gated.store(true, Ordering::SeqCst); // no gate here
+    let retry = Retry::new(RetryConfig {
+        max_retries: 1,
+        initial_interval: Duration::from_millis(1),
+        ..RetryConfig::default()
+    });
+    let chain = apply_middleware(
+        inner.clone(),
+        &[
+            Arc::new(Recoverer) as BoxMiddleware,
+            Arc::new(CorrelationId),
+            Arc::new(retry),
+        ],
+    );
+    let results = chain
+        .handle_batch(vec![
+            Message::new("a"),
+            Message::new("bad"),
+            Message::new("c"),
+        ])
+        .await;
+    let payloads: Vec<String> = results
+        .into_iter()
+        .map(|r| String::from_utf8(r.unwrap()[0].payload.to_vec()).unwrap())
+        .collect();
+    assert_eq!(payloads, ["A", "BAD", "C"]);
+    // One call with the whole batch, then the failed message alone.
+    assert_eq!(*inner.sizes.lock().unwrap(), [3, 1]);
+}
