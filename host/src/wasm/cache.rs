@@ -118,6 +118,8 @@ pub struct CompileCache {
     dir: PathBuf,
     key: [u8; KEY_LEN],
     compat: [u8; 32],
+    /// What the entries may take together (`trim::DEFAULT_MAX_BYTES`).
+    max_bytes: u64,
 }
 
 impl std::fmt::Debug for CompileCache {
@@ -159,6 +161,7 @@ impl CompileCache {
             dir: dir.to_path_buf(),
             key,
             compat: h.0.finalize().into(),
+            max_bytes: trim::DEFAULT_MAX_BYTES,
         })
     }
 
@@ -228,7 +231,10 @@ impl CompileCache {
         // and the engine's compatibility hash, so they are what `store` of this host wrote
         // for exactly this component and engine. wasmtime also checks its version header.
         match unsafe { Component::deserialize(engine, payload) } {
-            Ok(c) => Some(c),
+            Ok(c) => {
+                trim::touch(&path);
+                Some(c)
+            }
             Err(e) => {
                 self.refuse(&path, format!("does not deserialize: {e:#}"));
                 None
@@ -266,7 +272,9 @@ impl CompileCache {
         entry.extend_from_slice(&payload);
         if let Err(e) = write_atomically(&path, &entry) {
             tracing::warn!(path = %path.display(), "cannot write compile cache entry: {e}");
+            return;
         }
+        trim::trim(&self.dir, self.max_bytes, &path);
     }
 }
 
@@ -430,6 +438,8 @@ fn create_key(path: &Path) -> Result<Option<[u8; KEY_LEN]>> {
         Err(e) => Err(io("create", e)),
     }
 }
+
+pub mod trim;
 
 #[cfg(all(test, unix))]
 mod tests;
