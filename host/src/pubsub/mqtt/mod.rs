@@ -1372,6 +1372,42 @@ mod tests {
         Publisher::close(&ps).await.unwrap();
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_at_hand_are_taken_without_waiting_within_the_in_flight_limit() {
+        let h = MqttHarness::new();
+        let ps = MqttPubSub::connect(h.config(&h.group)).await.unwrap();
+        let topic = crate::pubsub::conformance::unique_topic("at-hand");
+        ps.subscribe_initialize(&topic).await.unwrap();
+        let options = crate::pubsub::SubscribeOptions { max_in_flight: 3 };
+        let mut sub = ps.subscribe_with(&topic, options).await.unwrap();
+        let msgs: Vec<Message> = (0..5).map(|i| Message::new(format!("m{i}"))).collect();
+        ps.publish(&topic, msgs.iter().map(Message::copy).collect())
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut batch = vec![first];
+        while let Some(m) = sub.try_recv() {
+            batch.push(m);
+        }
+        let got: Vec<String> = batch
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.payload).into())
+            .collect();
+        assert_eq!(got, ["m0", "m1", "m2"], "the in-flight limit holds");
+        for m in batch {
+            m.ack();
+        }
+        let rest =
+            crate::pubsub::conformance::bulk_read(&mut sub, 2, Duration::from_secs(10)).await;
+        crate::pubsub::conformance::assert_all_received(&msgs[3..], &rest, false);
+        drop(sub);
+        Publisher::close(&ps).await.unwrap();
+    }
+
     #[tokio::test]
     async fn shared_subscription_splits_a_group_between_client_ids() {
         let h = MqttHarness::new();

@@ -495,35 +495,47 @@ impl MqttSource {
     }
 }
 
+impl MqttSource {
+    /// The next message if one is at hand (`Ok(Some)`), `Ok(None)` once the session let go of
+    /// this consumer (its subscriber closed), else when the next redelivery is due.
+    fn take_ready(&self) -> std::result::Result<Option<Message>, Option<Instant>> {
+        let delivery = &self.session.delivery;
+        let mut st = delivery.lock();
+        if !st.reap(self.id, false) {
+            return Ok(None);
+        }
+        match st.take(self.id, self.max_in_flight, &self.settled) {
+            Ok(msg) => {
+                if st.send_or_hold_acks(false) {
+                    drop(st);
+                    delivery.acks_held.notify_one();
+                }
+                Ok(Some(msg))
+            }
+            Err(due) => {
+                st.send_or_hold_acks(true);
+                Err(due)
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl MessageSource for MqttSource {
+    fn try_next(&mut self) -> Option<Message> {
+        self.take_ready().ok().flatten()
+    }
+
     async fn next(&mut self) -> Option<Message> {
         // Messages are often ready without waiting: take part in tokio's cooperative budget.
         tokio::task::consume_budget().await;
         loop {
-            let delivery = &self.session.delivery;
-            let arrived = delivery.arrived.notified();
+            let arrived = self.session.delivery.arrived.notified();
             tokio::pin!(arrived);
             arrived.as_mut().enable();
-            let due = {
-                let mut st = delivery.lock();
-                if !st.reap(self.id, false) {
-                    // Let go by the session (its subscriber closed).
-                    return None;
-                }
-                match st.take(self.id, self.max_in_flight, &self.settled) {
-                    Ok(msg) => {
-                        if st.send_or_hold_acks(false) {
-                            drop(st);
-                            delivery.acks_held.notify_one();
-                        }
-                        return Some(msg);
-                    }
-                    Err(due) => {
-                        st.send_or_hold_acks(true);
-                        due
-                    }
-                }
+            let due = match self.take_ready() {
+                Ok(msg) => return msg,
+                Err(due) => due,
             };
             tokio::select! {
                 _ = arrived => {}
