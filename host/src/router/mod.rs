@@ -1,6 +1,7 @@
 //! The router: subscribes each handler to its topic, runs every message through the handler's
 //! middleware chain and publishes what the handler produced before acking.
 
+mod consume;
 mod deferred;
 mod handler;
 pub mod middleware;

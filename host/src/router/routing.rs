@@ -1,21 +1,21 @@
 //! The [`Router`]: handlers, their subscriptions, and graceful close.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::consume::{next_message, run_in_batches, run_in_lanes};
 use super::handler::{BoxHandler, BoxMiddleware, apply_middleware};
 use super::stats::HandlerStats;
 use super::worker::Worker;
 use crate::error::{Error, Result};
-use crate::message::{CloseSignals, Message, RouteInfo};
-use crate::pubsub::{DynPublisher, DynSubscriber, SubscribeOptions, Subscription};
+use crate::message::{CloseSignals, RouteInfo};
+use crate::pubsub::{DynPublisher, DynSubscriber, SubscribeOptions};
 
 /// Router settings.
 #[derive(Debug, Clone)]
@@ -495,9 +495,8 @@ impl Router {
             stats: entry.stats.clone(),
         });
         let entry = entry.clone();
-        let tasks = self.inner.tasks.clone();
         self.inner.tasks.spawn(async move {
-            run_handler(spec, worker, entry, tasks).await;
+            run_handler(spec, worker, entry).await;
         });
     }
 }
@@ -512,12 +511,7 @@ fn set_state(entry: &HandlerEntry, state: HandlerState) {
 }
 
 /// Subscribes and feeds messages to the worker until stopped; then waits for in-flight ones.
-async fn run_handler(
-    spec: HandlerSpec,
-    worker: Arc<Worker>,
-    entry: Arc<HandlerEntry>,
-    tasks: TaskTracker,
-) {
+async fn run_handler(spec: HandlerSpec, worker: Arc<Worker>, entry: Arc<HandlerEntry>) {
     let name = &spec.name;
     let batching = spec.batch > 1;
     let options = SubscribeOptions {
@@ -556,7 +550,7 @@ async fn run_handler(
         let lanes = if spec.order_key.is_some() { 1 } else { batches };
         run_in_batches(
             &mut subscription,
-            &entry,
+            &entry.stop,
             &worker,
             &in_flight,
             lanes,
@@ -570,10 +564,9 @@ async fn run_handler(
     } else if let Some(key) = &spec.order_key {
         run_in_lanes(
             &mut subscription,
-            &entry,
+            &entry.stop,
             &worker,
             &in_flight,
-            &tasks,
             spec.concurrency,
             key,
         )
@@ -598,78 +591,4 @@ async fn run_handler(
     set_state(&entry, HandlerState::Stopped);
     entry.stopped.cancel();
     tracing::info!(handler = %name, "handler stopped");
-}
-
-async fn next_message(sub: &mut Subscription, stop: &CancellationToken) -> Option<Message> {
-    tokio::select! {
-        biased;
-        _ = stop.cancelled() => None,
-        m = sub.recv() => m,
-    }
-}
-
-/// Batches of up to `size` messages, `lanes` of them at a time (one: in order, in this task).
-async fn run_in_batches(
-    sub: &mut Subscription,
-    entry: &HandlerEntry,
-    worker: &Arc<Worker>,
-    in_flight: &TaskTracker,
-    lanes: usize,
-    size: usize,
-) {
-    let permits = Arc::new(Semaphore::new(lanes));
-    while let Some(first) = next_message(sub, &entry.stop).await {
-        let mut batch = Vec::with_capacity(size);
-        batch.push(first);
-        while batch.len() < size {
-            match sub.try_recv() {
-                Some(m) => batch.push(m),
-                None => break,
-            }
-        }
-        if lanes <= 1 {
-            worker.process_batch(batch).await;
-            continue;
-        }
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        let worker = worker.clone();
-        in_flight.spawn(async move {
-            worker.process_batch(batch).await;
-            drop(permit);
-        });
-    }
-}
-
-/// Concurrency with per-key order: one sequential lane per slot, a key always maps to one lane.
-async fn run_in_lanes(
-    sub: &mut Subscription,
-    entry: &HandlerEntry,
-    worker: &Arc<Worker>,
-    in_flight: &TaskTracker,
-    _tasks: &TaskTracker,
-    lanes: usize,
-    key: &str,
-) {
-    let senders: Vec<mpsc::Sender<Message>> = (0..lanes)
-        .map(|_| {
-            let (tx, mut rx) = mpsc::channel::<Message>(1);
-            let worker = worker.clone();
-            in_flight.spawn(async move {
-                while let Some(msg) = rx.recv().await {
-                    worker.process(msg).await;
-                }
-            });
-            tx
-        })
-        .collect();
-    while let Some(msg) = next_message(sub, &entry.stop).await {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        msg.metadata.get(key).hash(&mut h);
-        let lane = (h.finish() % lanes as u64) as usize;
-        if senders[lane].send(msg).await.is_err() {
-            break;
-        }
-    }
 }
