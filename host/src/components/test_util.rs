@@ -54,6 +54,7 @@ pub async fn postgres() -> crate::pubsub::postgres::PostgresPubSub {
         consumer_group: Some(crate::pubsub::conformance::unique_group()),
         poll_interval: Duration::from_millis(100),
         start_at_end: false,
+        ca_file: None,
     })
     .await
     .unwrap()

@@ -188,7 +188,7 @@ async fn handlers(State(state): State<ApiState>) -> Response {
 
 async fn metrics(State(state): State<ApiState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         render_metrics(&state.router, state.plugins.as_deref()),
     )
         .into_response()

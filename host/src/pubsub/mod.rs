@@ -33,6 +33,7 @@ pub mod ack_batcher;
 pub mod amqp;
 pub mod conformance;
 pub mod delay;
+pub mod kit;
 pub mod memory;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
@@ -51,6 +52,8 @@ pub mod sqlite;
 pub mod stored;
 #[cfg(test)]
 pub mod testkit;
+#[cfg(all(test, feature = "tls"))]
+mod tls_tests;
 
 /// Publishes messages to topics.
 #[async_trait]
@@ -362,28 +365,6 @@ pub fn bench_round(payload_size: usize) -> usize {
     ((1 << 20) / (payload_size + 64)).clamp(100, 50_000)
 }
 
-/// How many messages the raw clients' publish loops send before waiting for their confirms:
-/// the batch `wasmill bench` publishes per call, so both publish loops wait equally often.
-pub const RAW_PUBLISH_WINDOW: usize = 100;
-
-/// Throughput of a broker's own client, measured without Wasmill in between, so that
-/// `wasmill bench` can quote Wasmill's figures as a ratio of the raw client's.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct RawBenchFigures {
-    /// Messages published per second (publish loop alone).
-    pub publish_per_sec: f64,
-    /// Messages consumed and acknowledged per second (consume loop alone).
-    pub consume_per_sec: f64,
-}
-
-/// A message as the raw clients' publish loops send it: what a `wasmill bench` message carries
-/// (an id and one metadata pair, the time it was sent, `since` the loop started), so the raw
-/// client and Wasmill put the same content on the broker and read the same back. Each raw loop
-/// encodes it its own way, as the backend's envelope does (fields, headers, properties).
-pub fn raw_bench_message(payload: &bytes::Bytes, since: std::time::Instant) -> Message {
-    Message::new(payload.clone()).with_metadata("sent_at", since.elapsed().as_nanos().to_string())
-}
-
 /// The error for an operation on a closed backend.
 pub fn closed(backend: &'static str) -> Error {
     Error::Closed(backend)
@@ -394,20 +375,6 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
-
-    #[test]
-    fn a_raw_bench_message_carries_what_a_bench_message_does() {
-        let payload = bytes::Bytes::from_static(b"xyz");
-        let m = raw_bench_message(&payload, std::time::Instant::now());
-        assert_eq!(&m.payload[..], b"xyz");
-        assert!(!m.uuid.is_empty());
-        assert_eq!(m.metadata.len(), 1);
-        assert!(m.metadata.get("sent_at").parse::<u128>().is_ok());
-        assert_ne!(
-            m.uuid,
-            raw_bench_message(&payload, std::time::Instant::now()).uuid
-        );
-    }
 
     #[tokio::test]
     async fn settle_redelivering_sends_a_nacked_message_again_until_it_is_acked() {

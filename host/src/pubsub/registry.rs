@@ -1,12 +1,15 @@
-//! From the config's `kind` to a connected backend (Spin's runtime-config pattern): one match
-//! arm per backend, each deserializing its own settings table.
+//! From the config's `kind` to a connected backend (Spin's runtime-config pattern): one
+//! [`BackendKind`] per backend, declared in the backend's own folder and listed in
+//! [`BACKENDS`]; each deserializes its own settings table.
 
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
-use super::memory::{MemoryConfig, MemoryPubSub};
+use futures::future::BoxFuture;
+
 use super::{DynPublisher, DynSubscriber};
+use crate::bench::raw::RawBenchFigures;
 use crate::error::{Error, Result};
 
 /// Every backend kind this build knows, in the order the docs list them.
@@ -37,9 +40,8 @@ impl Backend {
         (self.tail)().await
     }
 
-    #[allow(dead_code)] // unused when no network backend is compiled in
     /// The same backend whose tails are made by `make` (a subscriber in a group of its own).
-    fn with_tail<S, F>(mut self, make: F) -> Backend
+    pub fn with_tail<S, F>(mut self, make: F) -> Backend
     where
         S: super::Subscriber,
         F: Fn() -> S + Send + Sync + 'static,
@@ -51,7 +53,21 @@ impl Backend {
         self
     }
 
-    fn shared<T>(name: &str, kind: &str, ps: T) -> Backend
+    /// The same backend whose tails are made by the future `make` returns.
+    pub fn with_async_tail<F>(mut self, make: F) -> Backend
+    where
+        F: Fn() -> futures::future::BoxFuture<'static, Result<DynSubscriber>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.tail = Arc::new(make);
+        self
+    }
+
+    /// A backend whose publisher and subscriber are `ps`, and whose tail is `ps` too (fan-out
+    /// backends: a tail takes nothing from the others).
+    pub fn shared<T>(name: &str, kind: &str, ps: T) -> Backend
     where
         T: super::Publisher + super::Subscriber + Clone,
     {
@@ -71,12 +87,12 @@ impl Backend {
 }
 
 /// A fresh consumer group name for one tail.
-#[allow(dead_code)] // unused when no network backend is compiled in
-fn tail_group() -> String {
+pub fn tail_group() -> String {
     format!("tail-{}", uuid::Uuid::new_v4().simple())
 }
 
-fn settings<T: DeserializeOwned>(name: &str, settings: &toml::Table) -> Result<T> {
+/// The `[pubsub.NAME]` table as settings of type `T`; the error names the key.
+pub fn settings<T: DeserializeOwned>(name: &str, settings: &toml::Table) -> Result<T> {
     let value = toml::Value::Table(settings.clone());
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
@@ -89,111 +105,78 @@ fn settings<T: DeserializeOwned>(name: &str, settings: &toml::Table) -> Result<T
     })
 }
 
+/// Connects a backend from its config name and its settings table.
+pub type ConnectFn = fn(String, toml::Table) -> BoxFuture<'static, Result<Backend>>;
+
+/// Runs a broker's raw client loops (`messages` of `payload_size` bytes) against the server
+/// that a backend's settings name ([`crate::bench::raw`]).
+pub type RawBenchFn =
+    fn(String, toml::Table, usize, usize) -> BoxFuture<'static, Result<RawBenchFigures>>;
+
+/// One kind of backend as the registry knows it. Each backend's folder declares its own
+/// (`pubsub::<kind>::BACKEND`) and [`BACKENDS`] lists them: adding a backend is a folder and
+/// one line there.
+pub struct BackendKind {
+    /// The config's `kind`.
+    pub name: &'static str,
+    /// Checks a settings table without connecting ([`check_as`] of the config type).
+    pub check: fn(&str, &toml::Table) -> Result<()>,
+    /// Connects.
+    pub connect: ConnectFn,
+    /// The raw client's loops, for `wasmill bench`; `None` without a separate client.
+    pub raw_bench: Option<RawBenchFn>,
+}
+
+/// The backends compiled into this build.
+pub const BACKENDS: &[BackendKind] = &[
+    super::memory::BACKEND,
+    #[cfg(feature = "sqlite")]
+    super::sqlite::BACKEND,
+    #[cfg(feature = "redis")]
+    super::redis::BACKEND,
+    #[cfg(feature = "nats")]
+    super::nats::BACKEND,
+    #[cfg(feature = "postgres")]
+    super::postgres::BACKEND,
+    #[cfg(feature = "mysql")]
+    super::mysql::BACKEND,
+    #[cfg(feature = "amqp")]
+    super::amqp::BACKEND,
+    #[cfg(feature = "mqtt")]
+    super::mqtt::BACKEND,
+];
+
+/// Checks `table` as settings of type `C`: the error names the key (`pubsub.NAME.KEY`).
+pub fn check_as<C: DeserializeOwned>(name: &str, table: &toml::Table) -> Result<()> {
+    settings::<C>(name, table).map(|_| ())
+}
+
+/// The backend kind `kind` of the backend `name`, or an error saying it is unknown or not
+/// compiled into this build.
+fn kind_of(name: &str, kind: &str) -> Result<&'static BackendKind> {
+    if let Some(found) = BACKENDS.iter().find(|b| b.name == kind) {
+        return Ok(found);
+    }
+    Err(Error::Config(if KINDS.contains(&kind) {
+        format!("pubsub.{name}.kind: backend {kind:?} is not compiled into this build of wasmill")
+    } else {
+        format!(
+            "pubsub.{name}.kind: unknown backend {kind:?}; expected one of {}",
+            KINDS.join(", ")
+        )
+    }))
+}
+
 /// Connects the backend `name` of kind `kind` with its `settings` (the `[pubsub.NAME]` table
 /// without `kind`). Errors name the backend and, for a bad setting, the key.
 pub async fn connect(name: &str, kind: &str, table: &toml::Table) -> Result<Backend> {
-    match kind {
-        "memory" => {
-            let cfg: MemoryConfig = settings(name, table)?;
-            Ok(Backend::shared(name, kind, MemoryPubSub::new(cfg)))
-        }
-        #[cfg(feature = "sqlite")]
-        "sqlite" => {
-            let cfg: super::sqlite::SqliteConfig = settings(name, table)?;
-            let ps = super::sqlite::SqlitePubSub::connect(cfg).await?;
-            let mut b = Backend::shared(name, kind, ps.clone());
-            // A tail reads in a group of its own, so it does not take messages from handlers.
-            b.tail = Arc::new(move || {
-                let ps = ps.clone();
-                Box::pin(async move { Ok(Arc::new(ps.tail_subscriber().await?) as DynSubscriber) })
-            });
-            Ok(b)
-        }
-        #[cfg(feature = "redis")]
-        "redis" => {
-            let cfg: super::redis::RedisConfig = settings(name, table)?;
-            let ps = super::redis::RedisPubSub::connect(cfg).await?;
-            Ok(Backend::shared(name, kind, ps.clone())
-                .with_tail(move || ps.in_group(&tail_group(), true)))
-        }
-        #[cfg(feature = "nats")]
-        "nats" => {
-            let cfg: super::nats::NatsConfig = settings(name, table)?;
-            let ps = super::nats::NatsPubSub::connect(cfg).await?;
-            Ok(Backend::shared(name, kind, ps.clone())
-                .with_tail(move || ps.in_group(&tail_group(), true)))
-        }
-        #[cfg(feature = "postgres")]
-        "postgres" => {
-            let cfg: super::postgres::PostgresConfig = settings(name, table)?;
-            let ps = super::postgres::PostgresPubSub::connect(cfg).await?;
-            let mut b = Backend::shared(name, kind, ps.clone());
-            b.tail = Arc::new(move || {
-                let ps = ps.clone();
-                Box::pin(async move { Ok(Arc::new(ps.tail_subscriber().await?) as DynSubscriber) })
-            });
-            Ok(b)
-        }
-        #[cfg(feature = "amqp")]
-        "amqp" => {
-            let cfg: super::amqp::AmqpConfig = settings(name, table)?;
-            let ps = super::amqp::AmqpPubSub::connect(cfg).await?;
-            // An exclusive auto-delete queue of its own: reads without taking from the groups.
-            Ok(Backend::shared(name, kind, ps.clone()).with_tail(move || ps.tail_subscriber()))
-        }
-        #[cfg(feature = "mysql")]
-        "mysql" => {
-            let cfg: super::mysql::MysqlConfig = settings(name, table)?;
-            let ps = super::mysql::MysqlPubSub::connect(cfg).await?;
-            // A tail reads in a fresh group from the end; closing it leaves `ps` open.
-            Ok(Backend::shared(name, kind, ps.clone()).with_tail(move || ps.tail_subscriber()))
-        }
-        #[cfg(feature = "mqtt")]
-        "mqtt" => {
-            let cfg: super::mqtt::MqttConfig = settings(name, table)?;
-            let ps = super::mqtt::MqttPubSub::connect(cfg).await?;
-            // A clean session on the plain topic: sees every message, takes none from groups.
-            Ok(Backend::shared(name, kind, ps.clone()).with_tail(move || ps.tail_subscriber()))
-        }
-        other if KINDS.contains(&other) => Err(Error::Config(format!(
-            "pubsub.{name}.kind: backend {other:?} is not compiled into this build of wasmill"
-        ))),
-        other => Err(Error::Config(format!(
-            "pubsub.{name}.kind: unknown backend {other:?}; expected one of {}",
-            KINDS.join(", ")
-        ))),
-    }
+    (kind_of(name, kind)?.connect)(name.to_string(), table.clone()).await
 }
 
 /// Checks the settings of backend `name` of kind `kind` without connecting: the same errors
 /// (naming the key) that [`connect`] would give for them.
 pub fn check_settings(name: &str, kind: &str, table: &toml::Table) -> Result<()> {
-    #[allow(unused_macros)] // when no network backend is compiled in
-    macro_rules! check {
-        ($module:ident, $config:ident) => {
-            settings::<super::$module::$config>(name, table).map(|_| ())
-        };
-    }
-    match kind {
-        "memory" => settings::<MemoryConfig>(name, table).map(|_| ()),
-        #[cfg(feature = "sqlite")]
-        "sqlite" => check!(sqlite, SqliteConfig),
-        #[cfg(feature = "redis")]
-        "redis" => check!(redis, RedisConfig),
-        #[cfg(feature = "nats")]
-        "nats" => check!(nats, NatsConfig),
-        #[cfg(feature = "postgres")]
-        "postgres" => check!(postgres, PostgresConfig),
-        #[cfg(feature = "amqp")]
-        "amqp" => check!(amqp, AmqpConfig),
-        #[cfg(feature = "mysql")]
-        "mysql" => check!(mysql, MysqlConfig),
-        #[cfg(feature = "mqtt")]
-        "mqtt" => check!(mqtt, MqttConfig),
-        other => Err(Error::Config(format!(
-            "pubsub.{name}.kind: backend {other:?} is unknown or not compiled into this build"
-        ))),
-    }
+    (kind_of(name, kind)?.check)(name, table)
 }
 
 /// Runs the raw client's own publish and consume loops against the server the backend
@@ -205,34 +188,12 @@ pub async fn raw_bench(
     table: &toml::Table,
     messages: usize,
     payload_size: usize,
-) -> Result<Option<super::RawBenchFigures>> {
-    let _ = (name, table, messages, payload_size);
-    // One arm per backend: read its settings for the URL, run its module's raw loops.
-    #[allow(unused_macros)] // when no network backend is compiled in
-    macro_rules! raw {
-        ($module:ident, $config:ident) => {{
-            let cfg: super::$module::$config = settings(name, table)?;
-            Ok(Some(
-                super::$module::raw_bench(&cfg.url, messages, payload_size).await?,
-            ))
-        }};
-    }
-    match kind {
-        #[cfg(feature = "sqlite")]
-        "sqlite" => raw!(sqlite, SqliteConfig),
-        #[cfg(feature = "redis")]
-        "redis" => raw!(redis, RedisConfig),
-        #[cfg(feature = "nats")]
-        "nats" => raw!(nats, NatsConfig),
-        #[cfg(feature = "postgres")]
-        "postgres" => raw!(postgres, PostgresConfig),
-        #[cfg(feature = "amqp")]
-        "amqp" => raw!(amqp, AmqpConfig),
-        #[cfg(feature = "mysql")]
-        "mysql" => raw!(mysql, MysqlConfig),
-        #[cfg(feature = "mqtt")]
-        "mqtt" => raw!(mqtt, MqttConfig),
-        _ => Ok(None),
+) -> Result<Option<RawBenchFigures>> {
+    match kind_of(name, kind)?.raw_bench {
+        Some(run) => Ok(Some(
+            run(name.to_string(), table.clone(), messages, payload_size).await?,
+        )),
+        None => Ok(None),
     }
 }
 

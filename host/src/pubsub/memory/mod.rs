@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Publisher, SubscribeOptions, Subscriber, Subscription, closed};
 use crate::error::{Error, Result};
 use crate::message::{AckState, Message};
+use crate::pubsub::registry::{self, Backend};
 
 const NAME: &str = "memory";
 
@@ -474,6 +475,19 @@ async fn sleep_until_opt(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// This backend in the registry's table ([`registry::BACKENDS`]).
+pub const BACKEND: registry::BackendKind = registry::BackendKind {
+    name: "memory",
+    check: registry::check_as::<MemoryConfig>,
+    connect: |name, table| {
+        Box::pin(async move {
+            let cfg: MemoryConfig = registry::settings(&name, &table)?;
+            Ok(Backend::shared(&name, "memory", MemoryPubSub::new(cfg)))
+        })
+    },
+    raw_bench: None,
+};
 
 #[cfg(test)]
 mod tests;

@@ -21,14 +21,13 @@
 //! - Reconnect: the client reconnects by itself; the pull loop re-creates its pull requests
 //!   (and the consumer) after an error, with backoff, logging the URL.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
 use async_trait::async_trait;
-use bytes::Bytes;
-use futures::StreamExt;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,10 +36,17 @@ mod pull;
 
 use self::pull::{PullInbox, Pulled};
 use super::ack_batcher::AckBatcher;
+use super::kit::url::scheme;
+use super::kit::{Reconnect, redacted, tls};
 use super::read_ahead::{Fetched, Fetcher, ReadAhead, ReadAheadOptions};
 use super::{Publisher, SubscribeOptions, Subscriber, Subscription, closed};
 use crate::error::{Error, Result};
 use crate::message::Message;
+use crate::pubsub::registry::{self, Backend};
+
+mod fetch;
+
+use fetch::*;
 
 const NAME: &str = "nats";
 const UUID_HEADER: &str = "Wasmill-Uuid";
@@ -49,8 +55,11 @@ const UUID_HEADER: &str = "Wasmill-Uuid";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
-    /// `nats://host:port`.
+    /// `nats://host:port`, or `tls://host:port` to require TLS (the server's certificate
+    /// checked against the system's roots and `ca_file`).
     pub url: String,
+    /// A PEM file of a CA to trust besides the system's roots (TLS is then required).
+    pub ca_file: Option<PathBuf>,
     /// Consumer group (durable consumer name; default `wasmill`).
     pub consumer_group: Option<String>,
     /// How long JetStream waits for an ack before redelivering.
@@ -65,6 +74,7 @@ impl Default for NatsConfig {
     fn default() -> Self {
         NatsConfig {
             url: "nats://127.0.0.1:4222".into(),
+            ca_file: None,
             consumer_group: None,
             ack_wait: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
@@ -86,7 +96,10 @@ pub struct NatsPubSub {
     known_streams: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
-fn nerr(what: impl std::fmt::Display, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+pub(crate) fn nerr(
+    what: impl std::fmt::Display,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
     Error::pubsub(NAME, what.to_string(), e)
 }
 
@@ -107,15 +120,23 @@ pub fn stream_name(topic: &str) -> String {
 impl NatsPubSub {
     /// Connects to the server at `config.url`.
     pub async fn connect(config: NatsConfig) -> Result<Self> {
-        let client = tokio::time::timeout(
-            config.request_timeout,
-            async_nats::ConnectOptions::new()
-                .retry_on_initial_connect()
-                .connect(config.url.as_str()),
-        )
-        .await
-        .map_err(|_| Error::pubsub_msg(NAME, format!("connect {}: timed out", config.url)))?
-        .map_err(|e| nerr(format!("connect {}", config.url), e))?;
+        let mut options = async_nats::ConnectOptions::new().retry_on_initial_connect();
+        if config.ca_file.is_some() || scheme(&config.url) == "tls" {
+            let tls = tls::client_config(NAME, config.ca_file.as_ref())?;
+            options = options
+                .tls_client_config(rustls::ClientConfig::clone(&tls))
+                .require_tls(true);
+        }
+        let client =
+            tokio::time::timeout(config.request_timeout, options.connect(config.url.as_str()))
+                .await
+                .map_err(|_| {
+                    Error::pubsub_msg(
+                        NAME,
+                        format!("connect {}: timed out", redacted(&config.url)),
+                    )
+                })?
+                .map_err(|e| nerr(format!("connect {}", redacted(&config.url)), e))?;
         let mut js = jetstream::new(client);
         js.set_timeout(config.request_timeout);
         Ok(NatsPubSub {
@@ -385,228 +406,8 @@ fn to_message(m: &async_nats::Message) -> Message {
     msg
 }
 
-/// How long one pull request waits on the server for messages. Requests are bounded rather
-/// than endless so that one the server lost (a restart) is known to be gone soon, and a
-/// subscription that ends waits at most this long for what its requests still bring.
-const PULL_EXPIRY: Duration = Duration::from_secs(1);
-
-/// How many messages one pull request asks for (or `max_in_flight`, if larger). Up to two
-/// requests are open at once, and the consumer's `max_ack_pending` is four times this: the
-/// next request waits on the server while the last one is delivered and its acks travel. A
-/// subscription hands them over `max_in_flight` at a time, from memory, with no round trip
-/// each, and delivers a nacked one again itself, so one in flight keeps the stream's order.
-const READ_AHEAD: usize = 128;
-
-/// Most acks one background batch carries.
-const ACK_BATCH: usize = 256;
-
-/// How long a flush of the connection may take (the server may be away).
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long the server keeps a tail's consumer that nobody reads (its host was killed before
-/// `end_tail`).
-const TAIL_INACTIVE_THRESHOLD: Duration = Duration::from_secs(600);
-
-/// How a subscription reads its durable consumer: pull requests of `READ_AHEAD` messages
-/// (or `max_in_flight`, if larger) on one inbox ([`pull::PullInbox`]), the next one sent
-/// while the last is delivered. Acks, progress and naks go out in the background.
-struct NatsFetch {
-    pubsub: NatsPubSub,
-    topic: String,
-    consumer: jetstream::consumer::PullConsumer,
-    max_in_flight: usize,
-    /// The subscription's inbox, once opened.
-    inbox: Option<PullInbox>,
-    backoff: Duration,
-    acks: AckBatcher<(Receipt, AckKind)>,
-}
-
-/// What a subscription keeps of a delivered message to settle it: the reply subject its
-/// ack, nak or progress goes to (the client itself is the subscription's). Cheaper than a
-/// `jetstream::Message`, which carries a clone of the JetStream context.
-type Receipt = Option<async_nats::Subject>;
-
-/// Sends `kind` for the delivery whose reply subject is `reply` (what
-/// `jetstream::Message::ack_with` does, without a context per message).
-async fn settle(
-    client: &async_nats::Client,
-    reply: Receipt,
-    kind: AckKind,
-) -> std::result::Result<(), String> {
-    let Some(reply) = reply else {
-        return Err("no reply subject, not a JetStream message".into());
-    };
-    client
-        .publish(reply, kind.into())
-        .await
-        .map_err(|e| e.to_string())
-}
-
-impl NatsFetch {
-    fn new(
-        pubsub: NatsPubSub,
-        topic: &str,
-        consumer: jetstream::consumer::PullConsumer,
-        max_in_flight: usize,
-    ) -> Self {
-        let client = pubsub.js.client();
-        let acks = AckBatcher::spawn(ACK_BATCH, move |batch: Vec<(Receipt, AckKind)>| {
-            let client = client.clone();
-            async move {
-                for (reply, kind) in batch {
-                    settle_or_warn(&client, reply, kind).await;
-                }
-            }
-        });
-        NatsFetch {
-            pubsub,
-            topic: topic.to_string(),
-            consumer,
-            max_in_flight,
-            inbox: None,
-            backoff: Duration::from_millis(100),
-            acks,
-        }
-    }
-
-    /// The open inbox with a request waiting on the server, or the error that prevented it.
-    async fn ready_inbox(&mut self) -> std::result::Result<&mut PullInbox, String> {
-        if self.inbox.is_none() {
-            let size = READ_AHEAD.max(self.max_in_flight);
-            let inbox =
-                PullInbox::open(self.consumer.clone(), &self.pubsub.js, size, PULL_EXPIRY).await?;
-            self.inbox = Some(inbox);
-        }
-        let inbox = self.inbox.as_mut().expect("opened above");
-        inbox.top_up().await?;
-        Ok(inbox)
-    }
-
-    /// Logs `error`, waits the backoff (doubling it) and looks the consumer up again.
-    async fn recover(&mut self, error: impl std::fmt::Display) {
-        tracing::warn!(topic = %self.topic, url = %self.pubsub.config.url, "nats: {error}; retrying in {:?}", self.backoff);
-        tokio::time::sleep(self.backoff).await;
-        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
-        if let Ok(c) = self.pubsub.consumer(&self.topic, self.max_in_flight).await {
-            if let Some(inbox) = &mut self.inbox {
-                inbox.set_consumer(c.clone());
-            }
-            self.consumer = c;
-        }
-    }
-}
-
-#[async_trait]
-impl Fetcher for NatsFetch {
-    type Receipt = Receipt;
-
-    async fn fetch(&mut self, max: usize) -> Fetched<Receipt> {
-        let mut messages = Vec::new();
-        let mut since = tokio::time::Instant::now();
-        let inbox = match self.ready_inbox().await {
-            Ok(inbox) => inbox,
-            Err(e) => {
-                self.recover(e).await;
-                return Fetched { since, messages };
-            }
-        };
-        // Wait for the first message, then take what already arrived.
-        let mut next = Some(inbox.next().await);
-        let mut failed = None;
-        while let Some(pulled) = next.take() {
-            match pulled {
-                Pulled::Message(sent, m) => {
-                    since = since.min(sent);
-                    messages.push((to_message(&m), m.reply));
-                    if messages.len() < max {
-                        next = inbox.try_next();
-                    }
-                }
-                Pulled::Idle => {}
-                Pulled::Failed(e) => failed = Some(e),
-            }
-        }
-        // The next request waits on the server while this batch is handed out.
-        if failed.is_none()
-            && let Err(e) = inbox.top_up().await
-        {
-            failed = Some(e);
-        }
-        match failed {
-            Some(e) => self.recover(e).await,
-            None => self.backoff = Duration::from_millis(100),
-        }
-        Fetched { since, messages }
-    }
-
-    fn ack(&mut self, receipts: Vec<Receipt>) {
-        for m in receipts {
-            self.acks.push((m, AckKind::Ack));
-        }
-    }
-
-    fn nacked(&mut self, receipt: &Receipt) {
-        // Redelivered from here: restart the server's ack_wait instead of giving it back.
-        self.acks.push((receipt.clone(), AckKind::Progress));
-    }
-
-    fn give_back(&mut self, receipts: Vec<Receipt>) {
-        for m in receipts {
-            self.acks.push((m, AckKind::Nak(None)));
-        }
-    }
-
-    fn finish(mut self, unsettled: Vec<Receipt>) {
-        self.give_back(unsettled);
-        let client = self.pubsub.js.client();
-        let NatsFetch {
-            pubsub,
-            inbox,
-            acks,
-            ..
-        } = self;
-        let flushed = client.clone();
-        pubsub.tasks.spawn(async move {
-            acks.finish().await;
-            // The last acks must reach the server before the connection may go, or the
-            // consumer stays blocked on them until `ack_wait`.
-            flush(&flushed).await;
-        });
-        // What the open requests still bring goes back at once.
-        if let Some(inbox) = inbox {
-            tokio::spawn(async move {
-                inbox
-                    .drain(|m: async_nats::Message| {
-                        let client = client.clone();
-                        async move { settle_or_warn(&client, m.reply, AckKind::Nak(None)).await }
-                    })
-                    .await;
-                flush(&client).await;
-            });
-        }
-    }
-}
-
-/// Waits until everything the connection has queued (acks, naks) was written to the server.
-async fn flush(client: &async_nats::Client) {
-    match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::warn!("nats: flush failed (unsent acks come back after ack_wait): {e}")
-        }
-        Err(_) => tracing::warn!("nats: flush timed out (unsent acks come back after ack_wait)"),
-    }
-}
-
-/// [`settle`], a failure logged: JetStream then redelivers the message after `ack_wait`.
-async fn settle_or_warn(client: &async_nats::Client, reply: Receipt, kind: AckKind) {
-    if let Err(e) = settle(client, reply, kind).await {
-        tracing::warn!("nats: {kind:?} failed (the message is redelivered after ack_wait): {e}");
-    }
-}
-
 /// A message's uuid and metadata as JetStream headers.
-fn headers(m: &Message) -> HeaderMap {
+pub(crate) fn headers(m: &Message) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(UUID_HEADER, m.uuid.as_str());
     for (k, v) in m.metadata.iter() {
@@ -615,177 +416,25 @@ fn headers(m: &Message) -> HeaderMap {
     headers
 }
 
-/// The raw client's throughput: publish, waiting for the acks of each window of
-/// [`super::RAW_PUBLISH_WINDOW`], then pull and ack.
-pub async fn raw_bench(
-    url: &str,
-    messages: usize,
-    payload_size: usize,
-) -> Result<super::RawBenchFigures> {
-    let client = async_nats::connect(url)
-        .await
-        .map_err(|e| nerr("connect", e))?;
-    let js = jetstream::new(client);
-    let topic = format!("raw_bench_{}", uuid::Uuid::new_v4().simple());
-    let stream = js
-        .get_or_create_stream(jetstream::stream::Config {
-            name: topic.clone(),
-            subjects: vec![topic.clone()],
-            ..Default::default()
+/// This backend in the registry's table ([`registry::BACKENDS`]).
+pub const BACKEND: registry::BackendKind = registry::BackendKind {
+    name: "nats",
+    check: registry::check_as::<NatsConfig>,
+    connect: |name, table| {
+        Box::pin(async move {
+            let cfg: NatsConfig = registry::settings(&name, &table)?;
+            let ps = NatsPubSub::connect(cfg).await?;
+            Ok(Backend::shared(&name, "nats", ps.clone())
+                .with_tail(move || ps.in_group(&registry::tail_group(), true)))
         })
-        .await
-        .map_err(|e| nerr("create stream", e))?;
-    let payload = Bytes::from(vec![b'x'; payload_size]);
-    let start = std::time::Instant::now();
-    let mut acks = Vec::with_capacity(super::RAW_PUBLISH_WINDOW);
-    for _ in 0..messages {
-        let m = super::raw_bench_message(&payload, start);
-        acks.push(
-            js.publish_with_headers(topic.clone(), headers(&m), m.payload.clone())
-                .await
-                .map_err(|e| nerr("publish", e))?,
-        );
-        if acks.len() == super::RAW_PUBLISH_WINDOW {
-            for a in acks.drain(..) {
-                a.await.map_err(|e| nerr("publish ack", e))?;
-            }
-        }
-    }
-    for a in acks.drain(..) {
-        a.await.map_err(|e| nerr("publish ack", e))?;
-    }
-    let publish = start.elapsed();
-    let consumer = stream
-        .get_or_create_consumer(
-            "raw",
-            jetstream::consumer::pull::Config {
-                durable_name: Some("raw".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| nerr("create consumer", e))?;
-    let start = std::time::Instant::now();
-    let mut msgs = consumer.messages().await.map_err(|e| nerr("pull", e))?;
-    let mut got = 0;
-    while got < messages {
-        match tokio::time::timeout(Duration::from_secs(10), msgs.next()).await {
-            Ok(Some(Ok(m))) => {
-                m.ack().await.map_err(|e| Error::pubsub(NAME, "ack", e))?;
-                got += 1;
-            }
-            _ => break,
-        }
-    }
-    let consume = start.elapsed();
-    let _ = js.delete_stream(&topic).await;
-    Ok(super::RawBenchFigures {
-        publish_per_sec: messages as f64 / publish.as_secs_f64(),
-        consume_per_sec: got as f64 / consume.as_secs_f64(),
-    })
-}
+    },
+    raw_bench: Some(|name, table, messages, payload_size| {
+        Box::pin(async move {
+            let cfg: NatsConfig = registry::settings(&name, &table)?;
+            crate::bench::raw::nats::run(&cfg.url, messages, payload_size).await
+        })
+    }),
+};
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pubsub::conformance::{Features, Harness, OwnedPubSub};
-    use crate::pubsub::testkit::{Kind, PrivateServer};
-    use crate::pubsub::{DynPublisher, DynSubscriber};
-
-    fn url() -> String {
-        std::env::var("WASMILL_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-    }
-
-    struct NatsHarness {
-        group: String,
-    }
-
-    impl NatsHarness {
-        fn new() -> Self {
-            NatsHarness {
-                group: crate::pubsub::conformance::unique_group(),
-            }
-        }
-        fn config(&self, group: &str) -> NatsConfig {
-            self.config_at(url(), group)
-        }
-        fn config_at(&self, url: String, group: &str) -> NatsConfig {
-            NatsConfig {
-                url,
-                consumer_group: Some(group.to_string()),
-                ack_wait: Duration::from_secs(5),
-                ..NatsConfig::default()
-            }
-        }
-    }
-
-    #[async_trait]
-    impl Harness for NatsHarness {
-        fn features(&self) -> Features {
-            // Not promised: guaranteed_order across subscribers (the group's subscriptions share
-            // the messages the server pushes ahead).
-            Features {
-                consumer_groups: true,
-                guaranteed_order_with_single_subscriber: true,
-                persistent: true,
-                new_subscriber_receives_old_messages: true,
-                ..Features::default()
-            }
-        }
-
-        async fn pubsub(&self) -> Result<(DynPublisher, DynSubscriber)> {
-            let ps = NatsPubSub::connect(self.config(&self.group)).await?;
-            Ok(crate::pubsub::conformance::pair(ps))
-        }
-
-        async fn subscriber_in_group(&self, group: &str) -> Result<DynSubscriber> {
-            Ok(Arc::new(NatsPubSub::connect(self.config(group)).await?))
-        }
-
-        /// A private JetStream server with a file store, restarted: the streams and their
-        /// consumers come back with it.
-        async fn owned_pubsub(&self) -> Result<Option<OwnedPubSub>> {
-            let server = PrivateServer::start(Kind::Nats).await?;
-            let ps = NatsPubSub::connect(self.config_at(server.url(), &self.group)).await?;
-            let (publisher, subscriber) = crate::pubsub::conformance::pair(ps);
-            Ok(Some(OwnedPubSub {
-                publisher,
-                subscriber,
-                outage: Box::new(server),
-            }))
-        }
-    }
-
-    crate::conformance_tests!(NatsHarness::new());
-
-    #[tokio::test]
-    async fn a_settlement_goes_to_the_reply_subject_and_needs_one() {
-        let client = async_nats::connect(url()).await.unwrap();
-        let err = settle(&client, None, AckKind::Ack).await.unwrap_err();
-        assert!(err.contains("no reply subject"), "{err}");
-        let reply = async_nats::Subject::from(client.new_inbox());
-        let mut watch = client.subscribe(reply.clone()).await.unwrap();
-        settle(&client, Some(reply.clone()), AckKind::Nak(None))
-            .await
-            .unwrap();
-        settle(&client, Some(reply), AckKind::Ack).await.unwrap();
-        for expected in ["-NAK", "+ACK"] {
-            let got = tokio::time::timeout(Duration::from_secs(5), watch.next())
-                .await
-                .expect("a settlement")
-                .expect("subscription open");
-            assert_eq!(&got.payload[..], expected.as_bytes());
-        }
-    }
-
-    #[test]
-    fn stream_names_are_safe() {
-        assert_eq!(stream_name("orders.created v2"), "orders_created_v2");
-    }
-
-    #[tokio::test]
-    async fn raw_bench_reports_positive_figures() {
-        let f = raw_bench(&url(), 300, 100).await.unwrap();
-        assert!(f.publish_per_sec > 0.0 && f.consume_per_sec > 0.0);
-    }
-}
+mod tests;

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+pub mod certs;
 pub mod private;
+pub mod process;
 pub mod proxy;
 
 pub use private::{Kind, PrivateServer};
@@ -52,7 +54,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiting_for_a_closed_port_times_out_with_its_number() {
-        let port = private::free_port().unwrap();
+        let port = process::free_port().unwrap();
         let err = wait_for(&format!("port {port}"), Duration::from_millis(250), || {
             port_open(port)
         })

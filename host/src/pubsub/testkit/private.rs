@@ -8,7 +8,7 @@
 //! with a fresh cluster of their own (PostgreSQL refuses to run as root: when the test runs as
 //! root, `initdb` and `postgres` run as the `postgres` user).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -17,6 +17,8 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
+use super::certs::{TestCerts, mosquitto_lines, rabbitmq_tls_lines, server_args};
+use super::process::{free_port, is_root, postgres_bin, postgres_user, run, signal};
 use super::{port_open, wait_for};
 use crate::error::{Error, Result};
 use crate::pubsub::conformance::Outage;
@@ -35,6 +37,9 @@ pub enum Kind {
     /// `mariadbd` on a data directory made by `mariadb-install-db`; the database `test`, user
     /// `root` without a password.
     Mariadb,
+    /// A RabbitMQ node of its own (`wasmill-PORT@localhost`, its own Erlang distribution port,
+    /// no plugins); user `guest`, password `guest`.
+    Rabbitmq,
 }
 
 impl Kind {
@@ -45,6 +50,7 @@ impl Kind {
             Kind::Mosquitto => "mosquitto",
             Kind::Postgres => "postgres",
             Kind::Mariadb => "mariadbd",
+            Kind::Rabbitmq => "rabbitmq-server",
         }
     }
 }
@@ -59,6 +65,10 @@ pub struct PrivateServer {
     dir: TempDir,
     /// The user the server runs as (uid, gid), when not the test's own.
     user: Option<(u32, u32)>,
+    /// Serves TLS (only) with these certificates.
+    tls: Option<TestCerts>,
+    /// RabbitMQ's Erlang distribution port.
+    dist_port: u16,
     child: Option<Child>,
 }
 
@@ -66,6 +76,16 @@ impl PrivateServer {
     /// Prepares a data directory for `kind` and starts the server on a free port; returns once
     /// it accepts clients.
     pub async fn start(kind: Kind) -> Result<PrivateServer> {
+        PrivateServer::start_with(kind, false).await
+    }
+
+    /// Like [`PrivateServer::start`], serving TLS with a certificate signed by a CA made for
+    /// this server ([`PrivateServer::certs`]); [`PrivateServer::url`] is then a TLS URL.
+    pub async fn start_tls(kind: Kind) -> Result<PrivateServer> {
+        PrivateServer::start_with(kind, true).await
+    }
+
+    async fn start_with(kind: Kind, tls: bool) -> Result<PrivateServer> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("wasmill-{}-", kind.name()))
             .tempdir()
@@ -78,11 +98,23 @@ impl PrivateServer {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
                 .map_err(|e| Error::io(format!("chown {}", dir.path().display()), e))?;
         }
+        let tls = match tls {
+            true => {
+                let certs = TestCerts::write(dir.path())?;
+                if let Some((uid, gid)) = user {
+                    certs.chown(uid, gid)?;
+                }
+                Some(certs)
+            }
+            false => None,
+        };
         let mut server = PrivateServer {
             kind,
             port: free_port()?,
             dir,
             user,
+            tls,
+            dist_port: free_port()?,
             child: None,
         };
         server.prepare().await?;
@@ -105,15 +137,36 @@ impl PrivateServer {
         self.dir.path()
     }
 
-    /// The URL a backend connects with.
+    /// The certificates of a server started with [`PrivateServer::start_tls`].
+    pub fn certs(&self) -> Option<&TestCerts> {
+        self.tls.as_ref()
+    }
+
+    /// The URL a backend connects with (a TLS one for a TLS server: `rediss://`, `tls://`,
+    /// `mqtts://`, `sslmode=verify-full`, `ssl-mode=VERIFY_IDENTITY`).
     pub fn url(&self) -> String {
         let port = self.port;
+        if self.tls.is_some() {
+            return match self.kind {
+                Kind::Redis => format!("rediss://127.0.0.1:{port}"),
+                Kind::Nats => format!("tls://127.0.0.1:{port}"),
+                Kind::Mosquitto => format!("mqtts://127.0.0.1:{port}"),
+                Kind::Postgres => {
+                    format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=verify-full")
+                }
+                Kind::Mariadb => {
+                    format!("mysql://root@127.0.0.1:{port}/test?ssl-mode=VERIFY_IDENTITY")
+                }
+                Kind::Rabbitmq => format!("amqps://guest:guest@127.0.0.1:{port}/%2f"),
+            };
+        }
         match self.kind {
             Kind::Redis => format!("redis://127.0.0.1:{port}"),
             Kind::Nats => format!("nats://127.0.0.1:{port}"),
             Kind::Mosquitto => format!("mqtt://127.0.0.1:{port}"),
             Kind::Postgres => format!("postgres://postgres@127.0.0.1:{port}/postgres"),
             Kind::Mariadb => format!("mysql://root@127.0.0.1:{port}/test"),
+            Kind::Rabbitmq => format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
         }
     }
 
@@ -221,13 +274,30 @@ impl PrivateServer {
         let dir = self.dir();
         match self.kind {
             Kind::Redis | Kind::Nats => Ok(()),
+            Kind::Rabbitmq => {
+                let listener = match &self.tls {
+                    None => format!("listeners.tcp.default = 127.0.0.1:{}\n", self.port),
+                    Some(certs) => rabbitmq_tls_lines(self.port, certs),
+                };
+                let config = format!("{listener}loopback_users = none\n");
+                for (name, text) in [
+                    ("rabbitmq.conf", config.as_str()),
+                    ("enabled_plugins", "[].\n"),
+                ] {
+                    let path = dir.join(name);
+                    std::fs::write(&path, text)
+                        .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+                }
+                Ok(())
+            }
             Kind::Mosquitto => {
                 let config = format!(
                     "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                     persistence_location {dir}/\nlog_dest stderr\n{user}",
+                     persistence_location {dir}/\nlog_dest stderr\n{user}{tls}",
                     port = self.port,
                     dir = dir.display(),
                     user = if is_root() { "user root\n" } else { "" },
+                    tls = self.tls.as_ref().map(mosquitto_lines).unwrap_or_default(),
                 );
                 let path = dir.join("mosquitto.conf");
                 std::fs::write(&path, config)
@@ -267,10 +337,22 @@ impl PrivateServer {
         let cmd = match self.kind {
             Kind::Redis => {
                 let mut cmd = Command::new("redis-server");
-                cmd.args(["--port", &port, "--bind", "127.0.0.1", "--dir"])
-                    .arg(dir)
-                    .args(["--appendonly", "yes", "--save", "", "--daemonize", "no"])
-                    .args(["--logfile", "", "--protected-mode", "no"]);
+                let (plain, tls) = match self.tls {
+                    Some(_) => ("0", port.as_str()),
+                    None => (port.as_str(), "0"),
+                };
+                cmd.args([
+                    "--port",
+                    plain,
+                    "--tls-port",
+                    tls,
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                ])
+                .arg(dir)
+                .args(["--appendonly", "yes", "--save", "", "--daemonize", "no"])
+                .args(["--logfile", "", "--protected-mode", "no"]);
                 cmd
             }
             Kind::Nats => {
@@ -293,6 +375,37 @@ impl PrivateServer {
                     .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]);
                 cmd
             }
+            Kind::Rabbitmq => {
+                // The node script itself (Debian's /usr/sbin wrapper switches to the rabbitmq
+                // user, who could not write this directory).
+                let mut cmd = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
+                let env = [
+                    ("RABBITMQ_NODENAME", format!("wasmill-{port}@localhost")),
+                    ("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1".into()),
+                    ("RABBITMQ_NODE_PORT", port.clone()),
+                    ("RABBITMQ_DIST_PORT", self.dist_port.to_string()),
+                    (
+                        "RABBITMQ_MNESIA_BASE",
+                        dir.join("mnesia").display().to_string(),
+                    ),
+                    ("RABBITMQ_LOG_BASE", dir.join("log").display().to_string()),
+                    (
+                        "RABBITMQ_CONFIG_FILE",
+                        dir.join("rabbitmq.conf").display().to_string(),
+                    ),
+                    (
+                        "RABBITMQ_ENABLED_PLUGINS_FILE",
+                        dir.join("enabled_plugins").display().to_string(),
+                    ),
+                    (
+                        "RABBITMQ_PID_FILE",
+                        dir.join("rabbitmq.pid").display().to_string(),
+                    ),
+                    ("RABBITMQ_LOGS", "-".into()),
+                ];
+                cmd.envs(env);
+                cmd
+            }
             Kind::Mariadb => {
                 let mut cmd = Command::new("mariadbd");
                 cmd.arg("--no-defaults")
@@ -308,6 +421,13 @@ impl PrivateServer {
                 cmd
             }
         };
+        let mut cmd = cmd;
+        if self.kind == Kind::Rabbitmq {
+            return Ok(cmd);
+        }
+        if let Some(certs) = &self.tls {
+            cmd.args(server_args(self.kind, certs));
+        }
         Ok(cmd)
     }
 
@@ -315,7 +435,7 @@ impl PrivateServer {
     async fn ready(&self) -> bool {
         match self.kind {
             // Redis listens while it loads its data, answering -LOADING until done.
-            Kind::Redis => redis_ping(self.port).await,
+            Kind::Redis if self.tls.is_none() => redis_ping(self.port).await,
             // PostgreSQL listens while it recovers, refusing clients until done.
             Kind::Postgres => {
                 let Ok(pg_isready) = postgres_bin("pg_isready") else {
@@ -357,89 +477,6 @@ impl Drop for PrivateServer {
         }
         let _ = child.start_kill();
     }
-}
-
-/// Sends `SIGNAL` to the process `pid` (a child of this test).
-fn signal(pid: u32, signal: &str) {
-    let sent = std::process::Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .stderr(Stdio::null())
-        .status();
-    if !matches!(sent, Ok(s) if s.success()) {
-        tracing::debug!(pid, signal, "kill failed: {sent:?}");
-    }
-}
-
-/// Runs `cmd` to completion; an error names `what` and shows its output.
-async fn run(mut cmd: Command, what: &str) -> Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| Error::io(format!("run {what}"), e))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(Error::Other(format!(
-        "{what}: {}: {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout).trim(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    )))
-}
-
-/// A port of `127.0.0.1` nobody listens on now.
-pub fn free_port() -> Result<u16> {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("bind 127.0.0.1:0", e))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| Error::io("local address of 127.0.0.1:0", e))
-}
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
-}
-
-/// The uid and gid of the `postgres` user, from `/etc/passwd`.
-fn postgres_user() -> Result<(u32, u32)> {
-    let passwd =
-        std::fs::read_to_string("/etc/passwd").map_err(|e| Error::io("read /etc/passwd", e))?;
-    passwd
-        .lines()
-        .find_map(|line| {
-            let fields: Vec<&str> = line.split(':').collect();
-            match fields[..] {
-                ["postgres", _, uid, gid, ..] => Some((uid.parse().ok()?, gid.parse().ok()?)),
-                _ => None,
-            }
-        })
-        .ok_or_else(|| {
-            Error::Other("/etc/passwd: no user postgres to run postgres as (not as root)".into())
-        })
-}
-
-/// `name` in the newest `/usr/lib/postgresql/<version>/bin`.
-fn postgres_bin(name: &str) -> Result<PathBuf> {
-    let root = Path::new("/usr/lib/postgresql");
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(root)
-        .map_err(|e| Error::io(format!("read {}", root.display()), e))?
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let version = entry.file_name().to_str()?.parse().ok()?;
-            let bin = entry.path().join("bin").join(name);
-            bin.exists().then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions
-        .pop()
-        .map(|(_, bin)| bin)
-        .ok_or_else(|| Error::Other(format!("{}: no version has bin/{name}", root.display())))
 }
 
 /// Whether a Redis server on `port` answers `PING` with `PONG` (not `-LOADING`).
@@ -504,6 +541,11 @@ mod tests {
     #[tokio::test]
     async fn mariadb_restarts_on_its_port_and_stops_on_drop() {
         lifecycle(Kind::Mariadb).await;
+    }
+
+    #[tokio::test]
+    async fn rabbitmq_restarts_on_its_port_and_stops_on_drop() {
+        lifecycle(Kind::Rabbitmq).await;
     }
 
     /// One Redis command over RESP; the raw reply.

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::pubsub::kit::Reconnect;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -35,6 +36,11 @@ use super::{MIN_BACKOFF, NAME, Polled, TAKEN_OVER_BACKOFF, has_uuid, open_envelo
 use crate::error::{Error, Result};
 use crate::message::{AckState, DeliveryHandle, Message};
 use crate::pubsub::MessageSource;
+
+mod delivery;
+
+pub(crate) use delivery::MqttSource;
+use delivery::*;
 
 /// What a subscription session is, for the process-wide registry.
 #[derive(Clone)]
@@ -200,360 +206,6 @@ fn spawn_session(session: Session) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Delivery: the state the session task and its consumers share
-
-/// Where a received message stands.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum EntryState {
-    /// To deliver (not before the instant, after a nack with a delay).
-    Waiting(Option<Instant>),
-    InFlight,
-    Acked,
-}
-
-/// A message received on the current connection, not PUBACKed yet.
-struct Entry {
-    /// As received: a nacked message is opened from it again.
-    publish: Publish,
-    /// The uuid given to a message that came without one (it keeps it when redelivered).
-    foreign_uuid: Option<String>,
-    /// The message to deliver next (`None` while a delivery of it is out).
-    msg: Option<Message>,
-    state: EntryState,
-}
-
-impl Entry {
-    /// A fresh delivery of the message, as first received.
-    fn reopen(&self) -> Message {
-        let mut msg = open_envelope(&self.publish);
-        if let Some(uuid) = &self.foreign_uuid {
-            msg.uuid = uuid.clone();
-        }
-        msg
-    }
-}
-
-/// The messages a session received on its current connection and where each stands; the
-/// consumers take them from here in order, and PUBACKs leave in the order they came.
-#[derive(Default)]
-pub(super) struct Delivery {
-    state: Mutex<DeliveryState>,
-    /// Told whenever messages arrive or come back for delivery.
-    arrived: Notify,
-    /// Told when a consumer starts holding PUBACKs back: the session sends them within
-    /// [`ACK_HOLD`] unless the consumer did first.
-    acks_held: Notify,
-}
-
-/// How many acked messages a busy consumer lets wait before it queues their PUBACKs: each
-/// queueing wakes the session's thread, a system call for the consumer.
-const ACK_BATCH: usize = 32;
-
-/// How long the PUBACK of a handled message may wait for more to go with it.
-const ACK_HOLD: Duration = Duration::from_millis(1);
-
-#[derive(Default)]
-struct DeliveryState {
-    /// Received and not PUBACKed, oldest first; the front's sequence number is `front_seq`.
-    entries: VecDeque<Entry>,
-    front_seq: u64,
-    /// The first message never delivered yet (every later one is fresh too).
-    fresh: u64,
-    /// Messages nacked and waiting to be delivered again, by sequence number.
-    again: BTreeSet<u64>,
-    /// The current connection's client (for PUBACKs); `None` while disconnected.
-    client: Option<AsyncClient>,
-    /// Each consumer's deliveries not settled yet, by sequence number.
-    /// (A few consumers at most: a list.)
-    in_flight: Vec<(u64, Vec<(u64, DeliveryHandle)>)>,
-    /// Messages acked since their PUBACKs were last queued, and since when the first waits.
-    held: usize,
-    held_since: Option<Instant>,
-}
-
-impl Delivery {
-    fn lock(&self) -> MutexGuard<'_, DeliveryState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Lets consumer `consumer` go: what it did not settle goes to the others.
-    fn release(&self, consumer: u64) {
-        let mut st = self.lock();
-        if st.reap(consumer, true) {
-            st.flush_acks();
-            drop(st);
-            self.arrived.notify_waiters();
-        }
-    }
-
-    /// Queues the PUBACKs a consumer held back (the session's [`ACK_HOLD`] ran out).
-    fn flush_held(&self) {
-        let mut st = self.lock();
-        if st.held > 0 {
-            st.flush_acks();
-        }
-    }
-}
-
-impl DeliveryState {
-    fn next_seq(&self) -> u64 {
-        self.front_seq + self.entries.len() as u64
-    }
-
-    fn entry_mut(&mut self, seq: u64) -> Option<&mut Entry> {
-        let i = seq.checked_sub(self.front_seq)?;
-        self.entries.get_mut(usize::try_from(i).ok()?)
-    }
-
-    /// A new connection: its client takes the PUBACKs from now on.
-    fn connected(&mut self, client: AsyncClient) {
-        self.client = Some(client);
-    }
-
-    /// The connection is gone, and with it what it delivered: the broker sends again what was
-    /// not PUBACKed. Deliveries still out are forgotten (settling them does nothing).
-    fn lost(&mut self) {
-        self.client = None;
-        self.front_seq = self.next_seq();
-        self.fresh = self.front_seq;
-        self.entries.clear();
-        self.again.clear();
-        (self.held, self.held_since) = (0, None);
-    }
-
-    fn received(&mut self, publish: Publish) {
-        let msg = open_envelope(&publish);
-        let foreign_uuid = (!has_uuid(&publish)).then(|| msg.uuid.clone());
-        self.entries.push_back(Entry {
-            publish,
-            foreign_uuid,
-            msg: Some(msg),
-            state: EntryState::Waiting(None),
-        });
-    }
-
-    fn register(&mut self, consumer: u64) {
-        if !self.in_flight.iter().any(|(id, _)| *id == consumer) {
-            self.in_flight.push((consumer, Vec::new()));
-        }
-    }
-
-    /// Settles what `consumer` has settled (with `gone`, also what it has not: those go to the
-    /// other consumers); the PUBACKs wait for [`Self::flush_acks`]. Returns whether the
-    /// consumer is registered.
-    fn reap(&mut self, consumer: u64, gone: bool) -> bool {
-        let Some(i) = self.in_flight.iter().position(|(id, _)| *id == consumer) else {
-            return false;
-        };
-        let DeliveryState {
-            entries,
-            front_seq,
-            again,
-            in_flight,
-            ..
-        } = self;
-        let mut acked = 0;
-        in_flight[i].1.retain(|(seq, delivery)| {
-            let state = match delivery.ack_state() {
-                AckState::Pending if !gone => return true,
-                AckState::Acked => EntryState::Acked,
-                _ => EntryState::Waiting(delivery.redelivery_delay().map(|d| Instant::now() + d)),
-            };
-            let entry = seq
-                .checked_sub(*front_seq)
-                .and_then(|i| entries.get_mut(usize::try_from(i).ok()?));
-            if let Some(entry) = entry {
-                entry.state = state;
-                if state == EntryState::Acked {
-                    acked += 1;
-                } else {
-                    entry.msg = Some(entry.reopen());
-                    again.insert(*seq);
-                }
-            }
-            false
-        });
-        if gone {
-            in_flight.swap_remove(i);
-        }
-        self.held += acked;
-        true
-    }
-
-    /// Queues the held PUBACKs if the consumer is about to wait (`waiting`), holds enough of
-    /// them, or held the first long enough; otherwise keeps holding them. Returns whether the
-    /// session must be told to send them in time (the first one is held).
-    fn send_or_hold_acks(&mut self, waiting: bool) -> bool {
-        if self.held == 0 {
-            return false;
-        }
-        let due = match self.held_since {
-            _ if waiting || self.held >= ACK_BATCH => true,
-            Some(since) => since.elapsed() >= ACK_HOLD,
-            None => {
-                self.held_since = Some(Instant::now());
-                return true;
-            }
-        };
-        if due {
-            self.flush_acks();
-        }
-        false
-    }
-
-    /// Queues the PUBACKs of the acked messages at the front (an acked message waits for the
-    /// earlier ones).
-    fn flush_acks(&mut self) {
-        let Some(client) = &self.client else { return };
-        while self
-            .entries
-            .front()
-            .is_some_and(|e| e.state == EntryState::Acked)
-        {
-            let Some(e) = self.entries.front() else { break };
-            if client.try_ack(&e.publish).is_err() {
-                // The connection is failing (its failure arrives as an event) or the queue is
-                // full: the next settlement tries again.
-                break;
-            }
-            self.entries.pop_front();
-            self.front_seq += 1;
-        }
-        self.fresh = self.fresh.max(self.front_seq);
-        // What stays acked waits behind an unsettled message: its ack queues them too.
-        (self.held, self.held_since) = (0, None);
-    }
-
-    /// The next message for `consumer` (if it has room under `max_in_flight`), in order: a
-    /// nacked message goes out again before any later one. Otherwise says until when nothing
-    /// is due (`None`: until a message arrives or a delivery is settled).
-    fn take(
-        &mut self,
-        consumer: u64,
-        max_in_flight: usize,
-        settled: &Arc<Notify>,
-    ) -> std::result::Result<Message, Option<Instant>> {
-        let Some(i) = self.in_flight.iter().position(|(id, _)| *id == consumer) else {
-            return Err(None);
-        };
-        if self.in_flight[i].1.len() >= max_in_flight {
-            return Err(None);
-        }
-        let seq = loop {
-            match self.again.first().copied() {
-                Some(seq) => match self.entry_mut(seq).map(|e| e.state) {
-                    Some(EntryState::Waiting(Some(at))) if at > Instant::now() => {
-                        return Err(Some(at));
-                    }
-                    Some(EntryState::Waiting(_)) => {
-                        self.again.remove(&seq);
-                        break seq;
-                    }
-                    // Not waiting any more: nothing to deliver.
-                    _ => {
-                        self.again.remove(&seq);
-                    }
-                },
-                None if self.fresh < self.next_seq() => {
-                    self.fresh += 1;
-                    break self.fresh - 1;
-                }
-                None => return Err(None),
-            }
-        };
-        let Some(msg) = self.entry_mut(seq).map(|entry| {
-            entry.state = EntryState::InFlight;
-            entry.msg.take().unwrap_or_else(|| entry.reopen())
-        }) else {
-            return Err(None);
-        };
-        msg.notify_settled(settled);
-        self.in_flight[i].1.push((seq, msg.delivery_handle()));
-        Ok(msg)
-    }
-}
-
-/// A subscription's source: takes messages from its session's [`Delivery`] in the consumer's
-/// own task.
-pub(super) struct MqttSource {
-    session: Arc<SessionShared>,
-    id: u64,
-    max_in_flight: usize,
-    /// Told when one of this consumer's deliveries is settled.
-    settled: Arc<Notify>,
-}
-
-impl MqttSource {
-    /// The source of consumer `id` in `session`.
-    pub fn new(session: Arc<SessionShared>, id: u64, max_in_flight: usize) -> MqttSource {
-        MqttSource {
-            id,
-            max_in_flight: max_in_flight.max(1),
-            settled: Arc::new(Notify::new()),
-            session,
-        }
-    }
-}
-
-impl MqttSource {
-    /// The next message if one is at hand (`Ok(Some)`), `Ok(None)` once the session let go of
-    /// this consumer (its subscriber closed), else when the next redelivery is due.
-    fn take_ready(&self) -> std::result::Result<Option<Message>, Option<Instant>> {
-        let delivery = &self.session.delivery;
-        let mut st = delivery.lock();
-        if !st.reap(self.id, false) {
-            return Ok(None);
-        }
-        match st.take(self.id, self.max_in_flight, &self.settled) {
-            Ok(msg) => {
-                if st.send_or_hold_acks(false) {
-                    drop(st);
-                    delivery.acks_held.notify_one();
-                }
-                Ok(Some(msg))
-            }
-            Err(due) => {
-                st.send_or_hold_acks(true);
-                Err(due)
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl MessageSource for MqttSource {
-    fn try_next(&mut self) -> Option<Message> {
-        self.take_ready().ok().flatten()
-    }
-
-    async fn next(&mut self) -> Option<Message> {
-        // Messages are often ready without waiting: take part in tokio's cooperative budget.
-        tokio::task::consume_budget().await;
-        loop {
-            let arrived = self.session.delivery.arrived.notified();
-            tokio::pin!(arrived);
-            arrived.as_mut().enable();
-            let due = match self.take_ready() {
-                Ok(msg) => return msg,
-                Err(due) => due,
-            };
-            tokio::select! {
-                _ = arrived => {}
-                _ = self.settled.notified() => {}
-                _ = super::sleep_until_opt(due) => {}
-            }
-        }
-    }
-}
-
-impl Drop for MqttSource {
-    fn drop(&mut self) {
-        self.session.delivery.release(self.id);
-        let _ = self.session.requests.send(Request::Detach(self.id));
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // The session task
 
 struct Consumer {
@@ -610,7 +262,7 @@ struct Session {
     released: Vec<CancellationToken>,
     link: Option<Link>,
     reconnect_at: Option<Instant>,
-    backoff: Duration,
+    reconnect: Reconnect,
     was_connected: bool,
 }
 
@@ -620,6 +272,7 @@ impl Session {
         shared: Arc<SessionShared>,
         requests: mpsc::UnboundedReceiver<Request>,
     ) -> Session {
+        let reconnect = Reconnect::new(MIN_BACKOFF, spec.reconnect_max);
         Session {
             spec,
             shared,
@@ -630,7 +283,7 @@ impl Session {
             released: Vec::new(),
             link: None,
             reconnect_at: Some(Instant::now()),
-            backoff: MIN_BACKOFF,
+            reconnect,
             was_connected: false,
         }
     }
@@ -755,6 +408,7 @@ impl Session {
         let Some(link) = self.link.take() else { return };
         self.shared.delivery.lock().lost();
         let client_id = self.spec.options.client_id();
+        let backoff = self.reconnect.next_delay();
         let delay = if taken_over {
             tracing::warn!(url = %self.spec.shown, client_id, "mqtt: another client took this session over (give each host its own client_id); retrying in {TAKEN_OVER_BACKOFF:?}");
             TAKEN_OVER_BACKOFF
@@ -764,9 +418,8 @@ impl Session {
             } else {
                 tracing::debug!(url = %self.spec.shown, client_id, "mqtt subscription: connect failed: {why}");
             }
-            self.backoff
+            backoff
         };
-        self.backoff = (self.backoff * 2).min(self.spec.reconnect_max.max(MIN_BACKOFF));
         self.reconnect_at = Some(Instant::now() + delay);
     }
 
@@ -777,7 +430,7 @@ impl Session {
                 self.shared.delivery.arrived.notify_waiters();
             }
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                self.backoff = MIN_BACKOFF;
+                self.reconnect.reset();
                 if self.spec.persistent && self.was_connected && !ack.session_present {
                     tracing::warn!(url = %self.spec.shown, client_id = self.spec.options.client_id(), "mqtt: the broker had lost this session; messages published meanwhile are lost");
                 }
@@ -860,186 +513,4 @@ impl Session {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A delivery state over a client whose event loop is never polled: its request queue
-    /// takes the PUBACKs (a PUBACK went out when the front moved past the message).
-    fn state() -> (DeliveryState, EventLoop) {
-        let (client, eventloop) = AsyncClient::new(MqttOptions::new("test", "localhost", 1), 64);
-        let mut st = DeliveryState::default();
-        st.connected(client);
-        for pkid in 1..=4u16 {
-            st.received(publish(pkid));
-        }
-        (st, eventloop)
-    }
-
-    /// A QoS 1 PUBLISH with packet id `pkid` and payload `m{pkid}`.
-    fn publish(pkid: u16) -> Publish {
-        let mut p = Publish::new("t", QoS::AtLeastOnce, format!("m{pkid}"), None);
-        p.pkid = pkid;
-        p
-    }
-
-    fn take(st: &mut DeliveryState, consumer: u64, max: usize) -> Option<Message> {
-        st.take(consumer, max, &Arc::new(Notify::new())).ok()
-    }
-
-    fn payload(m: &Message) -> &[u8] {
-        &m.payload
-    }
-
-    /// What a consumer does before it waits: settles its deliveries and queues the PUBACKs.
-    fn settle(st: &mut DeliveryState, consumer: u64) {
-        st.reap(consumer, false);
-        st.send_or_hold_acks(true);
-    }
-
-    /// Takes, acks and reaps the next message, as a busy consumer's next call does.
-    fn handle_next(st: &mut DeliveryState) {
-        take(st, 1, 1).unwrap().ack();
-        st.reap(1, false);
-    }
-
-    #[test]
-    fn a_busy_consumer_holds_pubacks_back_until_a_batch_is_due() {
-        let (mut st, _el) = state();
-        for pkid in 5..=(ACK_BATCH as u16 + 8) {
-            st.received(publish(pkid));
-        }
-        st.register(1);
-        handle_next(&mut st);
-        assert!(
-            st.send_or_hold_acks(false),
-            "the first held: the session is told"
-        );
-        assert_eq!(st.front_seq, 0, "held back");
-        for _ in 1..ACK_BATCH - 1 {
-            handle_next(&mut st);
-            assert!(!st.send_or_hold_acks(false), "told once");
-        }
-        assert_eq!(st.front_seq, 0, "still held back");
-        handle_next(&mut st);
-        assert!(!st.send_or_hold_acks(false));
-        assert_eq!(st.front_seq, ACK_BATCH as u64, "a batch queued at once");
-        handle_next(&mut st);
-        assert!(st.send_or_hold_acks(false), "the next batch starts");
-    }
-
-    #[test]
-    fn held_pubacks_go_out_when_the_consumer_waits_or_the_hold_ends() {
-        let (mut st, _el) = state();
-        st.register(1);
-        handle_next(&mut st);
-        assert!(st.send_or_hold_acks(false));
-        assert!(!st.send_or_hold_acks(true));
-        assert_eq!(st.front_seq, 1, "queued before waiting");
-
-        handle_next(&mut st);
-        assert!(st.send_or_hold_acks(false));
-        std::thread::sleep(ACK_HOLD * 2);
-        handle_next(&mut st);
-        assert!(!st.send_or_hold_acks(false));
-        assert_eq!(st.front_seq, 3, "the first waited ACK_HOLD: both queued");
-    }
-
-    #[test]
-    fn the_session_sends_what_a_consumer_holds_back() {
-        let (st, _el) = state();
-        let delivery = Delivery {
-            state: Mutex::new(st),
-            ..Delivery::default()
-        };
-        delivery.lock().register(1);
-        handle_next(&mut delivery.lock());
-        assert!(delivery.lock().send_or_hold_acks(false));
-        delivery.flush_held();
-        assert_eq!(delivery.lock().front_seq, 1);
-    }
-
-    #[test]
-    fn pubacks_leave_in_the_order_received_whatever_the_order_of_acks() {
-        let (mut st, _el) = state();
-        st.register(1);
-        let a = take(&mut st, 1, 2).unwrap();
-        let b = take(&mut st, 1, 2).unwrap();
-        assert!(take(&mut st, 1, 2).is_none(), "max_in_flight holds");
-        b.ack();
-        settle(&mut st, 1);
-        assert_eq!(st.front_seq, 0, "the second waits for the first");
-        a.ack();
-        settle(&mut st, 1);
-        assert_eq!(st.front_seq, 2);
-        assert_eq!(payload(&take(&mut st, 1, 2).unwrap()), b"m3");
-    }
-
-    #[test]
-    fn a_nacked_message_comes_back_first_with_its_uuid() {
-        let (mut st, _el) = state();
-        st.register(1);
-        let first = take(&mut st, 1, 1).unwrap();
-        let uuid = first.uuid.clone();
-        first.nack();
-        st.reap(1, false);
-        let again = take(&mut st, 1, 1).unwrap();
-        assert_eq!(payload(&again), b"m1");
-        assert_eq!(
-            again.uuid, uuid,
-            "a message without a uuid keeps the one it was given"
-        );
-        assert_eq!(again.ack_state(), AckState::Pending, "a fresh delivery");
-        again.ack();
-        st.reap(1, false);
-        assert_eq!(payload(&take(&mut st, 1, 1).unwrap()), b"m2");
-    }
-
-    #[test]
-    fn a_delayed_nack_holds_back_later_messages_until_due() {
-        let (mut st, _el) = state();
-        st.register(1);
-        let first = take(&mut st, 1, 4).unwrap();
-        first.set_redelivery_delay(Duration::from_secs(60));
-        first.nack();
-        st.reap(1, false);
-        match st.take(1, 4, &Arc::new(Notify::new())) {
-            Err(Some(at)) => assert!(at > Instant::now()),
-            other => panic!("expected a wait, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_consumer_that_leaves_hands_what_it_did_not_settle_to_the_others() {
-        let (mut st, _el) = state();
-        st.register(1);
-        st.register(2);
-        let kept = take(&mut st, 1, 2).unwrap();
-        let done = take(&mut st, 1, 2).unwrap();
-        done.ack();
-        assert!(st.reap(1, true));
-        st.flush_acks();
-        assert!(!st.reap(1, false), "unregistered");
-        let again = take(&mut st, 2, 1).unwrap();
-        assert_eq!(payload(&again), payload(&kept));
-        assert_eq!(st.front_seq, 0, "the acked second waits for the first");
-        again.ack();
-        settle(&mut st, 2);
-        assert_eq!(st.front_seq, 2, "both PUBACKed, in order");
-    }
-
-    #[test]
-    fn a_lost_connection_forgets_what_it_delivered() {
-        let (mut st, _el) = state();
-        st.register(1);
-        let m = take(&mut st, 1, 1).unwrap();
-        st.lost();
-        m.ack();
-        assert!(st.reap(1, false));
-        assert!(
-            take(&mut st, 1, 1).is_none(),
-            "nothing left: the broker sends it again"
-        );
-        st.received(publish(9));
-        assert_eq!(payload(&take(&mut st, 1, 1).unwrap()), b"m9");
-    }
-}
+mod tests;

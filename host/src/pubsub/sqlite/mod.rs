@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 use super::{Publisher, SubscribeOptions, Subscriber, Subscription, closed, wait_settled};
 use crate::error::{Error, Result};
 use crate::message::{AckState, Message};
+use crate::pubsub::DynSubscriber;
+use crate::pubsub::registry::{self, Backend};
 
 const NAME: &str = "sqlite";
 /// Rows in one `INSERT` of a publish: 4 parameters each, far below SQLite's limit of 32,766.
@@ -86,13 +88,13 @@ fn group_lock(url: &str, topic: &str, group: &str) -> Arc<tokio::sync::Mutex<()>
 /// The SQLite pub/sub; publisher and subscriber in one.
 #[derive(Clone)]
 pub struct SqlitePubSub {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
     config: Arc<SqliteConfig>,
     wake: Arc<Notify>,
     closed: CancellationToken,
 }
 
-fn db_err(what: impl std::fmt::Display, e: sqlx::Error) -> Error {
+pub(crate) fn db_err(what: impl std::fmt::Display, e: sqlx::Error) -> Error {
     Error::pubsub(NAME, what.to_string(), e)
 }
 
@@ -151,7 +153,7 @@ impl SqlitePubSub {
         self.config.consumer_group.as_deref().unwrap_or("default")
     }
 
-    async fn ensure_group(&self, topic: &str) -> Result<()> {
+    pub(crate) async fn ensure_group(&self, topic: &str) -> Result<()> {
         sqlx::query(
             "INSERT OR IGNORE INTO wasmill_offsets (topic, consumer_group, acked) VALUES (?, ?,
                  CASE WHEN ? THEN COALESCE((SELECT MAX(\"offset\") FROM wasmill_messages WHERE topic = ?), 0) ELSE 0 END)",
@@ -287,7 +289,7 @@ impl Subscriber for SqlitePubSub {
 }
 
 impl SqlitePubSub {
-    async fn next_row(&self, topic: &str) -> Result<Option<(i64, Message)>> {
+    pub(crate) async fn next_row(&self, topic: &str) -> Result<Option<(i64, Message)>> {
         let row = sqlx::query(
             "SELECT m.\"offset\", m.uuid, m.metadata, m.payload FROM wasmill_messages m
              JOIN wasmill_offsets o ON o.topic = m.topic AND o.consumer_group = ?
@@ -308,7 +310,7 @@ impl SqlitePubSub {
         Ok(Some((offset, m)))
     }
 
-    async fn ack(&self, topic: &str, offset: i64) -> Result<()> {
+    pub(crate) async fn ack(&self, topic: &str, offset: i64) -> Result<()> {
         sqlx::query("UPDATE wasmill_offsets SET acked = ? WHERE topic = ? AND consumer_group = ? AND acked < ?")
             .bind(offset)
             .bind(topic)
@@ -368,216 +370,32 @@ impl SqlitePubSub {
     }
 }
 
-/// The raw client's throughput on a file: inserts in one transaction per 100, then reads and
-/// advances an offset per message — the work the backend does, without Wasmill around it.
-pub async fn raw_bench(
-    url: &str,
-    messages: usize,
-    payload_size: usize,
-) -> Result<super::RawBenchFigures> {
-    let ps = SqlitePubSub::connect(SqliteConfig {
-        url: url.to_string(),
-        ..SqliteConfig::default()
-    })
-    .await?;
-    let topic = format!("raw_bench_{}", uuid::Uuid::new_v4().simple());
-    let payload = vec![b'x'; payload_size];
-    let start = std::time::Instant::now();
-    for chunk in (0..messages).collect::<Vec<_>>().chunks(100) {
-        let mut tx = ps.pool.begin().await.map_err(|e| db_err("begin", e))?;
-        for _ in chunk {
-            sqlx::query("INSERT INTO wasmill_messages (topic, uuid, metadata, payload) VALUES (?, ?, '{}', ?)")
-                .bind(&topic)
-                .bind(uuid::Uuid::new_v4().to_string())
-                .bind(&payload[..])
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| db_err("insert", e))?;
-        }
-        tx.commit().await.map_err(|e| db_err("commit", e))?;
-    }
-    let publish = start.elapsed();
-    ps.ensure_group(&topic).await?;
-    let start = std::time::Instant::now();
-    while let Some((offset, _)) = ps.next_row(&topic).await? {
-        ps.ack(&topic, offset).await?;
-    }
-    let consume = start.elapsed();
-    Ok(super::RawBenchFigures {
-        publish_per_sec: messages as f64 / publish.as_secs_f64(),
-        consume_per_sec: messages as f64 / consume.as_secs_f64(),
-    })
-}
+/// This backend in the registry's table ([`registry::BACKENDS`]).
+pub const BACKEND: registry::BackendKind = registry::BackendKind {
+    name: "sqlite",
+    check: registry::check_as::<SqliteConfig>,
+    connect: |name, table| {
+        Box::pin(async move {
+            let cfg: SqliteConfig = registry::settings(&name, &table)?;
+            let ps = SqlitePubSub::connect(cfg).await?;
+            // A tail reads in a group of its own, so it does not take messages from handlers.
+            Ok(
+                Backend::shared(&name, "sqlite", ps.clone()).with_async_tail(move || {
+                    let ps = ps.clone();
+                    Box::pin(
+                        async move { Ok(Arc::new(ps.tail_subscriber().await?) as DynSubscriber) },
+                    )
+                }),
+            )
+        })
+    },
+    raw_bench: Some(|name, table, messages, payload_size| {
+        Box::pin(async move {
+            let cfg: SqliteConfig = registry::settings(&name, &table)?;
+            crate::bench::raw::sqlite::run(&cfg.url, messages, payload_size).await
+        })
+    }),
+};
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pubsub::conformance::{Features, Harness};
-    use crate::pubsub::{DynPublisher, DynSubscriber};
-
-    struct SqliteHarness {
-        dir: tempfile::TempDir,
-    }
-
-    impl SqliteHarness {
-        fn new() -> Self {
-            SqliteHarness {
-                dir: tempfile::tempdir().expect("temp dir"),
-            }
-        }
-        fn config(&self, group: Option<&str>) -> SqliteConfig {
-            SqliteConfig {
-                url: format!("sqlite://{}", self.dir.path().join("test.db").display()),
-                consumer_group: group.map(str::to_string),
-                poll_interval: Duration::from_millis(50),
-                start_at_end: false,
-            }
-        }
-    }
-
-    #[async_trait]
-    impl Harness for SqliteHarness {
-        fn features(&self) -> Features {
-            Features {
-                consumer_groups: true,
-                guaranteed_order: true,
-                guaranteed_order_with_single_subscriber: true,
-                persistent: true,
-                new_subscriber_receives_old_messages: true,
-                ..Features::default()
-            }
-        }
-
-        async fn pubsub(&self) -> Result<(DynPublisher, DynSubscriber)> {
-            let ps = SqlitePubSub::connect(self.config(None)).await?;
-            Ok(crate::pubsub::conformance::pair(ps))
-        }
-
-        async fn subscriber_in_group(&self, group: &str) -> Result<DynSubscriber> {
-            Ok(Arc::new(
-                SqlitePubSub::connect(self.config(Some(group))).await?,
-            ))
-        }
-    }
-
-    crate::conformance_tests!(SqliteHarness::new());
-
-    #[tokio::test]
-    async fn survives_a_restart_of_the_host() {
-        let h = SqliteHarness::new();
-        let ps = SqlitePubSub::connect(h.config(Some("g"))).await.unwrap();
-        ps.subscribe_initialize("t").await.unwrap();
-        ps.publish(
-            "t",
-            (0..3)
-                .map(|i| Message::with_uuid(format!("m{i}"), "p"))
-                .collect(),
-        )
-        .await
-        .unwrap();
-        let mut sub = ps.subscribe("t").await.unwrap();
-        let first = sub.recv().await.unwrap();
-        assert_eq!(first.uuid, "m0");
-        first.ack();
-        let second = sub.recv().await.unwrap();
-        assert_eq!(second.uuid, "m1");
-        // "Crash" with m1 unacked: close everything and reopen the file.
-        drop(sub);
-        Publisher::close(&ps).await.unwrap();
-        drop(ps);
-        let ps = SqlitePubSub::connect(h.config(Some("g"))).await.unwrap();
-        let mut sub = ps.subscribe("t").await.unwrap();
-        let again = tokio::time::timeout(Duration::from_secs(5), sub.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            again.uuid, "m1",
-            "the unacked message comes back after a restart"
-        );
-        again.ack();
-        assert_eq!(sub.recv().await.unwrap().uuid, "m2");
-    }
-
-    #[tokio::test]
-    async fn a_tail_reads_only_new_messages_and_takes_none_from_the_group() {
-        let h = SqliteHarness::new();
-        let ps = SqlitePubSub::connect(h.config(Some("g"))).await.unwrap();
-        ps.subscribe_initialize("t").await.unwrap();
-        ps.publish("t", vec![Message::with_uuid("old", "p")])
-            .await
-            .unwrap();
-        let tail = ps.tail_subscriber().await.unwrap();
-        let mut s = tail.subscribe("t").await.unwrap();
-        ps.publish("t", vec![Message::with_uuid("new", "p")])
-            .await
-            .unwrap();
-        let m = tokio::time::timeout(Duration::from_secs(5), s.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(m.uuid, "new");
-        m.ack();
-        let mut g = ps.subscribe("t").await.unwrap();
-        let a = g.recv().await.unwrap();
-        assert_eq!(a.uuid, "old");
-        a.ack();
-        assert_eq!(g.recv().await.unwrap().uuid, "new");
-    }
-
-    #[tokio::test]
-    async fn closing_a_tail_leaves_the_backend_open_and_closing_the_backend_ends_tails() {
-        let h = SqliteHarness::new();
-        let ps = SqlitePubSub::connect(h.config(Some("g"))).await.unwrap();
-        let tail = ps.tail_subscriber().await.unwrap();
-        Subscriber::close(&tail).await.unwrap();
-        ps.publish("t", vec![Message::with_uuid("after-tail-close", "p")])
-            .await
-            .expect("the backend still publishes after a tail closed");
-        let other_tail = ps.tail_subscriber().await.unwrap();
-        let mut s = other_tail.subscribe("t").await.unwrap();
-        Subscriber::close(&ps).await.unwrap();
-        let end = tokio::time::timeout(Duration::from_secs(5), s.recv()).await;
-        assert!(
-            matches!(end, Ok(None)),
-            "closing the backend ends its tails"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_publish_of_several_insert_chunks_keeps_order_and_metadata() {
-        let h = SqliteHarness::new();
-        let ps = SqlitePubSub::connect(h.config(Some("g"))).await.unwrap();
-        ps.subscribe_initialize("t").await.unwrap();
-        let n = ROWS_PER_INSERT * 2 + 3;
-        let sent: Vec<Message> = (0..n)
-            .map(|i| {
-                Message::with_uuid(format!("m{i}"), format!("p{i}"))
-                    .with_metadata("i", i.to_string())
-            })
-            .collect();
-        ps.publish("t", sent.iter().map(Message::copy).collect())
-            .await
-            .unwrap();
-        let mut sub = ps.subscribe("t").await.unwrap();
-        for want in &sent {
-            let got = tokio::time::timeout(Duration::from_secs(10), sub.recv())
-                .await
-                .expect("delivered in time")
-                .expect("subscription open");
-            assert_eq!(
-                (&got.uuid, &got.payload, got.metadata.get("i")),
-                (&want.uuid, &want.payload, want.metadata.get("i"))
-            );
-            got.ack();
-        }
-    }
-
-    #[tokio::test]
-    async fn raw_bench_reports_positive_figures() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("b.db").display());
-        let f = raw_bench(&url, 200, 100).await.unwrap();
-        assert!(f.publish_per_sec > 0.0 && f.consume_per_sec > 0.0);
-    }
-}
+mod tests;

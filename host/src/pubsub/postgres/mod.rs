@@ -9,6 +9,7 @@
 //! `publish_in_tx` publishes inside a caller's transaction (the outbox pattern).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -16,13 +17,16 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Deserialize;
 use sqlx::Row;
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgSslMode};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::kit::{Reconnect, redacted, tls};
 use super::{Publisher, SubscribeOptions, Subscriber, Subscription, closed, wait_settled};
 use crate::error::{Error, Result};
 use crate::message::{AckState, Message};
+use crate::pubsub::DynSubscriber;
+use crate::pubsub::registry::{self, Backend};
 
 const NAME: &str = "postgres";
 
@@ -30,8 +34,13 @@ const NAME: &str = "postgres";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresConfig {
-    /// `postgres://user@host:port/db`.
+    /// `postgres://user@host:port/db`; TLS with `?sslmode=require` (encrypt),
+    /// `verify-ca` or `verify-full` (check the certificate against the system's roots or
+    /// `sslrootcert` / `ca_file`).
     pub url: String,
+    /// A PEM file of the CA that signed the server's certificate; with no `sslmode` in the URL
+    /// it means `verify-full`.
+    pub ca_file: Option<PathBuf>,
     /// The consumer group of this pub/sub's subscriptions (`default` when unset).
     pub consumer_group: Option<String>,
     /// How often consumers poll when no NOTIFY arrives (a fallback).
@@ -46,6 +55,7 @@ impl Default for PostgresConfig {
     fn default() -> Self {
         PostgresConfig {
             url: "postgres://postgres@127.0.0.1:5432/test".into(),
+            ca_file: None,
             consumer_group: None,
             start_at_end: false,
             poll_interval: Duration::from_secs(1),
@@ -67,7 +77,7 @@ fn waker(url: &str) -> Arc<Notify> {
 /// The PostgreSQL pub/sub; publisher and subscriber in one.
 #[derive(Clone)]
 pub struct PostgresPubSub {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
     config: Arc<PostgresConfig>,
     wake: Arc<Notify>,
     closed: CancellationToken,
@@ -76,7 +86,7 @@ pub struct PostgresPubSub {
 
 /// Serializes the publishers of one topic (a row lock held until commit), so offsets become
 /// visible in increasing order and a consumer never skips one that commits late.
-async fn lock_topic(
+pub(crate) async fn lock_topic(
     conn: &mut <sqlx::Postgres as sqlx::Database>::Connection,
     topic: &str,
 ) -> Result<()> {
@@ -93,8 +103,26 @@ async fn lock_topic(
     Ok(())
 }
 
-fn db_err(what: impl std::fmt::Display, e: sqlx::Error) -> Error {
+pub(crate) fn db_err(what: impl std::fmt::Display, e: sqlx::Error) -> Error {
     Error::pubsub(NAME, what.to_string(), e)
+}
+
+/// The URL's options, with `ca_file` as the root certificate (and `verify-full` unless the URL
+/// says which `sslmode`).
+fn connect_options(config: &PostgresConfig) -> Result<PgConnectOptions> {
+    let shown = redacted(&config.url);
+    let mut options: PgConnectOptions = config
+        .url
+        .parse()
+        .map_err(|e| db_err(format!("invalid url {shown}"), e))?;
+    if let Some(ca) = &config.ca_file {
+        tls::read_ca(NAME, ca)?;
+        options = options.ssl_root_cert(ca);
+        if !config.url.contains("sslmode=") {
+            options = options.ssl_mode(PgSslMode::VerifyFull);
+        }
+    }
+    Ok(options)
 }
 
 impl PostgresPubSub {
@@ -109,7 +137,7 @@ impl PostgresPubSub {
         let pool = PgPoolOptions::new()
             .max_connections(32)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(&config.url)
+            .connect_with(connect_options(&config)?)
             .await
             .map_err(|e| db_err(format!("connect {}", redacted(&config.url)), e))?;
         for ddl in [
@@ -158,11 +186,11 @@ impl PostgresPubSub {
         Ok(tail)
     }
 
-    fn group(&self) -> &str {
+    pub(crate) fn group(&self) -> &str {
         self.config.consumer_group.as_deref().unwrap_or("default")
     }
 
-    async fn ensure_group(&self, topic: &str) -> Result<()> {
+    pub(crate) async fn ensure_group(&self, topic: &str) -> Result<()> {
         // Concurrent first subscribers may deadlock on the insert: try again.
         let mut attempt = 0;
         loop {
@@ -306,7 +334,7 @@ impl Subscriber for PostgresPubSub {
 
 impl PostgresPubSub {
     /// Locks the group's offset row and reads the next message after it, inside `tx`.
-    async fn next_row(
+    pub(crate) async fn next_row(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         topic: &str,
@@ -378,15 +406,16 @@ impl PostgresPubSub {
             let this = self.clone();
             tokio::spawn(async move { this.listen().await });
         }
-        let mut backoff = Duration::from_millis(100);
+        let mut reconnect = Reconnect::default();
         loop {
             if sender.is_closed() {
                 return Ok(());
             }
             let woken = self.wake.notified();
             match self.deliver_one(topic, sender).await {
-                Ok(true) => backoff = Duration::from_millis(100),
+                Ok(true) => reconnect.reset(),
                 Ok(false) => {
+                    reconnect.reset();
                     tokio::select! {
                         _ = woken => {}
                         _ = tokio::time::sleep(self.config.poll_interval) => {}
@@ -394,12 +423,12 @@ impl PostgresPubSub {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(topic, url = %redacted(&self.config.url), "postgres: {e}; retrying in {backoff:?}");
+                    let delay = reconnect.next_delay();
+                    tracing::warn!(topic, url = %redacted(&self.config.url), "postgres: {e}; retrying in {delay:?}");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         _ = sender.closed() => return Ok(()),
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -474,190 +503,31 @@ pub async fn publish_in_tx(
     Ok(())
 }
 
-fn redacted(url: &str) -> String {
-    match url.split_once('@') {
-        Some((scheme_user, host)) => match scheme_user.split_once("://") {
-            Some((scheme, user)) => {
-                let user = user.split(':').next().unwrap_or("");
-                format!("{scheme}://{user}@{host}")
-            }
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
-}
-
-/// The raw client's throughput: INSERTs in transactions of 100, then one SELECT + UPDATE per
-/// message (what the backend does, without Wasmill around it).
-pub async fn raw_bench(
-    url: &str,
-    messages: usize,
-    payload_size: usize,
-) -> Result<super::RawBenchFigures> {
-    let ps = PostgresPubSub::connect(PostgresConfig {
-        url: url.to_string(),
-        ..PostgresConfig::default()
-    })
-    .await?;
-    let topic = format!("raw_bench_{}", uuid::Uuid::new_v4().simple());
-    let payload = vec![b'x'; payload_size];
-    let start = std::time::Instant::now();
-    let mut sent = 0;
-    while sent < messages {
-        let n = 100.min(messages - sent);
-        let mut tx = ps.pool.begin().await.map_err(|e| db_err("begin", e))?;
-        lock_topic(&mut tx, &topic).await?;
-        for _ in 0..n {
-            sqlx::query("INSERT INTO wasmill_messages (topic, uuid, metadata, payload) VALUES ($1, $2, '{}', $3)")
-                .bind(&topic)
-                .bind(uuid::Uuid::new_v4().to_string())
-                .bind(&payload[..])
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| db_err("insert", e))?;
-        }
-        tx.commit().await.map_err(|e| db_err("commit", e))?;
-        sent += n;
-    }
-    let publish = start.elapsed();
-    ps.ensure_group(&topic).await?;
-    let start = std::time::Instant::now();
-    let mut got = 0;
-    loop {
-        let mut tx = ps.pool.begin().await.map_err(|e| db_err("begin", e))?;
-        let Some((offset, _)) = ps.next_row(&mut tx, &topic).await? else {
-            break;
-        };
-        sqlx::query(
-            "UPDATE wasmill_offsets SET acked = $1 WHERE topic = $2 AND consumer_group = $3",
-        )
-        .bind(offset)
-        .bind(&topic)
-        .bind(ps.group())
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| db_err("ack", e))?;
-        tx.commit().await.map_err(|e| db_err("commit", e))?;
-        got += 1;
-    }
-    let consume = start.elapsed();
-    Ok(super::RawBenchFigures {
-        publish_per_sec: messages as f64 / publish.as_secs_f64(),
-        consume_per_sec: got as f64 / consume.as_secs_f64(),
-    })
-}
+/// This backend in the registry's table ([`registry::BACKENDS`]).
+pub const BACKEND: registry::BackendKind = registry::BackendKind {
+    name: "postgres",
+    check: registry::check_as::<PostgresConfig>,
+    connect: |name, table| {
+        Box::pin(async move {
+            let cfg: PostgresConfig = registry::settings(&name, &table)?;
+            let ps = PostgresPubSub::connect(cfg).await?;
+            Ok(
+                Backend::shared(&name, "postgres", ps.clone()).with_async_tail(move || {
+                    let ps = ps.clone();
+                    Box::pin(
+                        async move { Ok(Arc::new(ps.tail_subscriber().await?) as DynSubscriber) },
+                    )
+                }),
+            )
+        })
+    },
+    raw_bench: Some(|name, table, messages, payload_size| {
+        Box::pin(async move {
+            let cfg: PostgresConfig = registry::settings(&name, &table)?;
+            crate::bench::raw::postgres::run(&cfg.url, messages, payload_size).await
+        })
+    }),
+};
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pubsub::conformance::{Features, Harness, OwnedPubSub};
-    use crate::pubsub::testkit::{Kind, PrivateServer};
-    use crate::pubsub::{DynPublisher, DynSubscriber};
-
-    fn url() -> String {
-        std::env::var("WASMILL_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-    }
-
-    struct PostgresHarness {
-        group: String,
-    }
-
-    impl PostgresHarness {
-        fn new() -> Self {
-            PostgresHarness {
-                group: crate::pubsub::conformance::unique_group(),
-            }
-        }
-        fn config(&self, group: &str) -> PostgresConfig {
-            self.config_at(url(), group)
-        }
-        fn config_at(&self, url: String, group: &str) -> PostgresConfig {
-            PostgresConfig {
-                url,
-                consumer_group: Some(group.to_string()),
-                poll_interval: Duration::from_millis(200),
-                start_at_end: false,
-            }
-        }
-    }
-
-    #[async_trait]
-    impl Harness for PostgresHarness {
-        fn features(&self) -> Features {
-            Features {
-                consumer_groups: true,
-                guaranteed_order: true,
-                guaranteed_order_with_single_subscriber: true,
-                persistent: true,
-                new_subscriber_receives_old_messages: true,
-                ..Features::default()
-            }
-        }
-
-        async fn pubsub(&self) -> Result<(DynPublisher, DynSubscriber)> {
-            let ps = PostgresPubSub::connect(self.config(&self.group)).await?;
-            Ok(crate::pubsub::conformance::pair(ps))
-        }
-
-        async fn subscriber_in_group(&self, group: &str) -> Result<DynSubscriber> {
-            Ok(Arc::new(PostgresPubSub::connect(self.config(group)).await?))
-        }
-
-        /// A private cluster, restarted (fast shutdown): the messages and the groups'
-        /// offsets are rows, and come back with it.
-        async fn owned_pubsub(&self) -> Result<Option<OwnedPubSub>> {
-            let server = PrivateServer::start(Kind::Postgres).await?;
-            let ps = PostgresPubSub::connect(self.config_at(server.url(), &self.group)).await?;
-            let (publisher, subscriber) = crate::pubsub::conformance::pair(ps);
-            Ok(Some(OwnedPubSub {
-                publisher,
-                subscriber,
-                outage: Box::new(server),
-            }))
-        }
-    }
-
-    crate::conformance_tests!(PostgresHarness::new());
-
-    #[tokio::test]
-    async fn publish_in_tx_follows_the_transaction() {
-        let h = PostgresHarness::new();
-        let ps = PostgresPubSub::connect(h.config("tx")).await.unwrap();
-        let topic = crate::pubsub::conformance::unique_topic("outbox");
-        ps.subscribe_initialize(&topic).await.unwrap();
-        let mut sub = ps.subscribe(&topic).await.unwrap();
-        let mut tx = ps.pool.begin().await.unwrap();
-        publish_in_tx(&mut tx, &topic, &[Message::with_uuid("rolled-back", "x")])
-            .await
-            .unwrap();
-        tx.rollback().await.unwrap();
-        let mut tx = ps.pool.begin().await.unwrap();
-        publish_in_tx(&mut tx, &topic, &[Message::with_uuid("committed", "y")])
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(m.uuid, "committed");
-        m.ack();
-        let more = tokio::time::timeout(Duration::from_millis(500), sub.recv()).await;
-        assert!(more.is_err(), "the rolled-back message was delivered");
-    }
-
-    #[tokio::test]
-    async fn raw_bench_reports_positive_figures() {
-        let f = raw_bench(&url(), 200, 100).await.unwrap();
-        assert!(f.publish_per_sec > 0.0 && f.consume_per_sec > 0.0);
-    }
-
-    #[test]
-    fn passwords_are_not_logged() {
-        assert_eq!(
-            redacted("postgres://u:secret@h:5432/db"),
-            "postgres://u@h:5432/db"
-        );
-    }
-}
+mod tests;
