@@ -44,26 +44,45 @@ async fn through_tls(kind: Kind, backend: &str, extra: &str) {
     let _ = b.publisher.close().await;
     let _ = b.subscriber.close().await;
 
+    // Without the CA, and with a password in the URL: refused at once, the error naming the
+    // server and TLS's reason, never the password.
+    let url = server.url();
+    let with_password = match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((user, host)) => {
+                let user = user.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}:secret-pw@{host}")
+            }
+            None => format!("{scheme}://u:secret-pw@{rest}"),
+        },
+        None => panic!("a URL: {url}"),
+    };
+    let mut table = settings(false);
+    table.insert("url".into(), toml::Value::String(with_password));
     let refused = tokio::time::timeout(
         Duration::from_secs(60),
-        registry::connect("secure", backend, &settings(false)),
+        registry::connect("secure", backend, &table),
     )
     .await
     .expect("refused within 60 s");
-    match refused {
-        Err(e) => eprintln!("{backend} without the CA: {}", e.report()),
-        Ok(b) => {
-            // A lazily connecting client must fail on first use instead.
-            let published = b
-                .publisher
-                .publish(&topic, vec![Message::new("must not pass")])
-                .await;
-            assert!(
-                published.is_err(),
-                "{backend}: a server whose CA is not trusted was accepted"
-            );
-        }
-    }
+    let err = match refused {
+        Err(e) => e.report(),
+        Ok(_) => panic!("{backend}: a server whose CA is not trusted was accepted"),
+    };
+    eprintln!("{backend} without the CA: {err}");
+    let address = format!("127.0.0.1:{}", server.port());
+    assert!(
+        err.contains(&address),
+        "{backend}: the error names the server: {err}"
+    );
+    assert!(
+        !err.contains("secret-pw"),
+        "{backend}: the password leaked: {err}"
+    );
+    assert!(
+        err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"),
+        "{backend}: the error says the certificate was refused: {err}"
+    );
 }
 
 #[cfg(feature = "redis")]

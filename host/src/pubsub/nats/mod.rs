@@ -117,26 +117,61 @@ pub fn stream_name(topic: &str) -> String {
         .collect()
 }
 
+/// Whether a failed connect is one that trying again cannot fix: TLS (a certificate the client
+/// does not trust comes as an I/O error of kind `InvalidData`), credentials, a bad URL.
+fn refused_for_good(e: &async_nats::ConnectError) -> bool {
+    use async_nats::ConnectErrorKind as Kind;
+    let invalid_data = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData);
+    match e.kind() {
+        Kind::Tls | Kind::Authentication | Kind::AuthorizationViolation | Kind::ServerParse => true,
+        Kind::Io => invalid_data,
+        _ => false,
+    }
+}
+
 impl NatsPubSub {
     /// Connects to the server at `config.url`.
     pub async fn connect(config: NatsConfig) -> Result<Self> {
-        let mut options = async_nats::ConnectOptions::new().retry_on_initial_connect();
-        if config.ca_file.is_some() || scheme(&config.url) == "tls" {
-            let tls = tls::client_config(NAME, config.ca_file.as_ref())?;
-            options = options
-                .tls_client_config(rustls::ClientConfig::clone(&tls))
-                .require_tls(true);
-        }
-        let client =
-            tokio::time::timeout(config.request_timeout, options.connect(config.url.as_str()))
-                .await
-                .map_err(|_| {
-                    Error::pubsub_msg(
-                        NAME,
-                        format!("connect {}: timed out", redacted(&config.url)),
-                    )
-                })?
-                .map_err(|e| nerr(format!("connect {}", redacted(&config.url)), e))?;
+        let shown = redacted(&config.url);
+        let tls = match config.ca_file.is_some() || scheme(&config.url) == "tls" {
+            true => Some(tls::client_config(NAME, config.ca_file.as_ref())?),
+            false => None,
+        };
+        let options = |retry: bool| {
+            let mut options = async_nats::ConnectOptions::new();
+            if retry {
+                options = options.retry_on_initial_connect();
+            }
+            if let Some(tls) = &tls {
+                options = options
+                    .tls_client_config(rustls::ClientConfig::clone(tls))
+                    .require_tls(true);
+            }
+            options
+        };
+        let timed_out = || Error::pubsub_msg(NAME, format!("connect {shown}: timed out"));
+        // One attempt first: a certificate or credentials the server refuses is an error to
+        // report now, not to retry forever; a server not up yet is waited for as before.
+        let first = tokio::time::timeout(
+            config.request_timeout,
+            options(false).connect(config.url.as_str()),
+        )
+        .await;
+        let client = match first {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) if refused_for_good(&e) => {
+                return Err(nerr(format!("connect {shown}"), e));
+            }
+            _ => tokio::time::timeout(
+                config.request_timeout,
+                options(true).connect(config.url.as_str()),
+            )
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| nerr(format!("connect {shown}"), e))?,
+        };
         let mut js = jetstream::new(client);
         js.set_timeout(config.request_timeout);
         Ok(NatsPubSub {

@@ -101,6 +101,6 @@ async fn publish_in_tx_follows_the_transaction() {
 fn passwords_are_not_logged() {
     assert_eq!(
         redacted("postgres://u:secret@h:5432/db"),
-        "postgres://u@h:5432/db"
+        "postgres://u:***@h:5432/db"
     );
 }

@@ -150,11 +150,20 @@ impl RedisPubSub {
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         let url = redacted(&config.url);
         let client = client(&config)?;
-        let commands =
-            tokio::time::timeout(config.command_timeout, client.get_connection_manager())
-                .await
-                .map_err(|_| Error::pubsub_msg(NAME, format!("connect {url}: timed out")))?
-                .map_err(|e| rerr(format!("connect {url}"), e))?;
+        let manager = tokio::time::timeout(config.command_timeout, client.get_connection_manager());
+        let commands = match manager.await {
+            Ok(made) => made.map_err(|e| rerr(format!("connect {url}"), e))?,
+            Err(_) => {
+                // The manager retries quietly: one direct attempt tells why (a certificate the
+                // client does not trust, a refused password, a server that is not there).
+                let direct = client.get_multiplexed_async_connection();
+                let cause = match tokio::time::timeout(config.command_timeout, direct).await {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_string(),
+                };
+                return Err(Error::pubsub_msg(NAME, format!("connect {url}: {cause}")));
+            }
+        };
         Ok(RedisPubSub {
             client,
             commands,
