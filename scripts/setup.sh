@@ -4,7 +4,8 @@
 #   - the wasm32-wasip2 Rust target (Rust plugins compile to components directly with it);
 #   - componentize-py (PyPI), which builds Python plugins (bundles CPython into the component);
 #   - componentize-js (npm), which builds JavaScript plugins (bundles StarlingMonkey);
-#   - for C plugins: clang, lld and wasi-libc (Debian packages, through apt-get: as root, or
+#   - for C plugins: clang, lld, wasi-libc and the wasm32 compiler-rt builtins
+#     (libclang-rt-dev-wasm32) (Debian packages, through apt-get: as root, or
 #     with sudo), wit-bindgen-cli and wasm-tools (crates.io, cargo install, ~3 min each).
 # Python and npm tools go to the user's ~/.local (no root needed); `wasmill build` looks there
 # as well as on PATH. Set WASMILL_SKIP_GUESTS=1 to install the Rust target only.
@@ -35,7 +36,7 @@ fi
 WIT_BINDGEN=0.63.0
 WASM_TOOLS=1.263.0
 missing=()
-for pkg in clang lld wasi-libc; do
+for pkg in clang lld wasi-libc libclang-rt-dev-wasm32; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -79,6 +79,13 @@ impl Host {
         Ok(kib * 1024)
     }
 
+    /// Kills the host with SIGKILL (no graceful close: what it held unacked stays with the
+    /// broker) and waits until it is gone.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
     /// The process id of the host.
     pub fn pid(&self) -> Result<u32> {
         self.child.id().context("the host has exited")

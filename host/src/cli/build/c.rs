@@ -59,7 +59,11 @@ pub fn build(project: &Path, kind: Kind, out: &Path) -> Result<()> {
         &cargo_bin,
         "cargo install --locked wasm-tools",
     )?;
-    let clang = find_tool("clang", &[], "apt-get install clang lld wasi-libc")?;
+    let clang = find_tool(
+        "clang",
+        &[],
+        "apt-get install clang lld wasi-libc libclang-rt-dev-wasm32",
+    )?;
     find_tool("wasm-ld", &[], "apt-get install lld")?;
     let code = sources(project);
     if code.is_empty() {

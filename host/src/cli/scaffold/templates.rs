@@ -100,7 +100,7 @@ impl Lang {
 }
 
 /// What a C project needs installed.
-const C_TOOLS_HINT: &str = " (needs `apt-get install clang lld wasi-libc` and `cargo install \
+const C_TOOLS_HINT: &str = " (needs `apt-get install clang lld wasi-libc libclang-rt-dev-wasm32` and `cargo install \
      wit-bindgen-cli@0.63.0 wasm-tools`)";
 
 /// The relative path and text of every file of a new project.
@@ -227,7 +227,7 @@ fn readme(name: &str, kind: Kind, lang: Lang) -> String {
         ),
         Lang::C => (
             "the `.c` file",
-            "clang, lld and wasi-libc (`apt-get install clang lld wasi-libc`), `wit-bindgen` and \
+            "clang, lld and wasi-libc (`apt-get install clang lld wasi-libc libclang-rt-dev-wasm32`), `wit-bindgen` and \
              `wasm-tools` (`cargo install wit-bindgen-cli@0.63.0 wasm-tools`). `make` runs the \
              same steps.",
             "`wasmill.h` is the thin SDK: one function of a message is the handler \

@@ -148,7 +148,8 @@ fn table_name(topic: &str) -> String {
     format!("{TABLE_PREFIX}{keep}{suffix}")
 }
 
-/// One row to insert: uuid, metadata JSON, payload.
+/// The URL's options, with `ca_file` as the CA (and `VERIFY_IDENTITY` unless the URL says
+/// which `ssl-mode`).
 fn connect_options(config: &MysqlConfig) -> Result<MySqlConnectOptions> {
     let shown = redacted(&config.url);
     let mut options: MySqlConnectOptions = config

@@ -2,6 +2,7 @@
 
 use super::*;
 
+/// One row to insert: uuid, metadata JSON, payload.
 pub(crate) type Row3<'a> = (&'a str, String, &'a [u8]);
 
 pub(super) fn encode(messages: &[Message]) -> Result<Vec<Row3<'_>>> {
@@ -62,8 +63,6 @@ pub(super) async fn insert_rows(
     Ok(())
 }
 
-/// The URL's options, with `ca_file` as the CA (and `VERIFY_IDENTITY` unless the URL says
-/// which `ssl-mode`).
 #[async_trait]
 impl Publisher for MysqlPubSub {
     async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
