@@ -55,6 +55,29 @@ pub fn read_ca_pem(backend: &'static str, ca_file: &Path) -> Result<String> {
     })
 }
 
+/// For the SQL backends: `options` with `ca_file` (checked to hold a certificate) applied by
+/// `with_ca`, and, unless `url` names its own mode (`mode_key`, e.g. `sslmode=`), the strictest
+/// verification applied by `strictest`.
+pub fn with_sql_ca<O>(
+    backend: &'static str,
+    url: &str,
+    ca_file: Option<&PathBuf>,
+    mode_key: &str,
+    options: O,
+    with_ca: impl FnOnce(O, &Path) -> O,
+    strictest: impl FnOnce(O) -> O,
+) -> Result<O> {
+    let Some(ca) = ca_file else {
+        return Ok(options);
+    };
+    read_ca(backend, ca)?;
+    let options = with_ca(options, ca);
+    Ok(match url.to_ascii_lowercase().contains(mode_key) {
+        true => options,
+        false => strictest(options),
+    })
+}
+
 /// A rustls client config trusting the system's roots and the certificates of `ca_file`.
 pub fn client_config(
     backend: &'static str,

@@ -152,18 +152,19 @@ fn table_name(topic: &str) -> String {
 /// which `ssl-mode`).
 fn connect_options(config: &MysqlConfig) -> Result<MySqlConnectOptions> {
     let shown = redacted(&config.url);
-    let mut options: MySqlConnectOptions = config
+    let options: MySqlConnectOptions = config
         .url
         .parse()
         .map_err(|e| db_err(format!("invalid url {shown}"), e))?;
-    if let Some(ca) = &config.ca_file {
-        tls::read_ca(NAME, ca)?;
-        options = options.ssl_ca(ca);
-        if !config.url.to_ascii_lowercase().contains("ssl-mode=") {
-            options = options.ssl_mode(MySqlSslMode::VerifyIdentity);
-        }
-    }
-    Ok(options)
+    tls::with_sql_ca(
+        NAME,
+        &config.url,
+        config.ca_file.as_ref(),
+        "ssl-mode=",
+        options,
+        |o, ca| o.ssl_ca(ca),
+        |o| o.ssl_mode(MySqlSslMode::VerifyIdentity),
+    )
 }
 
 impl MysqlPubSub {

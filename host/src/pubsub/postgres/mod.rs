@@ -111,18 +111,19 @@ pub(crate) fn db_err(what: impl std::fmt::Display, e: sqlx::Error) -> Error {
 /// says which `sslmode`).
 fn connect_options(config: &PostgresConfig) -> Result<PgConnectOptions> {
     let shown = redacted(&config.url);
-    let mut options: PgConnectOptions = config
+    let options: PgConnectOptions = config
         .url
         .parse()
         .map_err(|e| db_err(format!("invalid url {shown}"), e))?;
-    if let Some(ca) = &config.ca_file {
-        tls::read_ca(NAME, ca)?;
-        options = options.ssl_root_cert(ca);
-        if !config.url.contains("sslmode=") {
-            options = options.ssl_mode(PgSslMode::VerifyFull);
-        }
-    }
-    Ok(options)
+    tls::with_sql_ca(
+        NAME,
+        &config.url,
+        config.ca_file.as_ref(),
+        "sslmode=",
+        options,
+        |o, ca| o.ssl_root_cert(ca),
+        |o| o.ssl_mode(PgSslMode::VerifyFull),
+    )
 }
 
 impl PostgresPubSub {
