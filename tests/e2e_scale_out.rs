@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{Host, plugin};
+use support::{handled, relay_host, table};
 use wasmill::message::Message;
 use wasmill::pubsub::registry;
 
@@ -22,47 +22,6 @@ fn messages() -> usize {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(2_000)
-}
-
-/// A `[pubsub.b]` table of `kind` with `settings` (TOML lines) and `group`.
-fn table(settings: &str, group: &str) -> toml::Table {
-    toml::from_str(&format!("{settings}\nconsumer_group = \"{group}\"\n")).unwrap()
-}
-
-/// A host relaying `input` to `output` with the example pass-through plugin, on backend `kind`
-/// in consumer group `group`.
-async fn relay_host(
-    kind: &str,
-    settings: &str,
-    group: &str,
-    input: &str,
-    output: &str,
-) -> anyhow::Result<Host> {
-    let (dir, plugins) = Host::scratch()?;
-    std::fs::copy(plugin("passthrough"), plugins.join("relay.wasm"))?;
-    std::fs::write(
-        plugins.join("relay.toml"),
-        format!("subscribe = \"{input}\"\npublish = \"{output}\"\n"),
-    )?;
-    std::fs::write(
-        dir.path().join("wasmill.toml"),
-        format!(
-            "[host]\ndefault_pubsub = \"b\"\n\n[pubsub.b]\nkind = \"{kind}\"\n{settings}\n\
-             consumer_group = \"{group}\"\n"
-        ),
-    )?;
-    let host = Host::start(dir, plugins, &["--config", "wasmill.toml"]).await?;
-    host.wait_handler("relay", Duration::from_secs(120), |h| {
-        h["state"] == "running"
-    })
-    .await?;
-    Ok(host)
-}
-
-/// How many messages `host`'s relay handled so far.
-async fn handled(host: &Host) -> anyhow::Result<u64> {
-    let h = host.handler("relay").await?;
-    Ok(h["counts"]["processed"].as_u64().unwrap_or(0))
 }
 
 /// `shares`: the broker hands a group's messages to both hosts at once (Redis, NATS, AMQP);

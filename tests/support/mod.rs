@@ -419,3 +419,45 @@ pub async fn next_event(
         .context("no SSE event in time")?
         .context("SSE stream ended")
 }
+
+/// A `[pubsub.b]` table of a backend: `settings` (TOML lines) and `consumer_group = group`.
+pub fn table(settings: &str, group: &str) -> toml::Table {
+    toml::from_str(&format!("{settings}\nconsumer_group = \"{group}\"\n")).unwrap()
+}
+
+/// A host relaying `input` to `output` with the example pass-through plugin (handler
+/// `relay`), on backend `kind` with `settings` in consumer group `group`; returned once the
+/// handler runs.
+pub async fn relay_host(
+    kind: &str,
+    settings: &str,
+    group: &str,
+    input: &str,
+    output: &str,
+) -> Result<Host> {
+    let (dir, plugins) = Host::scratch()?;
+    std::fs::copy(plugin("passthrough"), plugins.join("relay.wasm"))?;
+    std::fs::write(
+        plugins.join("relay.toml"),
+        format!("subscribe = \"{input}\"\npublish = \"{output}\"\n"),
+    )?;
+    std::fs::write(
+        dir.path().join("wasmill.toml"),
+        format!(
+            "[host]\ndefault_pubsub = \"b\"\n\n[pubsub.b]\nkind = \"{kind}\"\n{settings}\n\
+             consumer_group = \"{group}\"\n"
+        ),
+    )?;
+    let host = Host::start(dir, plugins, &["--config", "wasmill.toml"]).await?;
+    host.wait_handler("relay", Duration::from_secs(120), |h| {
+        h["state"] == "running"
+    })
+    .await?;
+    Ok(host)
+}
+
+/// How many messages `host`'s `relay` handler processed so far.
+pub async fn handled(host: &Host) -> Result<u64> {
+    let h = host.handler("relay").await?;
+    Ok(h["counts"]["processed"].as_u64().unwrap_or(0))
+}
