@@ -24,4 +24,14 @@ start redis 6379 'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379
 start rabbitmq 5672 'rabbitmq-server -detached'
 start mosquitto 1883 'mosquitto -d -c /etc/mosquitto/mosquitto.conf'
 start nats 4222 'start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log'
+# Tansu (installed by scripts/setup.sh), a Kafka-API broker keeping its data in memory; its log
+# goes to ${TMPDIR:-/tmp}/wasmill-tansu.log.
+tansu_bin=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
+if [ -x "$tansu_bin" ]; then
+  start tansu 9092 "setsid nohup '$tansu_bin' broker --listener-url=tcp://127.0.0.1:9092 \
+    --advertised-listener-url=tcp://127.0.0.1:9092 --storage-engine=memory://tansu/ \
+    >'${TMPDIR:-/tmp}/wasmill-tansu.log' 2>&1 </dev/null &"
+elif ! port_open 9092; then
+  echo "ensure-services: no tansu binary (scripts/setup.sh installs it): the Kafka tests will fail" >&2
+fi
 exit 0

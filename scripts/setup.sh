@@ -6,7 +6,9 @@
 #   - componentize-js (npm), which builds JavaScript plugins (bundles StarlingMonkey);
 #   - for C plugins: clang, lld, wasi-libc and the wasm32 compiler-rt builtins
 #     (libclang-rt-dev-wasm32) (Debian packages, through apt-get: as root, or
-#     with sudo), wit-bindgen-cli and wasm-tools (crates.io, cargo install, ~3 min each).
+#     with sudo), wit-bindgen-cli and wasm-tools (crates.io, cargo install, ~3 min each);
+#   - Tansu, a Kafka-API broker (crates.io, cargo install, ~17 min once) that the Kafka tests
+#     run against (scripts/ensure-services.sh starts it). WASMILL_SKIP_TANSU=1 skips it.
 # Python and npm tools go to the user's ~/.local (no root needed); `wasmill build` looks there
 # as well as on PATH. Set WASMILL_SKIP_GUESTS=1 to install the Rust target only.
 set -euo pipefail
@@ -17,6 +19,23 @@ COMPONENTIZE_JS=0.23.0
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
   echo "setup: rustup target add wasm32-wasip2"
   rustup target add wasm32-wasip2
+fi
+
+TANSU=0.6.0
+# Built with `dynostore` (its in-memory storage engine, `memory://`); cargo records the
+# features of what it installed in ~/.cargo/.crates2.json.
+tansu_installed() {
+  python3 - "$TANSU" <<'PY' 2>/dev/null
+import json, os, sys
+d = json.load(open(os.path.expanduser(os.environ.get("CARGO_HOME", "~/.cargo") + "/.crates2.json")))
+ok = any(k.startswith("tansu " + sys.argv[1] + " ") and "dynostore" in v.get("features", [])
+         for k, v in d.get("installs", {}).items())
+sys.exit(0 if ok else 1)
+PY
+}
+if [ "${WASMILL_SKIP_TANSU:-0}" != 1 ] && ! tansu_installed; then
+  echo "setup: cargo install tansu@$TANSU --features dynostore (a Kafka-API broker for the Kafka tests; ~20 min, once)"
+  cargo install --quiet --locked "tansu@$TANSU" --features dynostore --force
 fi
 
 [ "${WASMILL_SKIP_GUESTS:-0}" = 1 ] && exit 0

@@ -234,3 +234,15 @@ async fn mqtt_host_killed_three_times_loses_nothing_accepted() -> anyhow::Result
     )
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_host_killed_three_times_loses_nothing_accepted() -> anyhow::Result<()> {
+    // One record per batch: Tansu's fetch skips a batch that starts before the committed
+    // offset (`pubsub::kafka::tests::tansu_workaround`).
+    relay_survives_three_kills(
+        "kafka",
+        "url = \"kafka://127.0.0.1:9092\"\nsession_timeout = \"6s\"\n\
+         properties = { \"batch.num.messages\" = \"1\" }",
+    )
+    .await
+}

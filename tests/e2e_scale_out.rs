@@ -32,6 +32,18 @@ async fn two_hosts_share_a_group_and_lose_nothing_when_one_is_killed(
     settings: &str,
     shares: bool,
 ) -> anyhow::Result<()> {
+    two_hosts_share_after(kind, settings, shares, Duration::ZERO).await
+}
+
+/// [`two_hosts_share_a_group_and_lose_nothing_when_one_is_killed`], waiting `settle` after both
+/// hosts run before sending (Kafka: the first host hears of the second at its next heartbeat,
+/// then the group rebalances).
+async fn two_hosts_share_after(
+    kind: &str,
+    settings: &str,
+    shares: bool,
+    settle: Duration,
+) -> anyhow::Result<()> {
     let n = messages();
     let run = uuid::Uuid::new_v4().simple().to_string();
     let (input, output) = (format!("scale_in_{run}"), format!("scale_out_{run}"));
@@ -48,6 +60,7 @@ async fn two_hosts_share_a_group_and_lose_nothing_when_one_is_killed(
         relay_host(kind, settings, &group, &input, &output).await?,
         relay_host(kind, settings, &group, &input, &output).await?,
     ];
+    tokio::time::sleep(settle).await;
 
     // The first half goes out at once; the busier host is killed a quarter of the way in,
     // while it holds messages unacked; the second half is sent after the kill, for the
@@ -195,4 +208,32 @@ async fn mysql_hosts_share_a_group_and_survive_a_kill() -> anyhow::Result<()> {
         false,
     )
     .await
+}
+
+/// The Kafka broker: `WASMILL_TEST_KAFKA_URL`, or the Tansu that `scripts/ensure-services.sh`
+/// starts.
+fn kafka_url() -> String {
+    std::env::var("WASMILL_TEST_KAFKA_URL").unwrap_or_else(|_| "kafka://127.0.0.1:9092".into())
+}
+
+/// Ignored in CI: on Tansu 0.6 the two hosts share the partitions (501 / 499 before the kill),
+/// but the killed host's partition was never handed to the survivor (180 s, with
+/// `session_timeout` 6 s and `max.poll.interval.ms` 8 s): Tansu's group coordinator does not
+/// complete the rebalance that should follow a member's expiry, so the dead partition's
+/// messages wait. Run it against a real Kafka cluster:
+/// `WASMILL_TEST_KAFKA_URL=kafka://HOST:9092 cargo test --test e2e_scale_out kafka -- --ignored`.
+#[ignore = "Tansu 0.6 does not hand a dead member's partitions to the survivor"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_hosts_share_a_group_and_survive_a_kill() -> anyhow::Result<()> {
+    // Two partitions, one per host; the killed host's goes to the survivor after the session
+    // timeout. One record per batch: Tansu's fetch skips a batch that starts before the
+    // committed offset (`pubsub::kafka::tests::tansu_workaround`). No sticky partitioning, so
+    // that keyless messages of one burst spread over both partitions.
+    let settings = format!(
+        "url = \"{}\"\npartitions = 2\nsession_timeout = \"6s\"\nproperties = {{ \
+         \"batch.num.messages\" = \"1\", \"sticky.partitioning.linger.ms\" = \"0\", \
+         \"max.poll.interval.ms\" = \"8000\" }}",
+        kafka_url()
+    );
+    two_hosts_share_after("kafka", &settings, true, Duration::from_secs(5)).await
 }

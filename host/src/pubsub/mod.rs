@@ -33,6 +33,8 @@ pub mod ack_batcher;
 pub mod amqp;
 pub mod conformance;
 pub mod delay;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod kit;
 pub mod memory;
 #[cfg(feature = "mqtt")]

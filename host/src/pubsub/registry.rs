@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 
 /// Every backend kind this build knows, in the order the docs list them.
 pub const KINDS: &[&str] = &[
-    "memory", "sqlite", "redis", "nats", "postgres", "mysql", "amqp", "mqtt",
+    "memory", "sqlite", "redis", "nats", "postgres", "mysql", "amqp", "mqtt", "kafka",
 ];
 
 /// A connected backend: its publisher and subscriber (often the same value), and how to make
@@ -144,6 +144,8 @@ pub const BACKENDS: &[BackendKind] = &[
     super::amqp::BACKEND,
     #[cfg(feature = "mqtt")]
     super::mqtt::BACKEND,
+    #[cfg(feature = "kafka")]
+    super::kafka::BACKEND,
 ];
 
 /// Checks `table` as settings of type `C`: the error names the key (`pubsub.NAME.KEY`).
@@ -229,12 +231,12 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("pubsub.mem.redelivery_delay"), "{err}");
-        let err = connect("x", "kafka", &toml::Table::new())
+        let err = connect("x", "kafkaa", &toml::Table::new())
             .await
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("unknown backend \"kafka\""), "{err}");
+        assert!(err.contains("unknown backend \"kafkaa\""), "{err}");
     }
 
     /// Every `[pubsub.NAME]` example in docs/CONFIG.md is valid for its backend, so the

@@ -6,6 +6,8 @@ use crate::message::Message;
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 #[cfg(feature = "mysql")]
@@ -122,5 +124,15 @@ mod tests {
     #[tokio::test]
     async fn mqtt_raw_loop() {
         positive("mqtt", mqtt::run("mqtt://127.0.0.1:1883", 500, 100)).await;
+    }
+
+    #[cfg(feature = "kafka")]
+    #[tokio::test]
+    async fn kafka_raw_loop() {
+        let config = crate::pubsub::kafka::KafkaConfig {
+            url: crate::pubsub::testkit::kafka_url(),
+            ..Default::default()
+        };
+        positive("kafka", kafka::run(&config, 300, 100)).await;
     }
 }

@@ -48,6 +48,13 @@ where
     }
 }
 
+/// The Kafka-API broker the tests use: `WASMILL_TEST_KAFKA_URL`, or the Tansu broker that
+/// `scripts/ensure-services.sh` starts on 127.0.0.1:9092.
+#[cfg(feature = "kafka")]
+pub fn kafka_url() -> String {
+    std::env::var("WASMILL_TEST_KAFKA_URL").unwrap_or_else(|_| "kafka://127.0.0.1:9092".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
