@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{relay_host, table};
+use support::{RelayTopics, relay_host};
 use tokio::sync::watch;
-use wasmill::pubsub::registry;
 
 fn messages() -> usize {
     std::env::var("WASMILL_CRASH_MESSAGES")
@@ -75,15 +74,14 @@ fn publish_all(
 
 async fn relay_survives_three_kills(kind: &str, settings: &str) -> anyhow::Result<()> {
     let n = messages();
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let (input, output) = (format!("crash_in_{run}"), format!("crash_out_{run}"));
-    let group = format!("crash_{run}");
-
-    // The reader (a group of its own) and the host's group exist before anything is sent.
-    let reader = registry::connect("b", kind, &table(settings, &format!("reader_{run}"))).await?;
-    let mut out = reader.subscriber.subscribe(&output).await?;
-    let setup = registry::connect("b", kind, &table(settings, &group)).await?;
-    setup.subscriber.subscribe_initialize(&input).await?;
+    // The reader (a group of its own) and the hosts' group exist before anything is sent,
+    // so no backend drops what comes before a subscriber.
+    let mut topics = RelayTopics::make(kind, settings, "crash").await?;
+    let (input, output, group) = (
+        topics.input.clone(),
+        topics.output.clone(),
+        topics.group.clone(),
+    );
 
     let host = relay_host(kind, settings, &group, &input, &output).await?;
     let (url_tx, url_rx) = watch::channel(host.url.clone());
@@ -127,7 +125,7 @@ async fn relay_survives_three_kills(kind: &str, settings: &str) -> anyhow::Resul
             break;
         }
         let left = limit.saturating_sub(started.elapsed());
-        let Ok(Some(m)) = tokio::time::timeout(left, out.recv()).await else {
+        let Ok(Some(m)) = tokio::time::timeout(left, topics.out.recv()).await else {
             break;
         };
         let i: usize = String::from_utf8_lossy(&m.payload).parse()?;
@@ -167,18 +165,7 @@ async fn relay_survives_three_kills(kind: &str, settings: &str) -> anyhow::Resul
         &lost[..lost.len().min(20)]
     );
     drop(host);
-    let cleanup = async {
-        let _ = reader.subscriber.remove_topic(&output).await;
-        let _ = setup.subscriber.remove_topic(&input).await;
-        let _ = reader.subscriber.close().await;
-        let _ = setup.subscriber.close().await;
-    };
-    if tokio::time::timeout(Duration::from_secs(30), cleanup)
-        .await
-        .is_err()
-    {
-        eprintln!("{kind}: cleanup did not finish within 30 s");
-    }
+    topics.remove().await;
     Ok(())
 }
 

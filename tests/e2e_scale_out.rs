@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{handled, relay_host, table};
+use support::{RelayTopics, handled, relay_host};
 use wasmill::message::Message;
-use wasmill::pubsub::registry;
 
 fn messages() -> usize {
     std::env::var("WASMILL_SCALE_MESSAGES")
@@ -45,16 +44,14 @@ async fn two_hosts_share_after(
     settle: Duration,
 ) -> anyhow::Result<()> {
     let n = messages();
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let (input, output) = (format!("scale_in_{run}"), format!("scale_out_{run}"));
-    let group = format!("scale_{run}");
-
     // The reader (a group of its own) and the hosts' group exist before anything is sent,
     // so no backend drops what comes before a subscriber.
-    let reader = registry::connect("b", kind, &table(settings, &format!("reader_{run}"))).await?;
-    let mut out = reader.subscriber.subscribe(&output).await?;
-    let setup = registry::connect("b", kind, &table(settings, &group)).await?;
-    setup.subscriber.subscribe_initialize(&input).await?;
+    let mut topics = RelayTopics::make(kind, settings, "scale").await?;
+    let (input, output, group) = (
+        topics.input.clone(),
+        topics.output.clone(),
+        topics.group.clone(),
+    );
 
     let mut hosts = vec![
         relay_host(kind, settings, &group, &input, &output).await?,
@@ -66,7 +63,7 @@ async fn two_hosts_share_after(
     // while it holds messages unacked; the second half is sent after the kill, for the
     // survivor alone.
     let send = |from: usize, to: usize| {
-        let publisher = setup.publisher.clone();
+        let publisher = topics.setup.publisher.clone();
         let topic = input.clone();
         tokio::spawn(async move {
             for chunk in (from..to).collect::<Vec<_>>().chunks(100) {
@@ -85,7 +82,7 @@ async fn two_hosts_share_after(
     let started = Instant::now();
     while seen.len() < n {
         let left = limit.saturating_sub(started.elapsed());
-        let Ok(Some(m)) = tokio::time::timeout(left, out.recv()).await else {
+        let Ok(Some(m)) = tokio::time::timeout(left, topics.out.recv()).await else {
             break;
         };
         *seen
@@ -145,18 +142,7 @@ async fn two_hosts_share_after(
     // The survivor goes first: on MySQL its delivery transaction would hold the topic's table
     // (a metadata lock) against the DROP below.
     drop(hosts);
-    let cleanup = async {
-        let _ = reader.subscriber.remove_topic(&output).await;
-        let _ = setup.subscriber.remove_topic(&input).await;
-        let _ = reader.subscriber.close().await;
-        let _ = setup.subscriber.close().await;
-    };
-    if tokio::time::timeout(Duration::from_secs(30), cleanup)
-        .await
-        .is_err()
-    {
-        eprintln!("{kind}: cleanup did not finish within 30 s");
-    }
+    topics.remove().await;
     Ok(())
 }
 

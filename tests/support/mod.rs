@@ -461,3 +461,72 @@ pub async fn handled(host: &Host) -> Result<u64> {
     let h = host.handler("relay").await?;
     Ok(h["counts"]["processed"].as_u64().unwrap_or(0))
 }
+
+/// The two topics of a relay test on a broker, made before any host starts: `input` (the
+/// hosts' consumer group `group` initialized on it, so nothing sent before a host subscribes
+/// is dropped) and `output`, read by the test in a group of its own (`out`).
+pub struct RelayTopics {
+    /// Topic the hosts read.
+    pub input: String,
+    /// Topic the hosts' relay publishes to.
+    pub output: String,
+    /// The hosts' consumer group.
+    pub group: String,
+    /// The test's subscription to `output`.
+    pub out: wasmill::pubsub::Subscription,
+    /// The connection publishing to `input` (in the hosts' group).
+    pub setup: wasmill::pubsub::registry::Backend,
+    reader: wasmill::pubsub::registry::Backend,
+    kind: String,
+}
+
+impl RelayTopics {
+    /// Fresh topics and group named after `prefix`, on backend `kind` with `settings`.
+    pub async fn make(kind: &str, settings: &str, prefix: &str) -> Result<RelayTopics> {
+        use wasmill::pubsub::registry;
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let (input, output) = (format!("{prefix}_in_{run}"), format!("{prefix}_out_{run}"));
+        let group = format!("{prefix}_{run}");
+        let reader =
+            registry::connect("b", kind, &table(settings, &format!("reader_{run}"))).await?;
+        let out = reader.subscriber.subscribe(&output).await?;
+        let setup = registry::connect("b", kind, &table(settings, &group)).await?;
+        setup.subscriber.subscribe_initialize(&input).await?;
+        Ok(RelayTopics {
+            input,
+            output,
+            group,
+            out,
+            setup,
+            reader,
+            kind: kind.to_string(),
+        })
+    }
+
+    /// Removes both topics and closes the connections, within 30 s (stop the hosts first: on
+    /// MySQL a host's delivery transaction holds the topic's table against the DROP).
+    pub async fn remove(self) {
+        let RelayTopics {
+            input,
+            output,
+            out,
+            setup,
+            reader,
+            kind,
+            ..
+        } = self;
+        drop(out);
+        let cleanup = async {
+            let _ = reader.subscriber.remove_topic(&output).await;
+            let _ = setup.subscriber.remove_topic(&input).await;
+            let _ = reader.subscriber.close().await;
+            let _ = setup.subscriber.close().await;
+        };
+        if tokio::time::timeout(Duration::from_secs(30), cleanup)
+            .await
+            .is_err()
+        {
+            eprintln!("{kind}: cleanup did not finish within 30 s");
+        }
+    }
+}
