@@ -100,7 +100,7 @@ kind = "redis"
 urll = "redis://127.0.0.1:6379"
 
 [pubsub.stream]
-kind = "kafka"
+kind = "kinesis"
 
 [defaults]
 fuel = 0
@@ -158,7 +158,7 @@ subscribe = "in"
         ),
         format!("{f}: defaults.middleware[0].retry: unknown option \"max_retry\""),
         format!("{f}: pubsub.events.urll: unknown field `urll`"),
-        format!("{f}: pubsub.stream.kind: unknown backend \"kafka\""),
+        format!("{f}: pubsub.stream.kind: unknown backend \"kinesis\""),
         format!("{f}: host.default_pubsub: unknown pubsub \"nowhere\""),
         format!("{f}: host.http: \"8080\" is not an address"),
         format!("{f}: defaults.fuel: must be positive"),
