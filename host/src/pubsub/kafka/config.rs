@@ -136,8 +136,12 @@ impl KafkaConfig {
     /// A producer: every message acknowledged by all in-sync replicas, retried in order.
     pub fn producer(&self) -> Result<ClientConfig> {
         let mut c = self.client()?;
+        // No linger: a publish waits for its delivery reports, so waiting to fill a batch only
+        // adds latency (messages still batch while a request is in flight). Measured with
+        // `wasmill bench --pubsub kafka` against Tansu: the relay at concurrency 1 went from
+        // 585 to 1,856 msgs/s, publishing from 50,134 to 69,088 msgs/s, against linger.ms = 1.
         c.set("acks", "all")
-            .set("linger.ms", "1")
+            .set("linger.ms", "0")
             .set(
                 "message.timeout.ms",
                 self.publish_timeout.as_millis().to_string(),
