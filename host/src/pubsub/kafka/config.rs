@@ -113,6 +113,11 @@ impl KafkaConfig {
 
     /// The settings every client shares: servers, TLS, the extra properties.
     pub fn client(&self) -> Result<ClientConfig> {
+        Ok(self.with_properties(self.base()?))
+    }
+
+    /// Servers and TLS, without the extra properties.
+    fn base(&self) -> Result<ClientConfig> {
         let (servers, tls) = self.bootstrap()?;
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", servers)
@@ -127,15 +132,20 @@ impl KafkaConfig {
                 c.set("ssl.ca.location", ca.display().to_string());
             }
         }
+        Ok(c)
+    }
+
+    /// `c` with the user's properties applied last: they win over the backend's own choices.
+    fn with_properties(&self, mut c: ClientConfig) -> ClientConfig {
         for (k, v) in &self.properties {
             c.set(k, v);
         }
-        Ok(c)
+        c
     }
 
     /// A producer: every message acknowledged by all in-sync replicas, retried in order.
     pub fn producer(&self) -> Result<ClientConfig> {
-        let mut c = self.client()?;
+        let mut c = self.base()?;
         // No linger: a publish waits for its delivery reports, so waiting to fill a batch only
         // adds latency (messages still batch while a request is in flight). Measured with
         // `wasmill bench --pubsub kafka` against Tansu: the relay at concurrency 1 went from
@@ -148,15 +158,14 @@ impl KafkaConfig {
             )
             // One request in flight per connection: a retry cannot reorder a partition.
             .set("max.in.flight.requests.per.connection", "1");
-        reapply(&mut c, &self.properties);
-        Ok(c)
+        Ok(self.with_properties(c))
     }
 
     /// A consumer in `group`: offsets stored by the backend after each ack (never by
     /// librdkafka on delivery) and committed every `commit_interval` and at each rebalance. A
     /// new group starts at the beginning of the topic, or at its end for a tail.
     pub fn consumer(&self, group: &str, start_at_end: bool) -> Result<ClientConfig> {
-        let mut c = self.client()?;
+        let mut c = self.base()?;
         c.set("group.id", group)
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
@@ -178,20 +187,12 @@ impl KafkaConfig {
             )
             // A topic created after the subscription is picked up soon.
             .set("topic.metadata.refresh.interval.ms", "1000");
-        reapply(&mut c, &self.properties);
-        Ok(c)
+        Ok(self.with_properties(c))
     }
 
     /// The group of the subscriptions.
     pub fn group(&self) -> &str {
         self.consumer_group.as_deref().unwrap_or(DEFAULT_GROUP)
-    }
-}
-
-/// The user's properties win over the backend's own choices.
-fn reapply(c: &mut ClientConfig, properties: &BTreeMap<String, String>) {
-    for (k, v) in properties {
-        c.set(k, v);
     }
 }
 

@@ -88,8 +88,10 @@ impl TopicConsumer {
                 Err(e) => {
                     // librdkafka reconnects by itself; the error is worth a line, not an end.
                     tracing::warn!(backend = NAME, topic = %self.topic, error = %e, "consume");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
+                    tokio::select! {
+                        _ = sender.closed() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                    }
                 }
             };
             self.offsets
