@@ -31,6 +31,8 @@ use crate::message::Message;
 pub mod ack_batcher;
 #[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "mysql-binlog")]
+pub mod binlog;
 pub mod conformance;
 pub mod delay;
 #[cfg(feature = "kafka")]

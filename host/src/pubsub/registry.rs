@@ -14,7 +14,16 @@ use crate::error::{Error, Result};
 
 /// Every backend kind this build knows, in the order the docs list them.
 pub const KINDS: &[&str] = &[
-    "memory", "sqlite", "redis", "nats", "postgres", "mysql", "amqp", "mqtt", "kafka",
+    "memory",
+    "sqlite",
+    "redis",
+    "nats",
+    "postgres",
+    "mysql",
+    "amqp",
+    "mqtt",
+    "kafka",
+    "mysql-binlog",
 ];
 
 /// A connected backend: its publisher and subscriber (often the same value), and how to make
@@ -146,6 +155,8 @@ pub const BACKENDS: &[BackendKind] = &[
     super::mqtt::BACKEND,
     #[cfg(feature = "kafka")]
     super::kafka::BACKEND,
+    #[cfg(feature = "mysql-binlog")]
+    super::binlog::BACKEND,
 ];
 
 /// Checks `table` as settings of type `C`: the error names the key (`pubsub.NAME.KEY`).

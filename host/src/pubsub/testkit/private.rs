@@ -69,6 +69,8 @@ pub struct PrivateServer {
     tls: Option<TestCerts>,
     /// RabbitMQ's Erlang distribution port.
     dist_port: u16,
+    /// Added to the server's command line.
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -76,16 +78,22 @@ impl PrivateServer {
     /// Prepares a data directory for `kind` and starts the server on a free port; returns once
     /// it accepts clients.
     pub async fn start(kind: Kind) -> Result<PrivateServer> {
-        PrivateServer::start_with(kind, false).await
+        PrivateServer::start_with(kind, false, &[]).await
+    }
+
+    /// Like [`PrivateServer::start`], with `args` added to the server's command line (after
+    /// the testkit's own, so they win: `--log-bin` on MariaDB).
+    pub async fn start_with_args(kind: Kind, args: &[&str]) -> Result<PrivateServer> {
+        PrivateServer::start_with(kind, false, args).await
     }
 
     /// Like [`PrivateServer::start`], serving TLS with a certificate signed by a CA made for
     /// this server ([`PrivateServer::certs`]); [`PrivateServer::url`] is then a TLS URL.
     pub async fn start_tls(kind: Kind) -> Result<PrivateServer> {
-        PrivateServer::start_with(kind, true).await
+        PrivateServer::start_with(kind, true, &[]).await
     }
 
-    async fn start_with(kind: Kind, tls: bool) -> Result<PrivateServer> {
+    async fn start_with(kind: Kind, tls: bool, args: &[&str]) -> Result<PrivateServer> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("wasmill-{}-", kind.name()))
             .tempdir()
@@ -115,6 +123,7 @@ impl PrivateServer {
             user,
             tls,
             dist_port: free_port()?,
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         server.prepare().await?;
@@ -422,6 +431,7 @@ impl PrivateServer {
             }
         };
         let mut cmd = cmd;
+        cmd.args(&self.args);
         if self.kind == Kind::Rabbitmq {
             return Ok(cmd);
         }
