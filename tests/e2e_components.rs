@@ -196,7 +196,8 @@ async fn poisoned_messages_are_replayed_with_their_uuid_and_metadata() -> anyhow
 
 /// CQRS from the config (examples/05-cqrs): a `[[commands]]` entry binds a command name to a WASM handler, whose
 /// named output is published on the event bus, where an `[[events]]` entry's handler takes
-/// it; a command of another name on the command's topic is acked and ignored.
+/// it; a command of another name on the command's topic is acked and ignored. From `wasmill
+/// request`, the reply is the event the command emitted, or why the command was ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_and_events_bound_to_wasm_handlers_in_the_config() -> anyhow::Result<()> {
     let (dir, plugins) = Host::scratch()?;
@@ -253,6 +254,23 @@ async fn commands_and_events_bound_to_wasm_handlers_in_the_config() -> anyhow::R
         .map_or(true, |r| r.is_err()),
         "the ignored command made an event"
     );
+
+    // Driven from the CLI as a request: the reply is the event the command emitted ...
+    let args = [
+        "request",
+        "commands.Shout",
+        "{\"c\": \"d\"}",
+        "--url",
+        &host.url,
+    ];
+    let (ok, stdout, stderr) = cli(&[&args[..], &["-m", "name=Shout"]].concat()).await?;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "{\"C\": \"D\"}", "{stderr}");
+    let event = next_event(&mut events, Duration::from_secs(20)).await?;
+    assert_eq!(event["payload"], "{\"C\": \"D\"}", "{event}");
+    // ... and a command without its name is answered with why it was ignored.
+    let (ok, _, stderr) = cli(&args).await?;
+    assert!(!ok && stderr.contains("name=Shout"), "{stderr}");
     Ok(())
 }
 

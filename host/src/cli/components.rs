@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use super::{auth_hint, read_payload, topic_url, with_token};
+use super::{auth_hint, parse_metadata, read_payload, topic_url, with_token};
 
 /// Arguments of `wasmill request`.
 #[derive(Args)]
@@ -15,6 +15,9 @@ pub struct RequestArgs {
     topic: String,
     /// The payload; `-` or nothing reads standard input.
     payload: Option<String>,
+    /// Metadata `key=value`, repeatable (a command's `name=PlaceOrder`).
+    #[arg(short, long = "metadata")]
+    metadata: Vec<String>,
     /// How long to wait for the reply.
     #[arg(long, default_value = "5s")]
     timeout: String,
@@ -37,12 +40,12 @@ pub async fn request(a: RequestArgs) -> Result<()> {
     let wait = humantime::parse_duration(&a.timeout)
         .with_context(|| format!("--timeout {:?}", a.timeout))?;
     let payload = read_payload(a.payload.as_deref())?;
+    let metadata = parse_metadata(&a.metadata)?;
     let mut url = topic_url(&a.url, &a.topic, "", a.pubsub.as_deref());
     url.push(if url.contains('?') { '&' } else { '?' });
     url.push_str(&format!("reply=1&timeout={}", a.timeout));
     let r = with_token(reqwest::Client::new().post(&url), a.token.as_deref())
-        .header("content-type", "application/octet-stream")
-        .body(payload)
+        .json(&serde_json::json!({ "metadata": metadata, "payload": payload }))
         // The host answers within the timeout; a little more for the round trip.
         .timeout(wait + Duration::from_secs(5))
         .send()

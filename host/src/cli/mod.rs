@@ -116,16 +116,22 @@ fn topic_url(base: &str, topic: &str, suffix: &str, pubsub: Option<&str>) -> Str
     u
 }
 
-/// `wasmill publish`.
-pub async fn publish(a: PublishArgs) -> Result<()> {
-    let payload = read_payload(a.payload.as_deref())?;
+/// `--metadata key=value` arguments as a map; an argument without `=` is an error.
+fn parse_metadata(args: &[String]) -> Result<BTreeMap<String, String>> {
     let mut metadata = BTreeMap::new();
-    for kv in &a.metadata {
+    for kv in args {
         let (k, v) = kv
             .split_once('=')
             .with_context(|| format!("--metadata {kv:?}: expected key=value"))?;
         metadata.insert(k.to_string(), v.to_string());
     }
+    Ok(metadata)
+}
+
+/// `wasmill publish`.
+pub async fn publish(a: PublishArgs) -> Result<()> {
+    let payload = read_payload(a.payload.as_deref())?;
+    let metadata = parse_metadata(&a.metadata)?;
     let body = serde_json::json!({ "uuid": a.uuid, "metadata": metadata, "payload": payload });
     let url = topic_url(&a.url, &a.topic, "", a.pubsub.as_deref());
     let r = with_token(reqwest::Client::new().post(&url), a.token.as_deref())

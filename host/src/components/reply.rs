@@ -27,6 +27,11 @@ pub const REPLY_TO: &str = "_wasmill_reply_to";
 pub const REPLY_FOR: &str = "_wasmill_reply_for";
 /// Metadata of a reply to a request whose handler failed: the reason.
 pub const REPLY_ERROR: &str = "_wasmill_reply_error";
+/// Metadata of an output meant for the reply only: a middleware inside [`Reply`] that answers
+/// for the handler (the CQRS middleware: the events a command emitted, or why a command was
+/// ignored) returns such messages; [`Reply`] sends them in the reply, first, and takes them out
+/// of the result, so they are not published to the handler's topic.
+pub const REPLY_ONLY: &str = "_wasmill_reply_only";
 
 /// Publishes a handler's result to the topic a request names in [`REPLY_TO`], on `publisher`
 /// (the backend the handler subscribes to). Messages without the key pass untouched.
@@ -71,14 +76,31 @@ impl Handler for Replying {
         };
         let uuid = msg.uuid.clone();
         let mut result = self.next.handle(msg).await;
-        // The handler's outputs go on to its publish topic as well, but they are not
-        // requests: without the key, a handler downstream does not answer them again.
+        let mut reply_only = Vec::new();
         if let Ok(out) = &mut result {
+            // Messages meant for the reply only leave the result.
+            let (only, rest): (Vec<_>, Vec<_>) = std::mem::take(out)
+                .into_iter()
+                .partition(|m| m.metadata.contains(REPLY_ONLY));
+            *out = rest;
+            reply_only = only;
+            // The handler's outputs go on to its publish topic as well, but they are not
+            // requests: without the key, a handler downstream does not answer them again.
             for m in out.iter_mut() {
                 m.metadata.remove(REPLY_TO);
             }
         }
-        let answer = replies(&uuid, &result);
+        let mut answer = Vec::new();
+        for mut m in reply_only {
+            m.metadata.remove(REPLY_ONLY);
+            m.metadata.remove(REPLY_TO);
+            answer.push(m.with_metadata(REPLY_FOR, &uuid));
+        }
+        // The reply-only messages stand for an empty result; anything else is answered too.
+        let only = !answer.is_empty() && matches!(&result, Ok(out) if out.is_empty());
+        if !only {
+            answer.extend(replies(&uuid, &result));
+        }
         if let Err(e) = self.publisher.publish(&to, answer).await {
             tracing::warn!(request = %uuid, reply_to = %to, "could not publish the reply: {e}");
         }
@@ -213,6 +235,41 @@ mod tests {
         let r = replies.recv().await.unwrap();
         assert_eq!(r.metadata.get(REPLY_FOR), "q3");
         assert!(r.payload.is_empty() && !r.metadata.contains(REPLY_ERROR));
+    }
+
+    #[tokio::test]
+    async fn reply_only_outputs_answer_first_and_leave_the_result() {
+        let b = memory().await;
+        let mut replies = b.subscriber.subscribe("r").await.unwrap();
+        let h = Reply::new(b.publisher.clone()).wrap(handler_fn(|_m| async {
+            Ok(vec![
+                Message::new("result"),
+                Message::new("event").with_metadata(REPLY_ONLY, "1"),
+            ])
+        }));
+        let req = Message::with_uuid("q4", "x").with_metadata(REPLY_TO, "r");
+        let out = h.handle(req).await.unwrap();
+        assert_eq!(out.len(), 1, "the reply-only message is not published on");
+        assert_eq!(&out[0].payload[..], b"result");
+        let first = replies.recv().await.unwrap();
+        first.ack();
+        assert_eq!(&first.payload[..], b"event");
+        assert!(!first.metadata.contains(REPLY_ONLY));
+        assert_eq!(first.metadata.get(REPLY_FOR), "q4");
+        let second = replies.recv().await.unwrap();
+        second.ack();
+        assert_eq!(&second.payload[..], b"result");
+        // Reply-only messages alone stand for the whole answer: no empty reply after them.
+        let only = Reply::new(b.publisher.clone()).wrap(handler_fn(|_m| async {
+            Ok(vec![Message::new("why").with_metadata(REPLY_ONLY, "1")])
+        }));
+        let req = Message::with_uuid("q5", "x").with_metadata(REPLY_TO, "r");
+        assert!(only.handle(req).await.unwrap().is_empty());
+        let r = replies.recv().await.unwrap();
+        r.ack();
+        assert_eq!(&r.payload[..], b"why");
+        let none = tokio::time::timeout(Duration::from_millis(100), replies.recv()).await;
+        assert!(none.is_err(), "an empty reply followed");
     }
 
     #[tokio::test]

@@ -5,6 +5,10 @@
 //! not acked by this handler; the failure policy poisons it). What the handler returns that
 //! carries a name is published on the event bus (`events`, topic from the name); the rest goes
 //! to the handler's own publish topic, if any.
+//!
+//! A request (`wasmill request`, `POST ?reply=1`) is answered with the events the command
+//! emitted, or, for a message of another name that is acked and ignored, with an error reply
+//! that says so (reply-only messages, [`REPLY_ONLY`]), instead of an empty reply.
 
 use std::sync::Arc;
 
@@ -13,6 +17,7 @@ use serde::Deserialize;
 
 use super::bus::Bus;
 use super::marshal::name_of;
+use crate::components::reply::{REPLY_ERROR, REPLY_ONLY, REPLY_TO};
 use crate::error::HandlerError;
 use crate::message::Message;
 use crate::pubsub::Publisher;
@@ -77,11 +82,22 @@ struct Filtering {
 impl Handler for Filtering {
     async fn handle(&self, msg: Message) -> HandlerResult {
         let opts = &self.cqrs.options;
+        let request = msg.metadata.contains(REPLY_TO);
         if name_of(&msg) != Some(opts.name.as_str()) {
             let got = name_of(&msg).unwrap_or("(no name)");
             if opts.ack_unknown {
                 tracing::debug!(uuid = %msg.uuid, "{got}: not {}, ignored", opts.name);
-                return Ok(vec![]);
+                if !request {
+                    return Ok(vec![]);
+                }
+                let why = format!(
+                    "ignored: metadata name is {got}, this handler takes {} (send it with \
+                     metadata name={})",
+                    opts.name, opts.name
+                );
+                return Ok(vec![
+                    reply_only(Message::new(why.clone())).with_metadata(REPLY_ERROR, why),
+                ]);
             }
             return Err(HandlerError::permanent(format!(
                 "unknown {got}: this handler takes {}",
@@ -93,8 +109,14 @@ impl Handler for Filtering {
             return Ok(outputs);
         };
         let mut rest = Vec::new();
-        for out in outputs {
+        let mut emitted = Vec::new();
+        for mut out in outputs {
             if name_of(&out).is_some() {
+                // An event is not the request: its handlers must not answer it again.
+                out.metadata.remove(REPLY_TO);
+                if request {
+                    emitted.push(reply_only(out.copy()));
+                }
                 bus.publish(out)
                     .await
                     .map_err(|e| HandlerError::new(format!("publish event: {e}")))?;
@@ -102,8 +124,15 @@ impl Handler for Filtering {
                 rest.push(out);
             }
         }
-        Ok(rest)
+        // A request's reply carries the events the command emitted.
+        emitted.extend(rest);
+        Ok(emitted)
     }
+}
+
+/// `msg` marked for the reply only.
+fn reply_only(msg: Message) -> Message {
+    msg.with_metadata(REPLY_ONLY, "1")
 }
 
 impl Middleware for Cqrs {
@@ -167,5 +196,48 @@ mod tests {
         .wrap(handler);
         let e = strict.handle(Message::new("x")).await.unwrap_err();
         assert!(e.to_string().contains("unknown (no name)"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_request_is_answered_with_the_events_or_why_it_was_ignored() {
+        let ps = MemoryPubSub::default();
+        let mut placed = ps.subscribe("events.OrderPlaced").await.unwrap();
+        let handler = handler_fn(|m: Message| async move {
+            // A plugin that copies the request's metadata into its event.
+            let mut ev = marshal("OrderPlaced", &1).unwrap();
+            ev.metadata.set(REPLY_TO, m.metadata.get(REPLY_TO));
+            Ok(vec![ev])
+        });
+        let opts = CqrsOptions {
+            name: "PlaceOrder".into(),
+            ack_unknown: true,
+            events: Some("events.{name}".into()),
+            pubsub: None,
+        };
+        let h = Cqrs::new(opts, Arc::new(ps.clone())).wrap(handler);
+        let req = marshal("PlaceOrder", &1)
+            .unwrap()
+            .with_metadata(REPLY_TO, "r");
+        let out = h.handle(req).await.unwrap();
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0].metadata.contains(REPLY_ONLY),
+            "the event, for the reply"
+        );
+        assert_eq!(name_of(&out[0]), Some("OrderPlaced"));
+        let ev = placed.recv().await.unwrap();
+        assert!(
+            !ev.metadata.contains(REPLY_TO),
+            "the event's handlers would answer the request again"
+        );
+        ev.ack();
+
+        let ignored = Message::new("x").with_metadata(REPLY_TO, "r");
+        let out = h.handle(ignored).await.unwrap();
+        assert!(out[0].metadata.contains(REPLY_ONLY));
+        let why = out[0].metadata.get(REPLY_ERROR);
+        assert!(why.contains("name=PlaceOrder"), "{why}");
+        // Not a request: ignored without a word.
+        assert!(h.handle(Message::new("x")).await.unwrap().is_empty());
     }
 }
