@@ -83,7 +83,12 @@ impl Reader {
         };
         let stop = d.sender.cancellation().clone();
         let mut reconnect = Reconnect::default();
+        // Held until what this reader delivered settled and its last position was stored, so
+        // a standby host starts after it.
+        let mut held = None;
         while !d.sender.is_closed() {
+            // A fresh lock after a failure: the old connection may be gone with the server.
+            drop(held.take());
             let lock = match self.store.lock(&self.name, &stop).await {
                 Ok(Some(lock)) => lock,
                 Ok(None) => break,
@@ -95,8 +100,8 @@ impl Reader {
                     continue;
                 }
             };
+            held = Some(lock);
             let result = self.read(&d, &mut reconnect).await;
-            drop(lock);
             match result {
                 Ok(()) => break,
                 Err(e) => {
@@ -119,6 +124,7 @@ impl Reader {
         d.settling.wait().await;
         drop(d);
         let _ = saver.await;
+        drop(held);
     }
 
     /// Reads from `self.from` until the subscription ends (`Ok`) or the connection fails.
