@@ -133,12 +133,7 @@ async fn relay_host(db_url: &str, output: &str) -> Result<Host> {
             redis_url()
         ),
     )?;
-    let host = Host::start(dir, plugins, &["--config", "wasmill.toml"]).await?;
-    host.wait_handler("relay", Duration::from_secs(120), |h| {
-        h["state"] == "running"
-    })
-    .await?;
-    Ok(host)
+    support::start_relay(dir, plugins).await
 }
 
 fn redis_url() -> String {

@@ -448,6 +448,11 @@ pub async fn relay_host(
              consumer_group = \"{group}\"\n"
         ),
     )?;
+    start_relay(dir, plugins).await
+}
+
+/// Starts the host of `dir` (its `wasmill.toml`) and returns once its `relay` handler runs.
+pub async fn start_relay(dir: tempfile::TempDir, plugins: std::path::PathBuf) -> Result<Host> {
     let host = Host::start(dir, plugins, &["--config", "wasmill.toml"]).await?;
     host.wait_handler("relay", Duration::from_secs(120), |h| {
         h["state"] == "running"

@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Publisher, SubscribeOptions, Subscriber, Subscription};
+use super::{Publisher, SubscribeOptions, Subscriber, Subscription, closed};
 use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::pubsub::registry::{self, Backend};
@@ -149,7 +149,7 @@ impl Publisher for BinlogSource {
 impl Subscriber for BinlogSource {
     async fn subscribe_with(&self, topic: &str, options: SubscribeOptions) -> Result<Subscription> {
         if self.closed.is_cancelled() {
-            return Err(Error::Closed(NAME));
+            return Err(closed(NAME));
         }
         let table = self.table(topic)?;
         let from = self.position(&table).await?;
