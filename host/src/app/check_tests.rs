@@ -404,3 +404,22 @@ async fn requeuers_and_forwarders_name_known_backends() {
     );
     assert_eq!(report.errors.len(), 3, "{all}");
 }
+
+#[test]
+fn a_binlog_handlers_poison_queue_goes_to_the_default_pubsub() {
+    let text = "[pubsub.db]\nkind = \"mysql-binlog\"\nurl = \"mysql://root@127.0.0.1:3306/test\"\n\n\
+        [[handlers]]\nname = \"h\"\nplugin = \"uppercase.wasm\"\n\
+        subscribe = { pubsub = \"db\", topic = \"orders\" }\n";
+    let (_dir, cfg) = setup(text);
+    let route = crate::app::route_for(&cfg, &cfg.handlers[0], false);
+    let policy = route.on_failure.expect("the default policy");
+    assert_eq!(policy.poison_pubsub.as_deref(), Some("memory"));
+    // A policy that names its backend keeps it.
+    let named = text.to_string() + "on_failure = { poison_pubsub = \"db\" }\n";
+    let (_dir, cfg) = setup(&named);
+    let route = crate::app::route_for(&cfg, &cfg.handlers[0], false);
+    assert_eq!(
+        route.on_failure.unwrap().poison_pubsub.as_deref(),
+        Some("db")
+    );
+}

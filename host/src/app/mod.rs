@@ -100,11 +100,31 @@ pub fn route_for(cfg: &Config, h: &HandlerConfig, from_sidecar: bool) -> Handler
             .iter()
             .map(|t| topic_ref(t, default))
             .collect(),
-        on_failure: (!has_own_failure_handling(&middleware))
-            .then(|| h.on_failure.clone().unwrap_or_else(|| d.on_failure.clone())),
+        on_failure: (!has_own_failure_handling(&middleware)).then(|| {
+            let mut policy = h.on_failure.clone().unwrap_or_else(|| d.on_failure.clone());
+            // A source (a binlog) takes no messages: its handlers' poison queue goes to the
+            // default pub/sub (or memory), unless the policy names one.
+            let subscribed = topic_ref(&h.subscribe, default).pubsub;
+            if policy.poison_pubsub.is_none() && is_source(cfg, &subscribed) {
+                let fallback = if is_source(cfg, default) {
+                    "memory"
+                } else {
+                    default
+                };
+                policy.poison_pubsub = Some(fallback.to_string());
+            }
+            policy
+        }),
         middleware,
         from_sidecar,
     }
+}
+
+/// Whether the backend `pubsub` of `cfg` is a source that cannot be published to.
+fn is_source(cfg: &Config, pubsub: &str) -> bool {
+    cfg.pubsub
+        .get(pubsub)
+        .is_some_and(|p| crate::pubsub::registry::SOURCES.contains(&p.kind.as_str()))
 }
 
 /// Checks `cfg` with the plugins folder `plugins_dir` (`wasmill run` before it serves,

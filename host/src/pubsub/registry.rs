@@ -26,6 +26,10 @@ pub const KINDS: &[&str] = &[
     "mysql-binlog",
 ];
 
+/// The kinds that are sources only: subscribed to, never published to (a handler's poison
+/// queue on one goes to the default pub/sub instead).
+pub const SOURCES: &[&str] = &["mysql-binlog"];
+
 /// A connected backend: its publisher and subscriber (often the same value), and how to make
 /// a subscriber that reads a topic without taking messages from the real consumers (for
 /// `tail` and the SSE endpoint).

@@ -410,6 +410,18 @@ impl<'a> Static<'a> {
         self.topic(at, "subscribe", &h.subscribe);
         if let Some(p) = &h.publish {
             self.topic(at, "publish", p);
+            let (pubsub, _) = p.resolve(default);
+            if let Some(entry) = self.cfg.pubsub.get(&pubsub)
+                && crate::pubsub::registry::SOURCES.contains(&entry.kind.as_str())
+            {
+                self.errors.push(at.err(
+                    "publish",
+                    format!(
+                        "pubsub {pubsub:?} is a {} source: it is read, never published to",
+                        entry.kind
+                    ),
+                ));
+            }
         }
         self.grants(at, &h.allow_publish);
         self.limits(at, h.fuel, h.timeout, h.memory);
