@@ -40,10 +40,14 @@ impl Mariadb {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
         let root = nix_is_root();
+        // Its own temporary directory, as the testkit's servers have.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp)?;
         let mut install = Command::new("mariadb-install-db");
         install
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .args([
                 "--auth-root-authentication-method=normal",
                 "--skip-name-resolve",
@@ -58,6 +62,7 @@ impl Mariadb {
         server
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!("--socket={}", dir.path().join("s.sock").display()))
             .arg(format!("--pid-file={}", dir.path().join("p.pid").display()))
             .arg(format!("--port={port}"))

@@ -324,9 +324,14 @@ impl PrivateServer {
                 run(cmd, "initdb").await
             }
             Kind::Mariadb => {
+                // Its own temporary directory: installs running side by side in /tmp were
+                // seen to fail on each other's temporary tables.
+                let tmp = dir.join("tmp");
+                std::fs::create_dir_all(&tmp).map_err(|e| Error::io("mariadb tmpdir", e))?;
                 let mut cmd = Command::new("mariadb-install-db");
                 cmd.arg("--no-defaults")
                     .arg(format!("--datadir={}", dir.join("data").display()))
+                    .arg(format!("--tmpdir={}", tmp.display()))
                     .args([
                         "--auth-root-authentication-method=normal",
                         "--skip-name-resolve",
@@ -419,6 +424,7 @@ impl PrivateServer {
                 let mut cmd = Command::new("mariadbd");
                 cmd.arg("--no-defaults")
                     .arg(format!("--datadir={}", dir.join("data").display()))
+                    .arg(format!("--tmpdir={}", dir.join("tmp").display()))
                     .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
                     .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
                     .arg(format!("--port={port}"))
