@@ -101,6 +101,22 @@ impl Reader {
                 }
             };
             held = Some(lock);
+            // A reader that has delivered nothing yet (a standby host that just took over)
+            // starts from the position stored by the lock's last holder, not the one it read
+            // when it subscribed.
+            if lock_window(&d.window).resume_point().is_none() {
+                match self.store.load(&self.name).await {
+                    Ok(Some(at)) => self.from = at,
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(backend = NAME, table = %self.table, error = %e, "position");
+                        if !reconnect.wait(&stop).await {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
             let result = self.read(&d, &mut reconnect).await;
             match result {
                 Ok(()) => break,

@@ -241,8 +241,10 @@ async fn a_second_host_stands_by_and_takes_over() {
     let mut a = first.subscribe("t").await.unwrap();
     let msg = next(&mut a).await;
     assert_eq!(payload(&msg)["id"], 0);
-    msg.ack();
+    // The second host subscribes (and reads the stored position) before the first one's ack:
+    // taking over, it must start from what the first one stored last.
     let mut b = second.subscribe("t").await.unwrap();
+    msg.ack();
     let idle = tokio::time::timeout(Duration::from_secs(2), b.recv()).await;
     assert!(
         idle.is_err(),
