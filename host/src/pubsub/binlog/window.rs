@@ -79,10 +79,7 @@ impl Window {
         if !moved {
             return None;
         }
-        match self.in_flight.first_key_value() {
-            Some((_, (first_unacked, _))) => Some(first_unacked.clone()),
-            None => self.after_acked.clone(),
-        }
+        self.resume_point()
     }
 
     /// Whether no delivered change waits for its ack.
