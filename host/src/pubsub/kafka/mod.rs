@@ -23,7 +23,7 @@
 //!   is deleted when the tail ends.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -61,7 +61,8 @@ pub(crate) fn kerr(what: impl std::fmt::Display, e: KafkaError) -> Error {
 /// The Kafka pub/sub; publisher and subscriber in one.
 #[derive(Clone)]
 pub struct KafkaPubSub {
-    producer: FutureProducer,
+    /// Replaced by a new one before a topic is deleted ([`KafkaPubSub::retire_producer`]).
+    producer: Arc<RwLock<FutureProducer>>,
     config: Arc<KafkaConfig>,
     group: String,
     /// Tails start at the end of a topic (and their group is deleted when they end).
@@ -92,7 +93,7 @@ impl KafkaPubSub {
             .map_err(|e| kerr(format!("connect {url}"), e))?;
         let group = config.group().to_string();
         Ok(KafkaPubSub {
-            producer,
+            producer: Arc::new(RwLock::new(producer)),
             config: Arc::new(config),
             group,
             start_at_end: false,
@@ -159,6 +160,40 @@ impl KafkaPubSub {
             .map_err(|e| kerr("admin client", e))
     }
 
+    /// The producer publishes go through now.
+    fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts a new producer in place of the current one, and destroys the old one once the
+    /// publishes still using it are done. Done before a topic is deleted: librdkafka 2.12
+    /// crashed the process (SIGSEGV in `rd_kafka_metadata_update_op`: a NULL topic name in its
+    /// metadata cache lookup) when a topic its producer had produced to was deleted under it
+    /// (librdkafka #5093, open; seen in CI's kafka suite, reproduced here within six rounds of
+    /// remove and re-create).
+    async fn retire_producer(&self) -> Result<()> {
+        let fresh: FutureProducer = self
+            .config
+            .producer()?
+            .create()
+            .map_err(|e| kerr("producer", e))?;
+        let old = std::mem::replace(
+            &mut *self.producer.write().unwrap_or_else(|p| p.into_inner()),
+            fresh,
+        );
+        let timeout = self.config.publish_timeout;
+        tokio::task::spawn_blocking(move || {
+            // What was queued is delivered (or times out) before the client goes.
+            let _ = old.flush(timeout);
+            drop(old);
+        })
+        .await
+        .map_err(|e| Error::pubsub(NAME, "retire producer", e))
+    }
+
     fn known(&self, topic: &str) -> bool {
         self.created
             .lock()
@@ -188,6 +223,7 @@ impl Publisher for KafkaPubSub {
             return Err(closed(NAME));
         }
         self.ensure_topic(topic).await?;
+        let producer = self.producer();
         let mut deliveries = Vec::with_capacity(messages.len());
         for msg in &messages {
             let key = self
@@ -202,7 +238,7 @@ impl Publisher for KafkaPubSub {
                 record = record.key(key);
             }
             // Queued in order; a full local queue is waited out, bounded by publish_timeout.
-            deliveries.push(self.producer.send(record, self.config.publish_timeout));
+            deliveries.push(producer.send(record, self.config.publish_timeout));
         }
         for (result, msg) in futures::future::join_all(deliveries)
             .await
@@ -258,6 +294,7 @@ impl Subscriber for KafkaPubSub {
     }
 
     async fn remove_topic(&self, topic: &str) -> Result<bool> {
+        self.retire_producer().await?;
         let options = AdminOptions::new().operation_timeout(Some(self.config.publish_timeout));
         let results = self
             .admin()?
