@@ -1,6 +1,7 @@
 //! Watermill's components through the product's contract: request-reply (`wasmill request`,
-//! `POST /topics/{t}?reply=1`) and poison replay (`wasmill replay`,
-//! `POST /topics/{poison}/replay`), against the real binary.
+//! `POST /topics/{t}?reply=1`), poison replay (`wasmill replay`,
+//! `POST /topics/{poison}/replay`), CQRS, the requeuer, delayed messages and the outbox
+//! (`[[forwarders]]` fed by `wasmill_publish` from SQL), against the real binary.
 
 use std::time::Duration;
 
@@ -342,6 +343,132 @@ async fn the_request_reply_and_replay_example_runs_as_its_readme_says() -> anyho
     assert!(
         replayed["metadata"].get("reason_poisoned").is_none(),
         "{replayed}"
+    );
+    Ok(())
+}
+
+/// examples/07-delay-and-requeue on Redis, as its README runs it (its topics made unique): a
+/// reminder published over HTTP with `_watermill_delayed_for` is handled once due and not
+/// before; a payment that keeps failing is requeued twice, then dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delay_and_requeue_example_runs_as_its_readme_says() -> anyhow::Result<()> {
+    let (dir, plugins) = Host::scratch()?;
+    for name in ["uppercase", "always-fail"] {
+        std::fs::copy(plugin(name), plugins.join(format!("{name}.wasm")))?;
+    }
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let (reminders, payments) = (format!("reminders-{run}"), format!("payments-{run}"));
+    let example = std::fs::read_to_string(
+        support::repo_root().join("examples/07-delay-and-requeue/wasmill.toml"),
+    )?
+    .replace("\"reminders", &format!("\"{reminders}"))
+    .replace("\"payments", &format!("\"{payments}"));
+    std::fs::write(dir.path().join("wasmill.toml"), example)?;
+    let host = Host::start(dir, plugins, &["--config", "wasmill.toml"]).await?;
+    for name in ["remind", "charge"] {
+        host.wait_handler(name, Duration::from_secs(60), |h| h["state"] == "running")
+            .await?;
+    }
+    let mut sent = host.sse(&format!("{reminders}.sent")).await?;
+    let published = std::time::Instant::now();
+    host.publish_json(
+        &reminders,
+        serde_json::json!({"payload": "call bob", "metadata": {"_watermill_delayed_for": "2s"}}),
+    )
+    .await?;
+    let reminder = next_event(&mut sent, Duration::from_secs(30)).await?;
+    assert_eq!(reminder["payload"], "CALL BOB", "{reminder}");
+    assert!(
+        published.elapsed() >= Duration::from_millis(1900),
+        "handled {:?} after it was published with a 2 s delay",
+        published.elapsed()
+    );
+
+    let mut dead = host.sse(&format!("{payments}.poison.dead")).await?;
+    let uuid = host.publish(&payments, "order 7").await?;
+    let gone = next_event(&mut dead, Duration::from_secs(60)).await?;
+    assert_eq!(gone["uuid"], uuid.as_str(), "{gone}");
+    assert_eq!(gone["metadata"]["_wasmill_requeued"], "2", "{gone}");
+    host.terminate(Duration::from_secs(10)).await?;
+    let redis = wasmill::pubsub::registry::connect(
+        "redis",
+        "redis",
+        &support::table("url = \"redis://127.0.0.1:6379\"", "cleanup"),
+    )
+    .await?;
+    for topic in [reminders, payments] {
+        for suffix in ["", ".sent", ".poison", ".poison.dead"] {
+            let _ = redis
+                .subscriber
+                .remove_topic(&format!("{topic}{suffix}"))
+                .await;
+        }
+    }
+    Ok(())
+}
+
+/// examples/08-outbox as its README runs it (its topics and table made unique): the README's
+/// SQL, through `psql`, publishes with `wasmill_publish` in two transactions; the rolled-back
+/// one forwards nothing, the committed one reaches the handler on the destination topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_example_forwards_what_a_sql_transaction_commits() -> anyhow::Result<()> {
+    let (dir, plugins) = Host::scratch()?;
+    std::fs::copy(plugin("uppercase"), plugins.join("uppercase.wasm"))?;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let unique = |text: &str| {
+        text.replace("forwarder_topic", &format!("fwd_{run}"))
+            .replace("shop_orders", &format!("shop_{run}"))
+            .replace("\"orders", &format!("\"orders_{run}"))
+    };
+    let example = support::repo_root().join("examples/08-outbox");
+    let config = unique(&std::fs::read_to_string(example.join("wasmill.toml"))?);
+    std::fs::write(dir.path().join("wasmill.toml"), config)?;
+    let readme = std::fs::read_to_string(example.join("README.md"))?;
+    let sql = readme
+        .split("<<'SQL'\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\nSQL\n").next())
+        .ok_or_else(|| anyhow::anyhow!("no SQL block in examples/08-outbox/README.md"))?;
+    let host = Host::start(dir, plugins, &["--config", "wasmill.toml"]).await?;
+    host.wait_handler("ship", Duration::from_secs(60), |h| h["state"] == "running")
+        .await?;
+    let mut shipped = host.sse(&format!("orders_{run}.shipped")).await?;
+    let url = "postgres://postgres@127.0.0.1:5432/test";
+    psql(url, &unique(sql)).await?;
+    let event = next_event(&mut shipped, Duration::from_secs(30)).await?;
+    assert_eq!(event["payload"], "ORDER 7: BOOK", "{event}");
+    let more = tokio::time::timeout(Duration::from_secs(1), shipped.recv()).await;
+    assert!(more.is_err(), "more was forwarded: {:?}", more);
+    host.terminate(Duration::from_secs(10)).await?;
+    psql(url, &format!("DROP TABLE shop_{run};")).await?;
+    let db = wasmill::pubsub::registry::connect(
+        "db",
+        "postgres",
+        &support::table(&format!("url = \"{url}\""), "cleanup"),
+    )
+    .await?;
+    db.subscriber.remove_topic(&format!("fwd_{run}")).await?;
+    Ok(())
+}
+
+/// Runs `sql` through `psql` on `url`, stopping at the first error.
+async fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("psql (PostgreSQL's client) could not start: {e}"))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin.write_all(sql.as_bytes()).await?;
+    drop(stdin);
+    let out = child.wait_with_output().await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
 }

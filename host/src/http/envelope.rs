@@ -66,6 +66,7 @@ impl Envelope {
         for (k, v) in self.metadata {
             m.metadata.set(k, v);
         }
+        crate::pubsub::delay::due_from_now(&mut m)?;
         Ok(m)
     }
 }

@@ -5,8 +5,9 @@
 /// model forbids: such a handler traps now and then with "cannot leave component instance".
 pub const GO_WARNING: &str = "built with Go: Go's garbage collector may call wasi:clocks from \
      inside cabi_realloc, which traps (\"cannot leave component instance\"), more often with \
-     large payloads (measured: 1 in 20,000 messages at 100 B, 165 in 20,000 at 16 KiB); see \
-     docs/guests/README.md#go";
+     large payloads (measured: 1 in 20,000 messages at 100 B, 165 in 20,000 at 16 KiB); \
+     upstream: bytecodealliance/componentize-go#77 and wasmtime#14318 (fix: wasmtime#14319, in \
+     the preview1 adapter); see docs/guests/README.md#go";
 
 /// Warnings about the toolchains that built the modules inside `bytes` (a component or a
 /// module); none when it cannot be parsed (the compile reports that).

@@ -521,3 +521,37 @@ pub async fn reconnect<H: Harness>(h: &H) -> Outcome {
     drop(outage);
     Outcome::Passed
 }
+
+/// A message published with a delay of a second comes no sooner than it is due, and after a
+/// message published later without one.
+pub async fn delay<H: Harness>(h: &H) -> Outcome {
+    if !h.features().delays {
+        return Outcome::Skipped("the backend does not delay messages");
+    }
+    let (publisher, subscriber) = pubsub(h).await;
+    let topic = unique_topic("delay");
+    subscriber.subscribe_initialize(&topic).await.unwrap();
+    let mut sub = subscriber.subscribe(&topic).await.unwrap();
+    let mut later = Message::with_uuid(format!("later-{topic}"), "later");
+    crate::pubsub::delay::delay_for(&mut later, Duration::from_secs(1));
+    let due = crate::pubsub::delay::due(&later).expect("a due time");
+    publish_all(&publisher, &topic, std::slice::from_ref(&later)).await;
+    let now = Message::with_uuid(format!("now-{topic}"), "now");
+    publish_all(&publisher, &topic, std::slice::from_ref(&now)).await;
+    for expected in [&now, &later] {
+        let got = tokio::time::timeout(TIMEOUT, sub.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not arrive", expected.uuid))
+            .expect("subscription open");
+        assert_eq!(got.uuid, expected.uuid, "the undelayed message comes first");
+        assert_eq!(got.payload, expected.payload);
+        got.ack();
+    }
+    assert!(
+        std::time::SystemTime::now() >= due,
+        "the delayed message came before it was due"
+    );
+    drop(sub);
+    close_both(&publisher, &subscriber).await;
+    Outcome::Passed
+}

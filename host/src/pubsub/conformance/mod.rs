@@ -43,6 +43,9 @@ pub struct Features {
     pub new_subscriber_receives_old_messages: bool,
     /// Publisher and subscriber must be one instance (no shared server).
     pub require_single_instance: bool,
+    /// A message whose due time (`_watermill_delayed_until`) is ahead is delivered no sooner,
+    /// and does not hold back the messages published after it.
+    pub delays: bool,
 }
 
 /// A server a test owns going away and coming back: a private instance restarting, or a proxy
@@ -100,7 +103,7 @@ macro_rules! conformance_tests {
             continue_after_errors, publish_subscribe_in_order, nack_keeps_order, publisher_close,
             topic,
             message_ctx, subscribe_ctx, new_subscriber_receives_old_messages, consumer_groups,
-            remove_topic, reconnect);
+            remove_topic, reconnect, delay);
     };
     (@stamp $harness:expr; $($test:ident),* $(,)?) => {
         $(

@@ -19,6 +19,7 @@ impl Harness for MemoryHarness {
             persistent: false,
             new_subscriber_receives_old_messages: self.0.persistent,
             require_single_instance: true,
+            delays: true,
             ..Features::default()
         }
     }

@@ -130,11 +130,19 @@ impl Fetcher for NatsFetch {
         // Wait for the first message, then take what already arrived.
         let mut next = Some(inbox.next().await);
         let mut failed = None;
+        let mut not_due = Vec::new();
         while let Some(pulled) = next.take() {
             match pulled {
                 Pulled::Message(sent, m) => {
                     since = since.min(sent);
-                    messages.push((to_message(&m), m.reply));
+                    let msg = to_message(&m);
+                    // Not due yet (`_watermill_delayed_until` ahead): the server delivers it
+                    // again once it is, and the messages behind it are not held up.
+                    if let Some(wait) = crate::pubsub::delay::wait(&msg) {
+                        not_due.push((m.reply, AckKind::Nak(Some(wait))));
+                    } else {
+                        messages.push((msg, m.reply));
+                    }
                     if messages.len() < max {
                         next = inbox.try_next();
                     }
@@ -148,6 +156,9 @@ impl Fetcher for NatsFetch {
             && let Err(e) = inbox.top_up().await
         {
             failed = Some(e);
+        }
+        for settlement in not_due {
+            self.acks.push(settlement);
         }
         match failed {
             Some(e) => self.recover(e).await,

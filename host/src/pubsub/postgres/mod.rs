@@ -6,7 +6,8 @@
 //! transaction that locks the group's offset row (`SELECT … FOR UPDATE`) until the message is
 //! acked (offset advanced, commit) or nacked (rollback): so a group hands each message to one
 //! subscriber at a time, in order, across processes, and nothing is lost if a consumer dies.
-//! `publish_in_tx` publishes inside a caller's transaction (the outbox pattern).
+//! `publish_in_tx` publishes inside a caller's transaction (the outbox pattern); from SQL, in
+//! any language's transaction, the function `wasmill_publish` does the same ([`sql_publish`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ use crate::error::{Error, Result};
 use crate::message::{AckState, Message};
 use crate::pubsub::DynSubscriber;
 use crate::pubsub::registry::{self, Backend};
+
+mod sql_publish;
 
 const NAME: &str = "postgres";
 
@@ -151,11 +154,11 @@ impl PostgresPubSub {
             "CREATE TABLE IF NOT EXISTS wasmill_offsets (
                  topic TEXT NOT NULL, consumer_group TEXT NOT NULL, acked BIGINT NOT NULL,
                  PRIMARY KEY (topic, consumer_group))",
+            sql_publish::CREATE_FUNCTION,
         ] {
             // Concurrent first connections may race on CREATE: a duplicate is fine.
             if let Err(e) = sqlx::query(ddl).execute(&pool).await
-                && !e.to_string().contains("already exists")
-                && !e.to_string().contains("duplicate key")
+                && !sql_publish::raced(&e.to_string())
             {
                 return Err(db_err(
                     format!("create tables in {}", redacted(&config.url)),

@@ -97,6 +97,62 @@ async fn publish_in_tx_follows_the_transaction() {
     assert!(more.is_err(), "the rolled-back message was delivered");
 }
 
+/// `wasmill_publish` from plain SQL: a rolled-back call publishes nothing, a committed one its
+/// message with its metadata and the uuid it returned; metadata that is not a JSON object of
+/// strings is refused.
+#[tokio::test]
+async fn wasmill_publish_from_sql_follows_the_transaction() {
+    let h = PostgresHarness::new();
+    let ps = PostgresPubSub::connect(h.config("sql")).await.unwrap();
+    let topic = crate::pubsub::conformance::unique_topic("sql_outbox");
+    ps.subscribe_initialize(&topic).await.unwrap();
+    let mut sub = ps.subscribe(&topic).await.unwrap();
+    let publish = "SELECT wasmill_publish($1, convert_to($2, 'UTF8'), $3)";
+    let mut tx = ps.pool.begin().await.unwrap();
+    sqlx::query(publish)
+        .bind(&topic)
+        .bind("rolled back")
+        .bind("{}")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let mut tx = ps.pool.begin().await.unwrap();
+    let uuid: String = sqlx::query_scalar(publish)
+        .bind(&topic)
+        .bind("committed")
+        .bind(r#"{"k": "v"}"#)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (m.uuid.as_str(), &m.payload[..]),
+        (uuid.as_str(), &b"committed"[..])
+    );
+    assert_eq!(m.metadata.get("k"), "v");
+    m.ack();
+    let more = tokio::time::timeout(Duration::from_millis(500), sub.recv()).await;
+    assert!(more.is_err(), "the rolled-back message was delivered");
+    for bad in ["not json", r#"["a"]"#, r#"{"n": 1}"#] {
+        let err = sqlx::query(publish)
+            .bind(&topic)
+            .bind("x")
+            .bind(bad)
+            .execute(&ps.pool)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("wasmill_publish: metadata"), "{bad}: {err}");
+    }
+    drop(sub);
+    ps.remove_topic(&topic).await.unwrap();
+}
+
 #[test]
 fn passwords_are_not_logged() {
     assert_eq!(

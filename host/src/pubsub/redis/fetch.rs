@@ -150,6 +150,9 @@ pub(super) struct RedisFetch {
     /// The reads sent ahead, oldest first.
     pub(super) next: VecDeque<tokio::task::JoinHandle<Read>>,
     pub(super) acks: AckBatcher<String>,
+    /// Stops the task moving the topic's due delayed messages into the stream when the
+    /// subscription ends ([`super::delayed`]).
+    pub(super) _mover: tokio_util::sync::DropGuard,
 }
 
 /// What one read brought.
@@ -171,7 +174,10 @@ impl RedisFetch {
                 async move { this.ack(&topic, &ids).await }
             })
         };
+        let stop = pubsub.closed.child_token();
+        tokio::spawn(pubsub.clone().move_until(topic.to_string(), stop.clone()));
         RedisFetch {
+            _mover: stop.drop_guard(),
             pubsub,
             topic: topic.into(),
             consumer: format!("c-{}", uuid::Uuid::new_v4().simple()).into(),

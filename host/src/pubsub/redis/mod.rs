@@ -40,6 +40,7 @@ use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::pubsub::registry::{self, Backend};
 
+mod delayed;
 mod fetch;
 
 pub(crate) use fetch::parse_read;
@@ -223,6 +224,13 @@ impl Publisher for RedisPubSub {
         }
         let mut pipe = redis::pipe();
         for m in &messages {
+            if let Some(due) = delayed::due_millis(m) {
+                pipe.cmd("ZADD")
+                    .arg(delayed::key(topic))
+                    .arg(due)
+                    .arg(delayed::member(m));
+                continue;
+            }
             let cmd = pipe.cmd("XADD").arg(topic);
             if let Some(n) = self.config.max_len {
                 cmd.arg("MAXLEN").arg("~").arg(n);
@@ -319,7 +327,10 @@ impl Subscriber for RedisPubSub {
         let mut con = self.commands.clone();
         let deleted: i64 = tokio::time::timeout(
             self.config.command_timeout,
-            redis::cmd("DEL").arg(topic).query_async(&mut con),
+            redis::cmd("DEL")
+                .arg(topic)
+                .arg(delayed::key(topic))
+                .query_async(&mut con),
         )
         .await
         .map_err(|_| Error::pubsub_msg(NAME, format!("remove {topic}: timed out")))?

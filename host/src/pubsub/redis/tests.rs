@@ -40,6 +40,7 @@ impl Harness for RedisHarness {
             guaranteed_order_with_single_subscriber: true,
             persistent: true,
             new_subscriber_receives_old_messages: true,
+            delays: true,
             ..Features::default()
         }
     }
