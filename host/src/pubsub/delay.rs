@@ -1,10 +1,14 @@
 //! The delay metadata (Watermill's `components/delay`): when a message is due, in
 //! `_watermill_delayed_until` (RFC 3339) and `_watermill_delayed_for`. Set by the
 //! `delay_on_error` middleware and `components::delay`; honoured by the backends that can
-//! delay (in-memory: held at publish; Redis: a sorted set moved into the stream once due;
-//! NATS: a `Nak` with the remaining delay) and by the requeuer on any backend.
+//! delay (in-memory: held at publish; SQLite and PostgreSQL: a table; Redis: a sorted set;
+//! each moved into the topic once due by [`run_mover`]; NATS: a `Nak` with the remaining
+//! delay) and by the requeuer on any backend.
 
-use std::time::{Duration, SystemTime};
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::message::Message;
 
@@ -53,6 +57,57 @@ pub fn wait(msg: &Message) -> Option<Duration> {
         .filter(|w| !w.is_zero())
 }
 
+/// Milliseconds since the Unix epoch (how the durable backends store a due time).
+pub fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// When `msg` is due, in milliseconds since the epoch, if that is still ahead: such a message
+/// is kept aside by a durable backend until then.
+pub fn due_millis(msg: &Message) -> Option<u64> {
+    wait(msg)?;
+    due(msg).map(millis)
+}
+
+/// How often a durable backend's subscription moves due messages into its topic, at most.
+pub const MOVE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Moves a topic's due delayed messages until `stop` (a subscription's end): calls `move_due`
+/// every [`MOVE_INTERVAL`], or at the next message's due time when that is sooner.
+/// `move_due` moves what is due and returns when the next one waiting is due (milliseconds
+/// since the epoch). A failure is logged at debug level and tried again (the server may be
+/// away; the messages wait where they are). Each call is bounded by `timeout`.
+pub async fn run_mover<F, Fut>(
+    backend: &'static str,
+    topic: String,
+    stop: CancellationToken,
+    timeout: Duration,
+    mut move_due: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<u64>, String>>,
+{
+    loop {
+        let pause = match tokio::time::timeout(timeout, move_due()).await {
+            Ok(Ok(Some(next))) => {
+                let now = millis(SystemTime::now());
+                MOVE_INTERVAL.min(Duration::from_millis(next.saturating_sub(now)))
+            }
+            Ok(Ok(None)) => MOVE_INTERVAL,
+            Ok(Err(e)) => {
+                tracing::debug!(backend, topic, error = %e, "moving delayed messages");
+                MOVE_INTERVAL
+            }
+            Err(_) => MOVE_INTERVAL,
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +119,43 @@ mod tests {
         delay_for(&mut m, Duration::from_secs(60));
         assert!(wait(&m).is_some_and(|w| w > Duration::from_secs(58)));
         assert_eq!(m.metadata.get(DELAYED_FOR), "1m");
+    }
+
+    #[test]
+    fn only_a_message_due_ahead_is_kept_aside() {
+        let mut m = Message::new("x");
+        assert!(due_millis(&m).is_none());
+        delay_for(&mut m, Duration::from_secs(5));
+        let due = due_millis(&m).unwrap();
+        let now = millis(SystemTime::now());
+        assert!(due > now + 4_000 && due <= now + 5_000, "{due} vs {now}");
+    }
+
+    #[tokio::test]
+    async fn a_mover_runs_until_stopped_and_sooner_when_something_is_due_sooner() {
+        let stop = CancellationToken::new();
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let mover = tokio::spawn(run_mover(
+            "test",
+            "t".into(),
+            stop.clone(),
+            Duration::from_secs(1),
+            move || {
+                let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // Something due right away the first times: called again without a pause.
+                let next = (n < 5).then(|| millis(SystemTime::now()));
+                async move { Ok(next) }
+            },
+        ));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let seen = calls.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((6..=8).contains(&seen), "{seen} calls in 150 ms");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(1), mover)
+            .await
+            .expect("stopped")
+            .unwrap();
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::message::{AckState, Message};
 use crate::pubsub::DynSubscriber;
 use crate::pubsub::registry::{self, Backend};
 
+mod delayed;
 mod sql_publish;
 
 const NAME: &str = "postgres";
@@ -155,6 +156,8 @@ impl PostgresPubSub {
                  topic TEXT NOT NULL, consumer_group TEXT NOT NULL, acked BIGINT NOT NULL,
                  PRIMARY KEY (topic, consumer_group))",
             sql_publish::CREATE_FUNCTION,
+            delayed::CREATE_TABLE,
+            delayed::CREATE_INDEX,
         ] {
             // Concurrent first connections may race on CREATE: a duplicate is fine.
             if let Err(e) = sqlx::query(ddl).execute(&pool).await
@@ -236,6 +239,12 @@ impl Publisher for PostgresPubSub {
         let mut tx = self.pool.begin().await.map_err(|e| db_err("begin", e))?;
         lock_topic(&mut tx, topic).await?;
         for m in &messages {
+            if let Some(due) = super::delay::due_millis(m) {
+                delayed::store(&mut tx, topic, m, due)
+                    .await
+                    .map_err(|e| db_err(format!("publish to {topic}"), e))?;
+                continue;
+            }
             let metadata = super::stored::encode_metadata(&m.metadata);
             sqlx::query(
                 "INSERT INTO wasmill_messages (topic, uuid, metadata, payload) VALUES ($1, $2, $3, $4)",
@@ -286,6 +295,17 @@ impl Subscriber for PostgresPubSub {
         }
         self.ensure_group(topic).await?;
         let (sub, sender) = Subscription::channel(1, &self.closed);
+        let (this, moved) = (self.clone(), topic.to_string());
+        tokio::spawn(super::delay::run_mover(
+            NAME,
+            topic.to_string(),
+            sender.cancellation().clone(),
+            Duration::from_secs(10),
+            move || {
+                let (this, topic) = (this.clone(), moved.clone());
+                async move { this.move_due(&topic).await.map_err(|e| e.to_string()) }
+            },
+        ));
         let this = self.clone();
         let topic = topic.to_string();
         tokio::spawn(async move {
@@ -318,6 +338,7 @@ impl Subscriber for PostgresPubSub {
         for sql in [
             "DELETE FROM wasmill_messages WHERE topic = $1",
             "DELETE FROM wasmill_offsets WHERE topic = $1",
+            "DELETE FROM wasmill_delayed WHERE topic = $1",
             "DELETE FROM wasmill_topics WHERE topic = $1",
         ] {
             removed += sqlx::query(sql)

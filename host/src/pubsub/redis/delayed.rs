@@ -4,19 +4,15 @@
 //! stream once due, by any subscription of the topic, on any host. The move is one Lua script
 //! (`XADD` then `ZREM`, atomic on the server), so a message is moved once however many
 //! subscriptions race for it, and a host killed mid-way loses nothing: the message is in the
-//! set or in the stream. A subscription moves what is due every [`MOVE_INTERVAL`] (sooner
+//! set or in the stream. A subscription moves what is due every
+//! [`crate::pubsub::delay::MOVE_INTERVAL`] (sooner
 //! when the next due message is nearer), so a delayed message is read at most about that
 //! plus one blocking read after it is due.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use tokio_util::sync::CancellationToken;
+use std::time::SystemTime;
 
 use super::RedisPubSub;
 use crate::message::Message;
-
-/// How often a subscription moves due messages into its stream, at most.
-pub(super) const MOVE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Most messages one move takes.
 const MOVE_BATCH: usize = 256;
@@ -24,18 +20,6 @@ const MOVE_BATCH: usize = 256;
 /// The sorted set holding `topic`'s delayed messages.
 pub(super) fn key(topic: &str) -> String {
     format!("wasmill:delayed:{topic}")
-}
-
-/// Milliseconds since the Unix epoch.
-fn millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// When `msg` is due, in milliseconds since the epoch, if that is still ahead.
-pub(super) fn due_millis(msg: &Message) -> Option<u64> {
-    crate::pubsub::delay::wait(msg)?;
-    crate::pubsub::delay::due(msg).map(millis)
 }
 
 /// The set member holding `msg`: a header line `NONCE UUID_LEN METADATA_LEN`, then the uuid,
@@ -108,41 +92,12 @@ impl RedisPubSub {
             .arg(2)
             .arg(topic)
             .arg(key(topic))
-            .arg(millis(SystemTime::now()))
+            .arg(crate::pubsub::delay::millis(SystemTime::now()))
             .arg(MOVE_BATCH)
             .arg(max_len)
             .query_async(&mut con)
             .await?;
         Ok(u64::try_from(next).ok())
-    }
-
-    /// Moves `topic`'s due messages until `stop` is cancelled: every [`MOVE_INTERVAL`], or
-    /// at the next message's due time when that is sooner. Failures are retried (the server
-    /// may be away; the messages wait in the set).
-    pub(super) async fn move_until(self, topic: String, stop: CancellationToken) {
-        loop {
-            let pause = match tokio::time::timeout(
-                self.config.command_timeout,
-                self.move_due(&topic),
-            )
-            .await
-            {
-                Ok(Ok(Some(next))) => {
-                    let now = millis(SystemTime::now());
-                    MOVE_INTERVAL.min(Duration::from_millis(next.saturating_sub(now)))
-                }
-                Ok(Ok(None)) => MOVE_INTERVAL,
-                Ok(Err(e)) => {
-                    tracing::debug!(topic, error = %e, "redis: moving delayed messages");
-                    MOVE_INTERVAL
-                }
-                Err(_) => MOVE_INTERVAL,
-            };
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(pause) => {}
-            }
-        }
     }
 }
 
@@ -166,15 +121,5 @@ mod tests {
         assert_eq!(&rest[3..3 + meta_len], br#"{"k":"v"}"#);
         assert_eq!(&rest[3 + meta_len..], b"pay\nload");
         assert_ne!(member(&m), bytes, "two publishes are two members");
-    }
-
-    #[test]
-    fn only_a_message_due_ahead_is_delayed() {
-        let mut m = Message::new("x");
-        assert!(due_millis(&m).is_none());
-        crate::pubsub::delay::delay_for(&mut m, Duration::from_secs(5));
-        let due = due_millis(&m).unwrap();
-        let now = millis(SystemTime::now());
-        assert!(due > now + 4_000 && due <= now + 5_000, "{due} vs {now}");
     }
 }

@@ -175,7 +175,17 @@ impl RedisFetch {
             })
         };
         let stop = pubsub.closed.child_token();
-        tokio::spawn(pubsub.clone().move_until(topic.to_string(), stop.clone()));
+        let (ps, moved) = (pubsub.clone(), topic.to_string());
+        tokio::spawn(crate::pubsub::delay::run_mover(
+            NAME,
+            topic.to_string(),
+            stop.clone(),
+            pubsub.config.command_timeout,
+            move || {
+                let (ps, topic) = (ps.clone(), moved.clone());
+                async move { ps.move_due(&topic).await.map_err(|e| e.to_string()) }
+            },
+        ));
         RedisFetch {
             _mover: stop.drop_guard(),
             pubsub,

@@ -224,7 +224,7 @@ impl Publisher for RedisPubSub {
         }
         let mut pipe = redis::pipe();
         for m in &messages {
-            if let Some(due) = delayed::due_millis(m) {
+            if let Some(due) = super::delay::due_millis(m) {
                 pipe.cmd("ZADD")
                     .arg(delayed::key(topic))
                     .arg(due)

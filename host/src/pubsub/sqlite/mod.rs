@@ -30,6 +30,8 @@ use crate::message::{AckState, Message};
 use crate::pubsub::DynSubscriber;
 use crate::pubsub::registry::{self, Backend};
 
+mod delayed;
+
 const NAME: &str = "sqlite";
 /// Rows in one `INSERT` of a publish: 4 parameters each, far below SQLite's limit of 32,766.
 const ROWS_PER_INSERT: usize = 500;
@@ -120,6 +122,8 @@ impl SqlitePubSub {
             "CREATE TABLE IF NOT EXISTS wasmill_offsets (
                  topic TEXT NOT NULL, consumer_group TEXT NOT NULL, acked INTEGER NOT NULL,
                  PRIMARY KEY (topic, consumer_group))",
+            delayed::CREATE_TABLE,
+            delayed::CREATE_INDEX,
         ] {
             sqlx::query(ddl)
                 .execute(&pool)
@@ -180,11 +184,20 @@ impl Publisher for SqlitePubSub {
         if self.closed.is_cancelled() {
             return Err(closed(NAME));
         }
+        let (later, messages): (Vec<_>, Vec<_>) = messages
+            .into_iter()
+            .partition(|m| super::delay::due_millis(m).is_some());
         let metadata: Vec<String> = messages
             .iter()
             .map(|m| super::stored::encode_metadata(&m.metadata))
             .collect();
         let mut tx = self.pool.begin().await.map_err(|e| db_err("begin", e))?;
+        for m in &later {
+            let due = super::delay::due_millis(m).unwrap_or_default();
+            delayed::store(&mut tx, topic, m, due)
+                .await
+                .map_err(|e| db_err(format!("publish to {topic}"), e))?;
+        }
         // Many rows per statement: one parse and one round through SQLite's VM per chunk
         // instead of per message.
         for (chunk, metadata) in messages
@@ -239,6 +252,17 @@ impl Subscriber for SqlitePubSub {
         }
         self.ensure_group(topic).await?;
         let (sub, sender) = Subscription::channel(1, &self.closed);
+        let (this, moved) = (self.clone(), topic.to_string());
+        tokio::spawn(super::delay::run_mover(
+            NAME,
+            topic.to_string(),
+            sender.cancellation().clone(),
+            Duration::from_secs(10),
+            move || {
+                let (this, topic) = (this.clone(), moved.clone());
+                async move { this.move_due(&topic).await.map_err(|e| e.to_string()) }
+            },
+        ));
         let this = self.clone();
         let topic = topic.to_string();
         tokio::spawn(async move {
@@ -271,6 +295,7 @@ impl Subscriber for SqlitePubSub {
         for sql in [
             "DELETE FROM wasmill_messages WHERE topic = ?",
             "DELETE FROM wasmill_offsets WHERE topic = ?",
+            "DELETE FROM wasmill_delayed WHERE topic = ?",
         ] {
             removed += sqlx::query(sql)
                 .bind(topic)

@@ -31,6 +31,7 @@ impl Harness for SqliteHarness {
             guaranteed_order_with_single_subscriber: true,
             persistent: true,
             new_subscriber_receives_old_messages: true,
+            delays: true,
             ..Features::default()
         }
     }
