@@ -131,31 +131,37 @@ mod tests {
         assert!(due > now + 4_000 && due <= now + 5_000, "{due} vs {now}");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_mover_runs_until_stopped_and_sooner_when_something_is_due_sooner() {
         let stop = CancellationToken::new();
-        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = calls.clone();
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        let started = tokio::time::Instant::now();
         let mover = tokio::spawn(run_mover(
             "test",
             "t".into(),
             stop.clone(),
             Duration::from_secs(1),
             move || {
-                let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                // Something due right away the first times: called again without a pause.
-                let next = (n < 5).then(|| millis(SystemTime::now()));
+                let mut seen = seen.lock().unwrap();
+                seen.push(started.elapsed());
+                // Something due right away the first three times, then nothing waits.
+                let next = (seen.len() <= 3).then(|| millis(SystemTime::now()));
                 async move { Ok(next) }
             },
         ));
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        let seen = calls.load(std::sync::atomic::Ordering::SeqCst);
-        assert!((6..=8).contains(&seen), "{seen} calls in 150 ms");
+        tokio::time::sleep(Duration::from_millis(250)).await;
         stop.cancel();
-        tokio::time::timeout(Duration::from_secs(1), mover)
-            .await
-            .expect("stopped")
-            .unwrap();
+        mover.await.unwrap();
+        let ms: Vec<u128> = calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_millis())
+            .collect();
+        assert_eq!(ms, vec![0, 0, 0, 0, 100, 200], "called at (ms)");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(calls.lock().unwrap().len(), 6, "called after the stop");
     }
 
     #[test]
