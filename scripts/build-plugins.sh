@@ -23,6 +23,8 @@ fi
 # uppercase's `make_ascii_uppercase` vectorise (16 KiB: 349,370 -> 23,704 fuel per call).
 export CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS="${CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS:--C target-feature=+simd128}"
 
+# The host's target dir (Go plugins are built by the `wasmill` binary itself).
+host_target="${CARGO_TARGET_DIR:-$root/target}"
 # Always the workspace's own target dir, whatever CARGO_TARGET_DIR the caller has set.
 export CARGO_TARGET_DIR="$plugins/target"
 cargo build --release --target "$target" --manifest-path "$plugins/Cargo.toml" "$@"
@@ -45,8 +47,9 @@ for manifest in "$plugins"/*/Cargo.toml; do
         copied=$((copied + 1))
     fi
 done
-# The Python and JavaScript examples (plugins/*-py, plugins/*-js), with the toolchains that
-# scripts/setup.sh installs; each is rebuilt only when one of its files is newer than its .wasm.
+# The Python, JavaScript, C and Go examples (plugins/*-py, *-js, *-c, *-go), with the toolchains
+# that scripts/setup.sh installs; each is rebuilt only when one of its files is newer than its
+# .wasm. Go ones are built by `wasmill build` (the host's debug binary, built here if needed).
 export PATH="$HOME/.local/bin:$HOME/.cargo/bin:$PATH"
 wit="$root/wit/v0.2.0"
 for dir in "$plugins"/*/; do
@@ -56,6 +59,7 @@ for dir in "$plugins"/*/; do
     sdks="$root/host/src/cli/scaffold/templates"
     if [[ -f "$dir/pyproject.toml" ]]; then tool=componentize-py; sdk="$sdks/python/wasmill.py"
     elif [[ -f "$dir/package.json" ]]; then tool=componentize-js; sdk="$sdks/js/wasmill.js"
+    elif [[ -f "$dir/go.mod" ]]; then tool=go; sdk="$sdks/go/wasmill.go"
     elif compgen -G "$dir/*.c" >/dev/null; then tool=wasm-tools; sdk="$sdks/c/wasmill.h"
         # The Makefile as `wasmill new` writes it (from the template, not committed twice).
         sed -e "s/{name}/$name/" -e "s/{world}/handler/" "$sdks/c/Makefile" > "$dir/.Makefile.new"
@@ -76,6 +80,12 @@ for dir in "$plugins"/*/; do
     tmp="$plugins/.$name.tmp.wasm"
     if [[ "$tool" == componentize-py ]]; then
         (cd "$dir" && componentize-py -d "$wit" -w wasmill:plugin/handler@0.2.0 componentize app -p . -o "$tmp" >/dev/null)
+    elif [[ "$tool" == go ]]; then
+        wasmill="$host_target/debug/wasmill"
+        (cd "$root" && CARGO_TARGET_DIR="$host_target" cargo build --quiet -p wasmill --bin wasmill)
+        "$wasmill" build "$dir" --out "$plugins/.go-out" >/dev/null
+        mv -f "$plugins/.go-out/$name.wasm" "$tmp"
+        rmdir "$plugins/.go-out" 2>/dev/null || true
     elif [[ "$tool" == wasm-tools ]]; then
         make --no-print-directory -s -C "$dir" WIT="$wit" "$name.wasm" >/dev/null
         mv -f "$dir/$name.wasm" "$tmp"

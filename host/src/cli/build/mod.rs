@@ -1,6 +1,6 @@
 //! `wasmill build [DIR...]`: plugin projects into `.wasm` components. Each project's language
 //! is detected from its files (`Cargo.toml`, `pyproject.toml`/`app.py`, `package.json`,
-//! `wasmill.h` or a Makefile beside `.c` files), its
+//! `go.mod`, `wasmill.h` or a Makefile beside `.c` files), its
 //! toolchain is run, and the component is written beside the others atomically (a running host
 //! never reads half a file). A missing tool is one line saying what to install: nothing is
 //! installed behind the user's back, except the `wasm32-wasip2` target through rustup.
@@ -8,6 +8,7 @@
 mod c;
 mod cargo;
 mod componentize;
+mod go;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -45,6 +46,8 @@ pub fn detect(dir: &Path) -> Option<Project> {
         Lang::Js
     } else if has("app.py") || wasmill_table(&dir.join("pyproject.toml")).is_some() {
         Lang::Python
+    } else if go::is_project(dir) {
+        Lang::Go
     } else if c::is_project(dir) {
         Lang::C
     } else {
@@ -90,6 +93,7 @@ fn declared_kind(project: &Project) -> Result<Kind> {
             .map(str::to_string),
         Lang::Rust => None,
         Lang::C => return c::declared_kind(&project.dir),
+        Lang::Go => return go::declared_kind(&project.dir),
     };
     world.map_or(Ok(Kind::Handler), |w| Kind::parse(&w))
 }
@@ -113,6 +117,7 @@ fn plugin_name(project: &Project) -> Result<String> {
             .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
             .and_then(|t| t.get("project")?.get("name")?.as_str().map(str::to_string)),
         Lang::C => c::makefile_var(&project.dir, "NAME"),
+        Lang::Go => None,
     };
     match declared {
         Some(n) => Ok(n),
@@ -174,7 +179,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
         if found.is_empty() {
             bail!(
                 "{}: no plugin project here (Cargo.toml with src/lib.rs, pyproject.toml or \
-                 app.py, package.json, wasmill.h or a Makefile with .c files)",
+                 app.py, package.json, go.mod, wasmill.h or a Makefile with .c files)",
                 dir.display()
             );
         }
@@ -187,6 +192,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
                 Lang::Python => componentize::python(&project.dir, declared_kind(&project)?, &tmp),
                 Lang::Js => componentize::js(&project.dir, declared_kind(&project)?, &tmp),
                 Lang::C => c::build(&project.dir, declared_kind(&project)?, &tmp),
+                Lang::Go => go::build(&project.dir, declared_kind(&project)?, &tmp),
             };
             if let Err(e) = result {
                 let _ = std::fs::remove_file(&tmp);
@@ -231,6 +237,7 @@ mod tests {
             "[tool.wasmill]\nworld = \"middleware\"\n",
         );
         touch("j/package.json", "{\"name\": \"jj\"}");
+        touch("g/go.mod", "module wit_component\n");
         touch("not-a-project/notes.txt", "");
         touch("bin-crate/Cargo.toml", "[package]\nname = \"b\"\n");
         let found: Vec<(String, Lang)> = projects(dir.path())
@@ -240,6 +247,7 @@ mod tests {
         assert_eq!(
             found,
             [
+                ("g".into(), Lang::Go),
                 ("j".into(), Lang::Js),
                 ("p".into(), Lang::Python),
                 ("q".into(), Lang::Python),

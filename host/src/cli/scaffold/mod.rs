@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-pub use templates::{C_SDK, JS_SDK, Kind, Lang, PYTHON_SDK, WIT};
+pub use templates::{C_SDK, GO_SDK, JS_SDK, Kind, Lang, PYTHON_SDK, WIT};
 
 /// Arguments of `wasmill new`.
 #[derive(Args)]
@@ -19,7 +19,7 @@ pub struct NewArgs {
     kind: String,
     /// The plugin's name (letters, digits, `-` and `_`; the `.wasm` file is named after it).
     name: String,
-    /// The language: rust, python, js or c (go is not supported yet).
+    /// The language: rust, python, js, c or go.
     #[arg(long, default_value = "rust")]
     lang: String,
     /// Where the project goes (default: `plugins` when that folder exists here, else the

