@@ -108,6 +108,30 @@ pub async fn run_mover<F, Fut>(
     }
 }
 
+/// Spawns [`run_mover`] for `topic` until `stop`, calling `move_due(this, topic)`: the mover
+/// task every subscription of a durable backend that can delay starts beside it.
+pub fn spawn_mover<T, F, Fut>(
+    backend: &'static str,
+    topic: &str,
+    stop: CancellationToken,
+    timeout: Duration,
+    this: T,
+    move_due: F,
+) where
+    T: Clone + Send + 'static,
+    F: Fn(T, String) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Option<u64>, String>> + Send + 'static,
+{
+    let moved = topic.to_string();
+    tokio::spawn(run_mover(
+        backend,
+        topic.to_string(),
+        stop,
+        timeout,
+        move || move_due(this.clone(), moved.clone()),
+    ));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,13 +3,13 @@
 //! `wasm-tools component new` makes it a component. The project's `Makefile` runs the same
 //! steps; `NAME =` and `WORLD =` in it name the plugin and its world.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
 use super::componentize::{ensure_sdk, run, wit_dir};
-use super::find_tool;
+use super::{cargo_bin, files_with_extension, find_tool};
 use crate::cli::scaffold::{C_SDK, Kind};
 
 /// The value of `KEY = value` in the project's Makefile, if set.
@@ -23,19 +23,8 @@ pub fn makefile_var(project: &Path, key: &str) -> Option<String> {
 
 /// Whether `dir` holds a C plugin project: `wasmill.h`, or a Makefile beside `.c` files.
 pub fn is_project(dir: &Path) -> bool {
-    dir.join("wasmill.h").is_file() || (dir.join("Makefile").is_file() && !sources(dir).is_empty())
-}
-
-/// The project's `.c` files, by name.
-fn sources(dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "c") && p.is_file())
-        .collect();
-    found.sort();
-    found
+    dir.join("wasmill.h").is_file()
+        || (dir.join("Makefile").is_file() && !files_with_extension(dir, "c").is_empty())
 }
 
 /// The world the Makefile declares (`WORLD = middleware`); a handler when it says nothing.
@@ -45,10 +34,7 @@ pub fn declared_kind(project: &Path) -> Result<Kind> {
 
 /// Builds the C project in `project` into the component `out`.
 pub fn build(project: &Path, kind: Kind, out: &Path) -> Result<()> {
-    let cargo_bin: Vec<PathBuf> = std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cargo/bin"))
-        .into_iter()
-        .collect();
+    let cargo_bin = cargo_bin();
     let bindgen = find_tool(
         "wit-bindgen",
         &cargo_bin,
@@ -65,7 +51,7 @@ pub fn build(project: &Path, kind: Kind, out: &Path) -> Result<()> {
         "apt-get install clang lld wasi-libc libclang-rt-dev-wasm32",
     )?;
     find_tool("wasm-ld", &[], "apt-get install lld")?;
-    let code = sources(project);
+    let code = files_with_extension(project, "c");
     if code.is_empty() {
         bail!("{}: no .c file", project.display());
     }

@@ -14,7 +14,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use super::componentize::{ensure_sdk, run, wit_dir};
-use super::find_tool;
+use super::{cargo_bin, files_with_extension, find_tool};
 use crate::cli::scaffold::{GO_SDK, Kind};
 
 /// The `wit-bindgen-cli` (and so `wit-bindgen-go`) version Go plugins are built with.
@@ -78,24 +78,9 @@ fn find_go_pkg(pointed: Option<PathBuf>, cargo_home: Option<PathBuf>) -> Result<
     )
 }
 
-/// The project's `.go` files, by name.
-fn sources(dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "go") && p.is_file())
-        .collect();
-    found.sort();
-    found
-}
-
 /// Builds the Go project in `project` into the component `out`.
 pub fn build(project: &Path, kind: Kind, out: &Path) -> Result<()> {
-    let cargo_bin: Vec<PathBuf> = std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cargo/bin"))
-        .into_iter()
-        .collect();
+    let cargo_bin = cargo_bin();
     let go = find_tool(
         "go",
         &[],
@@ -125,7 +110,7 @@ pub fn build(project: &Path, kind: Kind, out: &Path) -> Result<()> {
         .canonicalize()
         .with_context(|| format!("find {}", project.display()))?;
     ensure_sdk(project, "wasmill.go", GO_SDK)?;
-    let code = sources(project);
+    let code = files_with_extension(project, "go");
     let (wit, _keep) = wit_dir(project)?;
     let build = project.join("build");
     let module = build.join("go");

@@ -142,6 +142,26 @@ fn project_dir(dir: &Path, plugins: &Path) -> PathBuf {
     }
 }
 
+/// `~/.cargo/bin`, where `cargo install` puts wit-bindgen and wasm-tools.
+pub(crate) fn cargo_bin() -> Vec<PathBuf> {
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cargo/bin"))
+        .into_iter()
+        .collect()
+}
+
+/// The files of `dir` (not below it) whose extension is `ext`, by name.
+pub(crate) fn files_with_extension(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == ext) && p.is_file())
+        .collect();
+    found.sort();
+    found
+}
+
 /// A tool in one of `extra` places, on `PATH` or in `~/.local/bin` (where `scripts/setup.sh`
 /// installs), else an error naming what to install.
 pub(crate) fn find_tool(name: &str, extra: &[PathBuf], install: &str) -> Result<PathBuf> {

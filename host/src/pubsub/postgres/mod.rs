@@ -295,17 +295,14 @@ impl Subscriber for PostgresPubSub {
         }
         self.ensure_group(topic).await?;
         let (sub, sender) = Subscription::channel(1, &self.closed);
-        let (this, moved) = (self.clone(), topic.to_string());
-        tokio::spawn(super::delay::run_mover(
+        super::delay::spawn_mover(
             NAME,
-            topic.to_string(),
+            topic,
             sender.cancellation().clone(),
             Duration::from_secs(10),
-            move || {
-                let (this, topic) = (this.clone(), moved.clone());
-                async move { this.move_due(&topic).await.map_err(|e| e.to_string()) }
-            },
-        ));
+            self.clone(),
+            |this, topic| async move { this.move_due(&topic).await.map_err(|e| e.to_string()) },
+        );
         let this = self.clone();
         let topic = topic.to_string();
         tokio::spawn(async move {

@@ -175,17 +175,14 @@ impl RedisFetch {
             })
         };
         let stop = pubsub.closed.child_token();
-        let (ps, moved) = (pubsub.clone(), topic.to_string());
-        tokio::spawn(crate::pubsub::delay::run_mover(
+        crate::pubsub::delay::spawn_mover(
             NAME,
-            topic.to_string(),
+            topic,
             stop.clone(),
             pubsub.config.command_timeout,
-            move || {
-                let (ps, topic) = (ps.clone(), moved.clone());
-                async move { ps.move_due(&topic).await.map_err(|e| e.to_string()) }
-            },
-        ));
+            pubsub.clone(),
+            |ps, topic| async move { ps.move_due(&topic).await.map_err(|e| e.to_string()) },
+        );
         RedisFetch {
             _mover: stop.drop_guard(),
             pubsub,
