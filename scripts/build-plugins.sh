@@ -49,7 +49,8 @@ for manifest in "$plugins"/*/Cargo.toml; do
 done
 # The Python, JavaScript, C and Go examples (plugins/*-py, *-js, *-c, *-go), with the toolchains
 # that scripts/setup.sh installs; each is rebuilt only when one of its files is newer than its
-# .wasm. Go ones are built by `wasmill build` (the host's debug binary, built here if needed).
+# .wasm. Go ones are built by `wasmill build` (the host's binary, built here if needed: debug,
+# or the profile WASMILL_PROFILE names).
 export PATH="$HOME/.local/bin:$HOME/.cargo/bin:$PATH"
 wit="$root/wit/v0.2.0"
 for dir in "$plugins"/*/; do
@@ -81,8 +82,11 @@ for dir in "$plugins"/*/; do
     if [[ "$tool" == componentize-py ]]; then
         (cd "$dir" && componentize-py -d "$wit" -w wasmill:plugin/handler@0.2.0 componentize app -p . -o "$tmp" >/dev/null)
     elif [[ "$tool" == go ]]; then
-        wasmill="$host_target/debug/wasmill"
-        (cd "$root" && CARGO_TARGET_DIR="$host_target" cargo build --quiet -p wasmill --bin wasmill)
+        # The profile the caller builds anyway: debug for the tests, release for the quick start.
+        profile="${WASMILL_PROFILE:-debug}"
+        wasmill="$host_target/$profile/wasmill"
+        profile_flag=(); [[ "$profile" == release ]] && profile_flag=(--release)
+        (cd "$root" && CARGO_TARGET_DIR="$host_target" cargo build --quiet "${profile_flag[@]}" -p wasmill --bin wasmill)
         "$wasmill" build "$dir" --out "$plugins/.go-out" >/dev/null
         mv -f "$plugins/.go-out/$name.wasm" "$tmp"
         rmdir "$plugins/.go-out" 2>/dev/null || true

@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-if [ -x scripts/build-plugins.sh ]; then scripts/build-plugins.sh; fi
+# The Go examples are built by the wasmill binary: the release one, which `cargo run` reuses.
+if [ -x scripts/build-plugins.sh ]; then WASMILL_PROFILE=release scripts/build-plugins.sh; fi
 exec cargo run --release -p wasmill -- run "$@"
