@@ -82,11 +82,16 @@ for dir in "$plugins"/*/; do
     if [[ "$tool" == componentize-py ]]; then
         (cd "$dir" && componentize-py -d "$wit" -w wasmill:plugin/handler@0.2.0 componentize app -p . -o "$tmp" >/dev/null)
     elif [[ "$tool" == go ]]; then
-        # The profile the caller builds anyway: debug for the tests, release for the quick start.
+        # The binary the caller builds anyway, with the same features, so nothing is compiled
+        # twice: the tests' (`cargo test --workspace --no-run`, as scripts/test.sh then runs
+        # them), or the release one for the quick start (WASMILL_PROFILE=release).
         profile="${WASMILL_PROFILE:-debug}"
         wasmill="$host_target/$profile/wasmill"
-        profile_flag=(); [[ "$profile" == release ]] && profile_flag=(--release)
-        (cd "$root" && CARGO_TARGET_DIR="$host_target" cargo build --quiet "${profile_flag[@]}" -p wasmill --bin wasmill)
+        if [[ "$profile" == release ]]; then
+            (cd "$root" && CARGO_TARGET_DIR="$host_target" cargo build --quiet --release -p wasmill --bin wasmill)
+        else
+            (cd "$root" && CARGO_TARGET_DIR="$host_target" cargo test --quiet --workspace --no-run)
+        fi
         "$wasmill" build "$dir" --out "$plugins/.go-out" >/dev/null
         mv -f "$plugins/.go-out/$name.wasm" "$tmp"
         rmdir "$plugins/.go-out" 2>/dev/null || true
