@@ -25,7 +25,6 @@ pub struct Reconnect {
     builder: ExponentialBuilder,
     delays: ExponentialBackoff,
     max: Duration,
-    last: Duration,
 }
 
 impl Default for Reconnect {
@@ -49,26 +48,18 @@ impl Reconnect {
             delays: builder.build(),
             builder,
             max,
-            last: Duration::ZERO,
         }
     }
 
     /// The delay to wait before the next attempt (and the one after it grows).
     pub fn next_delay(&mut self) -> Duration {
         // `without_max_times` never ends; fall back to the cap all the same.
-        self.last = self.delays.next().unwrap_or(self.max);
-        self.last
-    }
-
-    /// The delay last returned by [`Reconnect::next_delay`], for the log line that announces it.
-    pub fn last_delay(&self) -> Duration {
-        self.last
+        self.delays.next().unwrap_or(self.max)
     }
 
     /// A connection succeeded: the next failure waits `min` again.
     pub fn reset(&mut self) {
         self.delays = self.builder.build();
-        self.last = Duration::ZERO;
     }
 
     /// Sleeps the next delay. Returns `false` at once when `stop` is cancelled first (the
@@ -100,7 +91,6 @@ mod tests {
             "{delays:?}"
         );
         assert!(delays.iter().all(|d| *d >= min), "{delays:?}");
-        assert_eq!(r.last_delay(), delays[19]);
         r.reset();
         let again = r.next_delay();
         assert!(again <= 2 * min, "reset starts from min again: {again:?}");

@@ -184,9 +184,13 @@ impl Publisher for SqlitePubSub {
         if self.closed.is_cancelled() {
             return Err(closed(NAME));
         }
-        let (later, messages): (Vec<_>, Vec<_>) = messages
-            .into_iter()
-            .partition(|m| super::delay::due_millis(m).is_some());
+        // Most batches hold no delayed message: they are used as they are, not copied apart.
+        let is_delayed = |m: &Message| super::delay::due_millis(m).is_some();
+        let (later, messages): (Vec<_>, Vec<_>) = if messages.iter().any(is_delayed) {
+            messages.into_iter().partition(is_delayed)
+        } else {
+            (Vec::new(), messages)
+        };
         let metadata: Vec<String> = messages
             .iter()
             .map(|m| super::stored::encode_metadata(&m.metadata))
