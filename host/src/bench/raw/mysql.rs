@@ -58,7 +58,7 @@ async fn bench_loops(
             .iter()
             .map(|u| (u.as_str(), "{}".to_string(), &payload[..]))
             .collect();
-        ps.publish_rows(table, &rows).await?;
+        ps.publish_rows(table, &rows, &[]).await?;
     }
     let publish = start.elapsed();
 

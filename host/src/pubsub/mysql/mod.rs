@@ -28,6 +28,8 @@
 //! - Reconnect: sqlx's pool pings connections before handing them out and reconnects; the
 //!   delivery loop retries with backoff, and unacked (or acked but uncommitted) messages are
 //!   delivered again.
+//! - Delays: a message whose `_watermill_delayed_until` is ahead waits in `wasmill_delayed`
+//!   and is moved into its topic once due ([`delayed`]).
 //! - [`publish_in_tx`] publishes inside a caller's transaction (the outbox pattern).
 
 use std::collections::{HashMap, HashSet};
@@ -55,6 +57,7 @@ use crate::message::Message;
 use crate::pubsub::registry::{self, Backend};
 
 mod config;
+mod delayed;
 mod fetch;
 mod publish;
 
@@ -216,6 +219,7 @@ impl MysqlPubSub {
                  acked BIGINT NOT NULL,
                  PRIMARY KEY (topic_table, consumer_group)
              ) ENGINE = InnoDB",
+            delayed::CREATE_TABLE,
         ] {
             if let Err(e) = sqlx::query(ddl).execute(&pool).await {
                 pool.close().await;
@@ -359,13 +363,20 @@ impl MysqlPubSub {
         Ok(())
     }
 
-    /// Publishes `rows` to `table` in one transaction holding the topic lock.
-    pub(crate) async fn publish_rows(&self, table: &str, rows: &[Row3<'_>]) -> Result<()> {
+    /// Publishes `rows` to `table`, and holds `later` back until their due times, in one
+    /// transaction holding the topic lock.
+    pub(crate) async fn publish_rows(
+        &self,
+        table: &str,
+        rows: &[Row3<'_>],
+        later: &[delayed::Later<'_>],
+    ) -> Result<()> {
         let result = self
             .retry(&format!("publish to {table}"), || async {
                 let mut tx = self.pool.begin().await?;
                 lock_topic(&mut tx, table).await?;
                 insert_rows(&mut tx, table, rows).await?;
+                delayed::store(&mut tx, table, later).await?;
                 tx.commit().await
             })
             .await;
@@ -401,7 +412,7 @@ impl Subscriber for MysqlPubSub {
         self.ensure_group(&table).await?;
         let fetcher = MysqlFetch {
             pubsub: self.clone(),
-            table,
+            table: table.clone(),
             claim: None,
             prefetch: None,
             reconnect: Reconnect::new(MIN_DELAY, Duration::from_secs(2)),
@@ -413,10 +424,16 @@ impl Subscriber for MysqlPubSub {
             max_wait: Duration::MAX,
             redelivery_delay: self.config.redelivery_delay,
         };
-        Ok(Subscription::pull(
-            ReadAhead::new(fetcher, options),
-            &self.closed,
-        ))
+        let sub = Subscription::pull(ReadAhead::new(fetcher, options), &self.closed);
+        super::delay::spawn_mover(
+            NAME,
+            topic,
+            sub.cancellation().clone(),
+            self.config.acquire_timeout,
+            (self.clone(), table.clone()),
+            |(this, table), _| async move { this.move_due(&table).await.map_err(|e| e.to_string()) },
+        );
+        Ok(sub)
     }
 
     async fn close(&self) -> Result<()> {
@@ -458,6 +475,7 @@ impl Subscriber for MysqlPubSub {
         let mut removed = 0;
         for sql in [
             "DELETE FROM wasmill_offsets WHERE topic_table = ?",
+            "DELETE FROM wasmill_delayed WHERE topic_table = ?",
             "DELETE FROM wasmill_topics WHERE name = ?",
         ] {
             removed += sqlx::query(sql)

@@ -1,18 +1,25 @@
 //! Publishing: rows from messages, the topic lock, multi-row INSERTs, and `publish_in_tx` for the caller's transaction.
 
+use super::delayed::Later;
 use super::*;
 
 /// One row to insert: uuid, metadata JSON, payload.
 pub(crate) type Row3<'a> = (&'a str, String, &'a [u8]);
 
-pub(super) fn encode(messages: &[Message]) -> Result<Vec<Row3<'_>>> {
-    messages
-        .iter()
-        .map(|m| {
-            let metadata = crate::pubsub::stored::encode_metadata(&m.metadata);
-            Ok((m.uuid.as_str(), metadata, &m.payload[..]))
-        })
-        .collect()
+/// The rows of `messages`: those to publish now, and those held back until their due time
+/// ([`crate::pubsub::delay`]).
+pub(super) fn encode(messages: &[Message]) -> (Vec<Row3<'_>>, Vec<Later<'_>>) {
+    let mut now = Vec::with_capacity(messages.len());
+    let mut later = Vec::new();
+    for m in messages {
+        let metadata = crate::pubsub::stored::encode_metadata(&m.metadata);
+        let row = (m.uuid.as_str(), metadata, &m.payload[..]);
+        match crate::pubsub::delay::due_millis(m) {
+            Some(due) => later.push((due, row)),
+            None => now.push(row),
+        }
+    }
+    (now, later)
 }
 
 /// Takes the topic's publish lock inside the current transaction of `conn`, registering the
@@ -73,8 +80,8 @@ impl Publisher for MysqlPubSub {
             return Ok(());
         }
         let table = self.ensure_topic(topic).await?;
-        let rows = encode(&messages)?;
-        self.publish_rows(&table, &rows).await?;
+        let (rows, later) = encode(&messages);
+        self.publish_rows(&table, &rows, &later).await?;
         waker(&self.config.url, &table).notify_waiters();
         Ok(())
     }
@@ -108,11 +115,15 @@ pub async fn publish_in_tx(
         return Ok(());
     }
     let table = table_name(topic);
-    let rows = encode(messages)?;
+    let (rows, later) = encode(messages);
     lock_topic(tx, &table)
         .await
         .map_err(|e| db_err(format!("lock topic {topic}"), e))?;
-    insert_rows(tx, &table, &rows).await.map_err(|e| {
+    let inserted = async {
+        insert_rows(tx, &table, &rows).await?;
+        delayed::store(tx, &table, &later).await
+    };
+    inserted.await.map_err(|e| {
         if errno(&e) == Some(1146) {
             Error::pubsub_msg(
                 NAME,

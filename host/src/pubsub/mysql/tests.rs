@@ -43,6 +43,7 @@ impl Harness for MysqlHarness {
             guaranteed_order_with_single_subscriber: true,
             persistent: true,
             new_subscriber_receives_old_messages: true,
+            delays: true,
             ..Features::default()
         }
     }
