@@ -1,7 +1,8 @@
 //! Watermill's components through the product's contract: request-reply (`wasmill request`,
 //! `POST /topics/{t}?reply=1`), poison replay (`wasmill replay`,
-//! `POST /topics/{poison}/replay`), CQRS, the requeuer, delayed messages and the outbox
-//! (`[[forwarders]]` fed by `wasmill_publish` from SQL), against the real binary.
+//! `POST /topics/{poison}/replay`), CQRS, the requeuer, delayed messages, the outbox
+//! (`[[forwarders]]` fed by `wasmill_publish` from SQL), fan-in and fan-out, against the real
+//! binary.
 
 use std::time::Duration;
 
@@ -35,6 +36,30 @@ async fn host_with(name: &str, sidecar: &str, config: &str) -> anyhow::Result<Ho
         h["name"] == name && h["state"] == "running"
     })
     .await?;
+    Ok(host)
+}
+
+/// A host running `examples/{example}/wasmill.toml`, passed through `edit` (to make its topics
+/// unique), with the example plugins `plugins` in its plugins folder; returns once `handlers`
+/// run.
+async fn example_host(
+    example: &str,
+    plugins: &[&str],
+    handlers: &[&str],
+    edit: impl Fn(String) -> String,
+) -> anyhow::Result<Host> {
+    let (dir, folder) = Host::scratch()?;
+    for name in plugins {
+        std::fs::copy(plugin(name), folder.join(format!("{name}.wasm")))?;
+    }
+    let config = support::repo_root().join(format!("examples/{example}/wasmill.toml"));
+    let config = edit(std::fs::read_to_string(config)?);
+    std::fs::write(dir.path().join("wasmill.toml"), config)?;
+    let host = Host::start(dir, folder, &["--config", "wasmill.toml"]).await?;
+    for name in handlers {
+        host.wait_handler(name, Duration::from_secs(60), |h| h["state"] == "running")
+            .await?;
+    }
     Ok(host)
 }
 
@@ -201,25 +226,13 @@ async fn poisoned_messages_are_replayed_with_their_uuid_and_metadata() -> anyhow
 /// request`, the reply is the event the command emitted, or why the command was ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_and_events_bound_to_wasm_handlers_in_the_config() -> anyhow::Result<()> {
-    let (dir, plugins) = Host::scratch()?;
-    for name in ["uppercase", "json-enrich"] {
-        std::fs::copy(plugin(name), plugins.join(format!("{name}.wasm")))?;
-    }
-    // examples/05-cqrs, with its plugins folder pointed at this scratch copy.
-    let example =
-        std::fs::read_to_string(support::repo_root().join("examples/05-cqrs/wasmill.toml"))?;
-    std::fs::write(
-        dir.path().join("wasmill.toml"),
-        example.replace(
-            "plugins_dir = \"../../plugins\"",
-            "plugins_dir = \"plugins\"",
-        ),
-    )?;
-    let host = Host::start(dir, plugins, &["--config", "wasmill.toml"]).await?;
-    for name in ["command.Shout", "event.Shout.json-enrich"] {
-        host.wait_handler(name, Duration::from_secs(60), |h| h["state"] == "running")
-            .await?;
-    }
+    let host = example_host(
+        "05-cqrs",
+        &["uppercase", "json-enrich"],
+        &["command.Shout", "event.Shout.json-enrich"],
+        |config| config,
+    )
+    .await?;
     let mut events = host.sse("events.Shout").await?;
     let mut enriched = host.sse("enriched").await?;
 
@@ -306,17 +319,13 @@ async fn a_requeuer_sends_failed_messages_back_then_gives_up() -> anyhow::Result
 /// message poisoned, then replayed with `wasmill replay` to its topic, with its uuid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_reply_and_replay_example_runs_as_its_readme_says() -> anyhow::Result<()> {
-    let (dir, plugins) = Host::scratch()?;
-    for name in ["uppercase", "always-fail"] {
-        std::fs::copy(plugin(name), plugins.join(format!("{name}.wasm")))?;
-    }
-    let example = support::repo_root().join("examples/06-request-reply-and-replay/wasmill.toml");
-    std::fs::copy(example, dir.path().join("wasmill.toml"))?;
-    let host = Host::start(dir, plugins, &["--config", "wasmill.toml"]).await?;
-    for name in ["shout", "fragile"] {
-        host.wait_handler(name, Duration::from_secs(60), |h| h["state"] == "running")
-            .await?;
-    }
+    let host = example_host(
+        "06-request-reply-and-replay",
+        &["uppercase", "always-fail"],
+        &["shout", "fragile"],
+        |config| config,
+    )
+    .await?;
     let (ok, stdout, stderr) = cli(&[
         "request",
         "requests",
@@ -352,23 +361,19 @@ async fn the_request_reply_and_replay_example_runs_as_its_readme_says() -> anyho
 /// before; a payment that keeps failing is requeued twice, then dead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_delay_and_requeue_example_runs_as_its_readme_says() -> anyhow::Result<()> {
-    let (dir, plugins) = Host::scratch()?;
-    for name in ["uppercase", "always-fail"] {
-        std::fs::copy(plugin(name), plugins.join(format!("{name}.wasm")))?;
-    }
     let run = uuid::Uuid::new_v4().simple().to_string();
     let (reminders, payments) = (format!("reminders-{run}"), format!("payments-{run}"));
-    let example = std::fs::read_to_string(
-        support::repo_root().join("examples/07-delay-and-requeue/wasmill.toml"),
-    )?
-    .replace("\"reminders", &format!("\"{reminders}"))
-    .replace("\"payments", &format!("\"{payments}"));
-    std::fs::write(dir.path().join("wasmill.toml"), example)?;
-    let host = Host::start(dir, plugins, &["--config", "wasmill.toml"]).await?;
-    for name in ["remind", "charge"] {
-        host.wait_handler(name, Duration::from_secs(60), |h| h["state"] == "running")
-            .await?;
-    }
+    let host = example_host(
+        "07-delay-and-requeue",
+        &["uppercase", "always-fail"],
+        &["remind", "charge"],
+        |config| {
+            config
+                .replace("\"reminders", &format!("\"{reminders}"))
+                .replace("\"payments", &format!("\"{payments}"))
+        },
+    )
+    .await?;
     let mut sent = host.sse(&format!("{reminders}.sent")).await?;
     let published = std::time::Instant::now();
     host.publish_json(
@@ -412,26 +417,20 @@ async fn the_delay_and_requeue_example_runs_as_its_readme_says() -> anyhow::Resu
 /// one forwards nothing, the committed one reaches the handler on the destination topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbox_example_forwards_what_a_sql_transaction_commits() -> anyhow::Result<()> {
-    let (dir, plugins) = Host::scratch()?;
-    std::fs::copy(plugin("uppercase"), plugins.join("uppercase.wasm"))?;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let unique = |text: &str| {
         text.replace("forwarder_topic", &format!("fwd_{run}"))
             .replace("shop_orders", &format!("shop_{run}"))
             .replace("\"orders", &format!("\"orders_{run}"))
     };
-    let example = support::repo_root().join("examples/08-outbox");
-    let config = unique(&std::fs::read_to_string(example.join("wasmill.toml"))?);
-    std::fs::write(dir.path().join("wasmill.toml"), config)?;
-    let readme = std::fs::read_to_string(example.join("README.md"))?;
+    let readme =
+        std::fs::read_to_string(support::repo_root().join("examples/08-outbox/README.md"))?;
     let sql = readme
         .split("<<'SQL'\n")
         .nth(1)
         .and_then(|rest| rest.split("\nSQL\n").next())
         .ok_or_else(|| anyhow::anyhow!("no SQL block in examples/08-outbox/README.md"))?;
-    let host = Host::start(dir, plugins, &["--config", "wasmill.toml"]).await?;
-    host.wait_handler("ship", Duration::from_secs(60), |h| h["state"] == "running")
-        .await?;
+    let host = example_host("08-outbox", &["uppercase"], &["ship"], |c| unique(&c)).await?;
     let mut shipped = host.sse(&format!("orders_{run}.shipped")).await?;
     let url = "postgres://postgres@127.0.0.1:5432/test";
     psql(url, &unique(sql)).await?;
@@ -448,6 +447,50 @@ async fn the_outbox_example_forwards_what_a_sql_transaction_commits() -> anyhow:
     )
     .await?;
     db.subscriber.remove_topic(&format!("fwd_{run}")).await?;
+    Ok(())
+}
+
+/// examples/09-fan-in-fan-out as its README runs it, on its SQLite file: orders published to
+/// both regional topics reach `orders` through the fan-in, and each of the two handlers of
+/// `orders` (one consumer group) handles every order through the fan-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fan_in_fan_out_example_gives_every_handler_every_order() -> anyhow::Result<()> {
+    let host = example_host(
+        "09-fan-in-fan-out",
+        &["uppercase", "json-enrich"],
+        &["shout", "enrich"],
+        |config| config,
+    )
+    .await?;
+    let mut shouted = host.sse("orders.shouted").await?;
+    let mut enriched = host.sse("orders.enriched").await?;
+    for i in 0..6 {
+        let region = if i % 2 == 0 { "orders.eu" } else { "orders.us" };
+        host.publish(region, &format!("{{\"id\":{i}}}")).await?;
+    }
+    let mut seen = (Vec::new(), Vec::new());
+    for _ in 0..6 {
+        let s = next_event(&mut shouted, Duration::from_secs(30)).await?;
+        seen.0
+            .push(s["payload"].as_str().unwrap_or_default().to_string());
+        let e = next_event(&mut enriched, Duration::from_secs(30)).await?;
+        let order: serde_json::Value =
+            serde_json::from_str(e["payload"].as_str().unwrap_or_default())?;
+        assert_eq!(order["enriched"], true, "{e}");
+        assert!(
+            ["orders.eu", "orders.us"]
+                .contains(&e["metadata"]["fanned_in_from"].as_str().unwrap_or_default()),
+            "{e}"
+        );
+        seen.1.push(order["id"].as_i64().unwrap_or(-1));
+    }
+    seen.0.sort();
+    seen.1.sort();
+    let want: Vec<String> = (0..6).map(|i| format!("{{\"ID\":{i}}}")).collect();
+    assert_eq!(seen.0, want);
+    assert_eq!(seen.1, (0..6).collect::<Vec<i64>>());
+    let more = tokio::time::timeout(Duration::from_secs(1), shouted.recv()).await;
+    assert!(more.is_err(), "more was shouted: {more:?}");
     Ok(())
 }
 

@@ -405,6 +405,27 @@ async fn requeuers_and_forwarders_name_known_backends() {
     assert_eq!(report.errors.len(), 3, "{all}");
 }
 
+#[tokio::test]
+async fn fan_ins_and_fan_outs_are_checked() {
+    let (_dir, cfg) = setup(
+        "[[fan_in]]\nfrom = [\"a\", \"all\", { pubsub = \"nope\", topic = \"b\" }]\nto = \"all\"\n\n\
+         [[fan_in]]\nfrom = []\nto = \"x\"\n\n\
+         [[fan_out]]\ntopic = \"all\"\n\n[[fan_out]]\ntopic = { topic = \"all\" }\n\n\
+         [[fan_out]]\ntopic = \"other\"\n",
+    );
+    let report = check(&cfg).await;
+    let all = report.errors.join("\n");
+    for want in [
+        "fan_in[0].from[1]: \"all\" is also its `to`: it would feed itself",
+        "fan_in[0].from[2]: unknown pubsub \"nope\"",
+        "fan_in[1].from: name at least one topic",
+        "fan_out[1].topic: \"all\" on \"memory\" is fanned out twice",
+    ] {
+        assert!(all.contains(want), "{want:?} not in:\n{all}");
+    }
+    assert_eq!(report.errors.len(), 4, "{all}");
+}
+
 #[test]
 fn a_binlog_handlers_poison_queue_goes_to_the_default_pubsub() {
     let text = "[pubsub.db]\nkind = \"mysql-binlog\"\nurl = \"mysql://root@127.0.0.1:3306/test\"\n\n\

@@ -193,7 +193,8 @@ pub async fn run(
     // components compile behind their subscriptions (below), a failed one listed in /readyz.
     let report = check::check_static(&cfg, &plugins_dir).into_result()?;
     tracing::info!("{}", report.summary(&cfg.file));
-    let backends = connect_backends(&cfg).await?;
+    let mut backends = connect_backends(&cfg).await?;
+    let fanned = components::fan_outs(&cfg, &mut backends)?;
     let cache_dir = crate::wasm::cache::resolve_dir(cfg.cache_dir(), &plugins_dir)?;
     let engine = WasmEngine::new(EngineConfig { cache_dir })?;
     let router = Router::new(RouterConfig {
@@ -284,7 +285,7 @@ pub async fn run(
         });
     }
     let components_stop = tokio_util::sync::CancellationToken::new();
-    let components = match components::start(&cfg, &backends, &components_stop).await {
+    let components = match components::start(&cfg, &backends, &fanned, &components_stop).await {
         Ok(c) => c,
         Err(e) => {
             let _ = router.close().await;

@@ -9,14 +9,16 @@
 //!   the backend once every local subscriber has it queued (the in-memory pub/sub's publish),
 //!   so local subscribers that come and go cost the broker nothing.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
 use crate::pubsub::memory::MemoryPubSub;
-use crate::pubsub::{Publisher, Subscriber, Subscription};
+use crate::pubsub::{DynSubscriber, Publisher, SubscribeOptions, Subscriber, Subscription};
 
 /// The metadata key naming the topic a fanned-in message came from.
 pub const FANNED_IN_FROM: &str = "fanned_in_from";
@@ -74,36 +76,54 @@ async fn move_all(
 pub struct FanOut {
     local: MemoryPubSub,
     topic: String,
-    task: tokio::task::JoinHandle<()>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     stop: CancellationToken,
 }
 
 impl FanOut {
+    /// A fan-out of `topic` whose local subscribers may subscribe now; nothing arrives until
+    /// [`FanOut::begin`]. Subscribing every local subscriber first means none misses a message.
+    pub fn new(topic: &str) -> FanOut {
+        FanOut {
+            local: MemoryPubSub::default(),
+            topic: topic.to_string(),
+            task: std::sync::Mutex::new(None),
+            stop: CancellationToken::new(),
+        }
+    }
+
     /// Subscribes once to `topic` of `subscriber` and starts handing its messages out.
     pub async fn start(subscriber: &dyn Subscriber, topic: &str) -> Result<FanOut> {
-        let mut sub = subscriber.subscribe(topic).await?;
-        let local = MemoryPubSub::default();
-        let stop = CancellationToken::new();
-        let task = {
-            let (local, topic, stop) = (local.clone(), topic.to_string(), stop.clone());
-            tokio::spawn(async move {
-                loop {
-                    let Some(msg) = crate::components::recv_until(&mut sub, &stop).await else {
-                        return;
-                    };
-                    match local.publish(&topic, vec![msg.copy()]).await {
-                        Ok(()) => msg.ack(),
-                        Err(_) => msg.nack(),
-                    };
-                }
-            })
-        };
-        Ok(FanOut {
-            local,
-            topic: topic.to_string(),
-            task,
-            stop,
-        })
+        let fan = FanOut::new(topic);
+        fan.begin(subscriber).await?;
+        Ok(fan)
+    }
+
+    /// Subscribes once to the topic of `subscriber` and hands its messages to the local
+    /// subscribers from now on (once; a second call does nothing).
+    pub async fn begin(&self, subscriber: &dyn Subscriber) -> Result<()> {
+        if self.task_slot().is_some() {
+            return Ok(());
+        }
+        let mut sub = subscriber.subscribe(&self.topic).await?;
+        let (local, topic, stop) = (self.local.clone(), self.topic.clone(), self.stop.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Some(msg) = crate::components::recv_until(&mut sub, &stop).await else {
+                    return;
+                };
+                match local.publish(&topic, vec![msg.copy()]).await {
+                    Ok(()) => msg.ack(),
+                    Err(_) => msg.nack(),
+                };
+            }
+        });
+        *self.task_slot() = Some(task);
+        Ok(())
+    }
+
+    fn task_slot(&self) -> std::sync::MutexGuard<'_, Option<tokio::task::JoinHandle<()>>> {
+        self.task.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A new local subscriber: every message that arrives from now on, in order. Ack or nack
@@ -112,11 +132,78 @@ impl FanOut {
         self.local.subscribe(&self.topic).await
     }
 
+    /// [`FanOut::subscribe`] with the subscriber's options (messages in flight at once).
+    pub async fn subscribe_with(&self, options: SubscribeOptions) -> Result<Subscription> {
+        self.local.subscribe_with(&self.topic, options).await
+    }
+
     /// Stops the shared subscription; local subscriptions end.
-    pub async fn close(self) {
+    pub async fn close(&self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        let task = self.task_slot().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
         let _ = Subscriber::close(&self.local).await;
+    }
+}
+
+/// A backend's subscriber whose subscriptions to some topics are local subscribers of a
+/// [`FanOut`] (`[[fan_out]]`): every handler of such a topic gets every message, while the
+/// backend sees one subscription. Everything else goes to the backend's subscriber.
+pub struct FannedSubscriber {
+    inner: DynSubscriber,
+    fan_outs: HashMap<String, Arc<FanOut>>,
+}
+
+impl FannedSubscriber {
+    /// `inner`, with subscriptions to the topics of `fan_outs` served by them.
+    pub fn new(inner: DynSubscriber, fan_outs: HashMap<String, Arc<FanOut>>) -> Self {
+        FannedSubscriber { inner, fan_outs }
+    }
+
+    /// Starts every fan-out's subscription to the backend (call once the local subscribers
+    /// known at start have subscribed).
+    pub async fn begin(&self) -> Result<()> {
+        for (topic, fan) in &self.fan_outs {
+            self.inner.subscribe_initialize(topic).await?;
+            fan.begin(self.inner.as_ref()).await?;
+            tracing::info!(topic, pubsub = self.inner.name(), "fan-out started");
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Subscriber for FannedSubscriber {
+    async fn subscribe_with(&self, topic: &str, options: SubscribeOptions) -> Result<Subscription> {
+        match self.fan_outs.get(topic) {
+            Some(fan) => fan.subscribe_with(options).await,
+            None => self.inner.subscribe_with(topic, options).await,
+        }
+    }
+
+    async fn subscribe_initialize(&self, topic: &str) -> Result<()> {
+        self.inner.subscribe_initialize(topic).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        for fan in self.fan_outs.values() {
+            fan.close().await;
+        }
+        self.inner.close().await
+    }
+
+    async fn remove_topic(&self, topic: &str) -> Result<bool> {
+        self.inner.remove_topic(topic).await
+    }
+
+    async fn end_tail(&self, topic: &str) -> Result<()> {
+        self.inner.end_tail(topic).await
+    }
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
     }
 }
 
@@ -211,5 +298,57 @@ mod tests {
     async fn fan_out_gives_every_local_subscriber_every_message_from_redis() {
         let ps = redis().await;
         fan_out_on(Arc::new(ps), "redis").await;
+    }
+
+    /// Two handlers' subscriptions to a fanned-out topic of one consumer group each get every
+    /// message, including those published before the fan-out began; another topic is the
+    /// group's as usual (its two subscriptions share the messages).
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn a_fanned_subscriber_gives_each_subscription_of_its_topic_every_message() {
+        let ps = Arc::new(redis().await);
+        let topic = crate::pubsub::conformance::unique_topic("fanned");
+        let other = crate::pubsub::conformance::unique_topic("plain");
+        let fan = Arc::new(FanOut::new(&topic));
+        let fanned =
+            FannedSubscriber::new(ps.clone(), HashMap::from([(topic.clone(), fan.clone())]));
+        for t in [&topic, &other] {
+            fanned.subscribe_initialize(t).await.unwrap();
+        }
+        let mut handlers = [
+            fanned.subscribe(&topic).await.unwrap(),
+            fanned.subscribe(&topic).await.unwrap(),
+        ];
+        let mut plain = [
+            fanned.subscribe(&other).await.unwrap(),
+            fanned.subscribe(&other).await.unwrap(),
+        ];
+        for t in [&topic, &other] {
+            for i in 0..4 {
+                ps.publish(t, vec![Message::with_uuid(format!("m{i}"), "x")])
+                    .await
+                    .unwrap();
+            }
+        }
+        fanned.begin().await.unwrap();
+        for sub in &mut handlers {
+            for i in 0..4 {
+                assert_eq!(next(sub).await.uuid, format!("m{i}"));
+            }
+        }
+        let mut shared = 0;
+        for sub in &mut plain {
+            while let Ok(Some(m)) =
+                tokio::time::timeout(std::time::Duration::from_millis(500), sub.recv()).await
+            {
+                m.ack();
+                shared += 1;
+            }
+        }
+        assert_eq!(
+            shared, 4,
+            "the plain topic's messages, once each across its group"
+        );
+        fanned.close().await.unwrap();
     }
 }

@@ -1,5 +1,6 @@
-//! `[[requeue]]` and `[[forwarders]]`: Watermill's requeuer and forwarder run by the host
-//! (`components::requeue`, `components::forwarder`), on any configured backend.
+//! `[[requeue]]`, `[[forwarders]]`, `[[fan_in]]` and `[[fan_out]]`: Watermill's requeuer,
+//! forwarder, FanIn and FanOut run by the host (`components::requeue`, `components::forwarder`,
+//! `components::fan`), on any configured backend.
 
 use std::time::Duration;
 
@@ -39,4 +40,23 @@ pub struct ForwarderEntry {
 
 fn default_forwarder_topic() -> TopicSpec {
     TopicSpec::Topic(crate::components::forwarder::DEFAULT_TOPIC.into())
+}
+
+/// `[[fan_in]]`: several topics whose messages are all moved to one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FanInEntry {
+    /// The topics read (each a topic, or `{ pubsub, topic }`).
+    pub from: Vec<TopicSpec>,
+    /// The topic they are published to.
+    pub to: TopicSpec,
+}
+
+/// `[[fan_out]]`: a topic read once from its backend and handed to every handler subscribed
+/// to it there, each of which gets every message.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FanOutEntry {
+    /// The topic (or `{ pubsub, topic }`).
+    pub topic: TopicSpec,
 }

@@ -41,14 +41,15 @@ fn every_key_is_documented_in_its_section() {
     expect("`{ wasm = ", field_names::<WasmMiddlewareEntry>());
     expect("`[cqrs]`", field_names::<super::cqrs::CqrsConfig>());
     expect("`[cqrs]`", &["name", "handler", "ack_unknown"]);
-    expect(
-        "`[[requeue]]`",
-        field_names::<super::components::RequeueEntry>(),
-    );
-    expect(
-        "`[[requeue]]`",
-        field_names::<super::components::ForwarderEntry>(),
-    );
+    use super::components::{FanInEntry, FanOutEntry, ForwarderEntry, RequeueEntry};
+    for keys in [
+        field_names::<RequeueEntry>(),
+        field_names::<ForwarderEntry>(),
+        field_names::<FanInEntry>(),
+        field_names::<FanOutEntry>(),
+    ] {
+        expect("`[[requeue]]`", keys);
+    }
     expect("## Middleware", NAMES);
     for name in NAMES {
         let options = option_names(name);

@@ -40,6 +40,12 @@ pub struct Config {
     /// `[[forwarders]]`: outbox topics whose messages are forwarded.
     #[serde(default)]
     pub forwarders: Vec<super::components::ForwarderEntry>,
+    /// `[[fan_in]]`: topics moved into one.
+    #[serde(default)]
+    pub fan_in: Vec<super::components::FanInEntry>,
+    /// `[[fan_out]]`: topics read once and handed to every handler subscribed to them.
+    #[serde(default)]
+    pub fan_out: Vec<super::components::FanOutEntry>,
     /// The folder the file was read from; relative paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,

@@ -110,7 +110,8 @@ impl<'a> Static<'a> {
     }
 
     /// `[host]`'s HTTP API keys: connection bounds, timeouts, token, origins and hosts.
-    /// `[[requeue]]` and `[[forwarders]]`: the backends they name exist, topics are not empty.
+    /// `[[requeue]]`, `[[forwarders]]`, `[[fan_in]]`, `[[fan_out]]`: the backends they name
+    /// exist, topics are not empty, a fan-in does not feed itself, a topic is fanned out once.
     pub(super) fn components(&mut self) {
         let f = &self.cfg.file;
         let default = &self.cfg.host.default_pubsub;
@@ -122,6 +123,34 @@ impl<'a> Static<'a> {
             places.push((format!("forwarders[{i}].from"), fw.from.resolve(default)));
             let to = fw.to.clone().unwrap_or_else(|| default.clone());
             places.push((format!("forwarders[{i}].to"), (to, "-".into())));
+        }
+        for (i, fan) in self.cfg.fan_in.iter().enumerate() {
+            if fan.from.is_empty() {
+                self.errors
+                    .push(format!("{f}: fan_in[{i}].from: name at least one topic"));
+            }
+            for (j, from) in fan.from.iter().enumerate() {
+                let from = from.resolve(default);
+                if from == fan.to.resolve(default) {
+                    self.errors.push(format!(
+                        "{f}: fan_in[{i}].from[{j}]: {:?} is also its `to`: it would feed itself",
+                        from.1
+                    ));
+                }
+                places.push((format!("fan_in[{i}].from[{j}]"), from));
+            }
+            places.push((format!("fan_in[{i}].to"), fan.to.resolve(default)));
+        }
+        let mut fanned = std::collections::HashSet::new();
+        for (i, fan) in self.cfg.fan_out.iter().enumerate() {
+            let at = fan.topic.resolve(default);
+            if !fanned.insert(at.clone()) {
+                self.errors.push(format!(
+                    "{f}: fan_out[{i}].topic: {:?} on {:?} is fanned out twice",
+                    at.1, at.0
+                ));
+            }
+            places.push((format!("fan_out[{i}].topic"), at));
         }
         for (key, (pubsub, topic)) in places {
             if !self.cfg.knows_pubsub(&pubsub) {
