@@ -27,7 +27,7 @@ fn backend<'a>(backends: &'a HashMap<String, Backend>, name: &str) -> Result<&'a
 pub fn fan_outs(
     cfg: &Config,
     backends: &mut HashMap<String, Backend>,
-) -> Result<Vec<Arc<FannedSubscriber>>> {
+) -> Result<Vec<(String, Arc<FannedSubscriber>)>> {
     let default = &cfg.host.default_pubsub;
     let mut by_backend: HashMap<String, HashMap<String, Arc<FanOut>>> = HashMap::new();
     for f in &cfg.fan_out {
@@ -42,7 +42,7 @@ pub fn fan_outs(
             .ok_or_else(|| Error::Config(format!("unknown pubsub {pubsub:?}")))?;
         let fanned = Arc::new(FannedSubscriber::new(b.subscriber.clone(), fan_outs));
         b.subscriber = fanned.clone();
-        wrapped.push(fanned);
+        wrapped.push((pubsub, fanned));
     }
     Ok(wrapped)
 }
@@ -52,13 +52,16 @@ pub fn fan_outs(
 pub async fn start(
     cfg: &Config,
     backends: &HashMap<String, Backend>,
-    fanned: &[Arc<FannedSubscriber>],
+    fanned: &[(String, Arc<FannedSubscriber>)],
     stop: &CancellationToken,
 ) -> Result<JoinSet<()>> {
     let default = &cfg.host.default_pubsub;
     let mut tasks = JoinSet::new();
-    for f in fanned {
+    for (pubsub, f) in fanned {
         f.begin().await?;
+        for topic in f.topics() {
+            tracing::info!(pubsub, topic, "fan-out started");
+        }
     }
     for f in &cfg.fan_in {
         let (to_pubsub, to) = f.to.resolve(default);

@@ -168,9 +168,13 @@ impl FannedSubscriber {
         for (topic, fan) in &self.fan_outs {
             self.inner.subscribe_initialize(topic).await?;
             fan.begin(self.inner.as_ref()).await?;
-            tracing::info!(topic, pubsub = self.inner.name(), "fan-out started");
         }
         Ok(())
+    }
+
+    /// The topics fanned out.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.fan_outs.keys().map(String::as_str)
     }
 }
 
