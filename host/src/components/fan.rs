@@ -6,8 +6,9 @@
 //!   kept; the source topic in metadata [`FANNED_IN_FROM`]).
 //! - [`FanOut`]: one subscription to a topic of a backend (one consumer, one ack), handed to
 //!   any number of local subscribers, each of which gets every message. A message is acked on
-//!   the backend once every local subscriber has it queued (the in-memory pub/sub's publish),
-//!   so local subscribers that come and go cost the broker nothing.
+//!   the backend once every local subscriber acked it (the in-memory pub/sub's
+//!   `block_publish_until_acked`), one message at a time; while no local subscriber is alive
+//!   the next one waits, unacked. Local subscribers that come and go cost the broker nothing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
-use crate::pubsub::memory::MemoryPubSub;
+use crate::pubsub::memory::{MemoryConfig, MemoryPubSub};
 use crate::pubsub::{DynSubscriber, Publisher, SubscribeOptions, Subscriber, Subscription};
 
 /// The metadata key naming the topic a fanned-in message came from.
@@ -76,8 +77,49 @@ async fn move_all(
 pub struct FanOut {
     local: MemoryPubSub,
     topic: String,
+    subscribers: Arc<LocalSubscribers>,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     stop: CancellationToken,
+}
+
+/// The local subscriptions alive, so that a message is held (unacked on the backend) while
+/// there is none, instead of being handed to nobody and acked.
+#[derive(Default)]
+struct LocalSubscribers {
+    alive: std::sync::Mutex<Vec<CancellationToken>>,
+    joined: tokio::sync::Notify,
+}
+
+impl LocalSubscribers {
+    fn add(&self, ended: CancellationToken) {
+        self.alive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ended);
+        self.joined.notify_waiters();
+    }
+
+    fn any(&self) -> bool {
+        let mut alive = self.alive.lock().unwrap_or_else(|p| p.into_inner());
+        alive.retain(|t| !t.is_cancelled());
+        !alive.is_empty()
+    }
+
+    /// Returns once a local subscription is alive (`false` if `stop` comes first).
+    async fn wait(&self, stop: &CancellationToken) -> bool {
+        loop {
+            let joined = self.joined.notified();
+            if self.any() {
+                return true;
+            }
+            // Ended subscriptions are only noticed when asked: look again now and then.
+            tokio::select! {
+                () = joined => {}
+                () = stop.cancelled() => return false,
+                () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            }
+        }
+    }
 }
 
 impl FanOut {
@@ -85,8 +127,13 @@ impl FanOut {
     /// [`FanOut::begin`]. Subscribing every local subscriber first means none misses a message.
     pub fn new(topic: &str) -> FanOut {
         FanOut {
-            local: MemoryPubSub::default(),
+            // A message is acked on the backend only once every local subscriber acked it.
+            local: MemoryPubSub::new(MemoryConfig {
+                block_publish_until_acked: true,
+                ..MemoryConfig::default()
+            }),
             topic: topic.to_string(),
+            subscribers: Arc::default(),
             task: std::sync::Mutex::new(None),
             stop: CancellationToken::new(),
         }
@@ -100,21 +147,29 @@ impl FanOut {
     }
 
     /// Subscribes once to the topic of `subscriber` and hands its messages to the local
-    /// subscribers from now on (once; a second call does nothing).
+    /// subscribers from now on (once; a second call does nothing). While no local subscriber
+    /// is alive, the next message waits, unacked on the backend.
     pub async fn begin(&self, subscriber: &dyn Subscriber) -> Result<()> {
         if self.task_slot().is_some() {
             return Ok(());
         }
         let mut sub = subscriber.subscribe(&self.topic).await?;
         let (local, topic, stop) = (self.local.clone(), self.topic.clone(), self.stop.clone());
+        let subscribers = self.subscribers.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Some(msg) = crate::components::recv_until(&mut sub, &stop).await else {
                     return;
                 };
+                if !subscribers.wait(&stop).await {
+                    msg.nack();
+                    return;
+                }
+                // Returns once every local subscriber acked it, or ended without acking: when
+                // none is left (the host stopping), nobody handled it for sure, so it comes again.
                 match local.publish(&topic, vec![msg.copy()]).await {
-                    Ok(()) => msg.ack(),
-                    Err(_) => msg.nack(),
+                    Ok(()) if subscribers.any() => msg.ack(),
+                    _ => msg.nack(),
                 };
             }
         });
@@ -129,12 +184,14 @@ impl FanOut {
     /// A new local subscriber: every message that arrives from now on, in order. Ack or nack
     /// it as usual; a nack redelivers it to this local subscriber only.
     pub async fn subscribe(&self) -> Result<Subscription> {
-        self.local.subscribe(&self.topic).await
+        self.subscribe_with(SubscribeOptions::default()).await
     }
 
     /// [`FanOut::subscribe`] with the subscriber's options (messages in flight at once).
     pub async fn subscribe_with(&self, options: SubscribeOptions) -> Result<Subscription> {
-        self.local.subscribe_with(&self.topic, options).await
+        let sub = self.local.subscribe_with(&self.topic, options).await?;
+        self.subscribers.add(sub.cancellation().clone());
+        Ok(sub)
     }
 
     /// Stops the shared subscription; local subscriptions end.
@@ -284,8 +341,9 @@ mod tests {
                 .await
                 .unwrap();
         }
-        for local in &mut locals {
-            for i in 0..5 {
+        // Each message reaches the next local subscriber once all acked the one before.
+        for i in 0..5 {
+            for local in &mut locals {
                 assert_eq!(next(local).await.uuid, format!("m{i}"));
             }
         }
@@ -302,6 +360,60 @@ mod tests {
     async fn fan_out_gives_every_local_subscriber_every_message_from_redis() {
         let ps = redis().await;
         fan_out_on(Arc::new(ps), "redis").await;
+    }
+
+    /// The backend's message is acked only once every local subscriber acked its copy.
+    #[tokio::test]
+    async fn a_fan_out_acks_on_the_backend_once_every_local_subscriber_acked() {
+        let ps = MemoryPubSub::new(MemoryConfig {
+            block_publish_until_acked: true,
+            ..MemoryConfig::default()
+        });
+        let topic = crate::pubsub::conformance::unique_topic("acked");
+        let fan = FanOut::new(&topic);
+        let (mut a, mut b) = (
+            fan.subscribe().await.unwrap(),
+            fan.subscribe().await.unwrap(),
+        );
+        fan.begin(&ps).await.unwrap();
+        let publish = {
+            let (ps, topic) = (ps.clone(), topic.clone());
+            tokio::spawn(async move { ps.publish(&topic, vec![Message::new("x")]).await })
+        };
+        next(&mut a).await;
+        let held = b.recv().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !publish.is_finished(),
+            "acked on the backend before b acked"
+        );
+        held.ack();
+        tokio::time::timeout(std::time::Duration::from_secs(5), publish)
+            .await
+            .expect("acked on the backend once b acked")
+            .unwrap()
+            .unwrap();
+        fan.close().await;
+    }
+
+    /// A message that arrives while no local subscriber is alive (none yet, or the only one
+    /// gone) waits for the next one instead of being acked for nobody.
+    #[tokio::test]
+    async fn a_fan_out_holds_messages_while_no_local_subscriber_is_alive() {
+        let ps = MemoryPubSub::default();
+        let topic = crate::pubsub::conformance::unique_topic("held");
+        let fan = FanOut::start(&ps, &topic).await.unwrap();
+        for uuid in ["m0", "m1"] {
+            ps.publish(&topic, vec![Message::with_uuid(uuid, "x")])
+                .await
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let mut local = fan.subscribe().await.unwrap();
+            assert_eq!(next(&mut local).await.uuid, uuid);
+            // Acked on the backend before the subscriber goes (gone first, it would come again).
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        fan.close().await;
     }
 
     /// Two handlers' subscriptions to a fanned-out topic of one consumer group each get every
@@ -335,8 +447,8 @@ mod tests {
             }
         }
         fanned.begin().await.unwrap();
-        for sub in &mut handlers {
-            for i in 0..4 {
+        for i in 0..4 {
+            for sub in &mut handlers {
                 assert_eq!(next(sub).await.uuid, format!("m{i}"));
             }
         }
