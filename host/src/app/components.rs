@@ -57,12 +57,6 @@ pub async fn start(
 ) -> Result<JoinSet<()>> {
     let default = &cfg.host.default_pubsub;
     let mut tasks = JoinSet::new();
-    for (pubsub, f) in fanned {
-        f.begin().await?;
-        for topic in f.topics() {
-            tracing::info!(pubsub, topic, "fan-out started");
-        }
-    }
     for f in &cfg.fan_in {
         let (to_pubsub, to) = f.to.resolve(default);
         let target = backend(backends, &to_pubsub)?;
@@ -114,6 +108,13 @@ pub async fn start(
         tracing::info!(pubsub, topic, "forwarder started");
         let stop = stop.clone();
         tasks.spawn(async move { forwarder.run(source, stop).await });
+    }
+    // Last, so the components above that read a fanned-out topic get its first message too.
+    for (pubsub, f) in fanned {
+        f.begin().await?;
+        for topic in f.topics() {
+            tracing::info!(pubsub, topic, "fan-out started");
+        }
     }
     Ok(tasks)
 }

@@ -194,14 +194,16 @@ impl FanOut {
         Ok(sub)
     }
 
-    /// Stops the shared subscription; local subscriptions end.
+    /// Stops the shared subscription; local subscriptions end. A message handed out and not
+    /// acked by every local subscriber is nacked on the backend (it comes again).
     pub async fn close(&self) {
         self.stop.cancel();
+        // First, so a hand-off waiting for acks ends (and nacks) instead of holding this up.
+        let _ = Subscriber::close(&self.local).await;
         let task = self.task_slot().take();
         if let Some(task) = task {
             let _ = task.await;
         }
-        let _ = Subscriber::close(&self.local).await;
     }
 }
 
