@@ -494,6 +494,69 @@ async fn the_fan_in_fan_out_example_gives_every_handler_every_order() -> anyhow:
     Ok(())
 }
 
+/// examples/09's fan-out with its host SIGKILLed mid-way: 2,000 orders stored in its SQLite
+/// file, the host killed once the first is handled, then started again on the same file. In
+/// the end each of the two handlers has handled every order (some twice, none lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_killed_mid_way_loses_no_order_for_either_handler() -> anyhow::Result<()> {
+    use std::collections::HashSet;
+    use wasmill::message::Message;
+    let n = 2_000;
+    let mut host = example_host(
+        "09-fan-in-fan-out",
+        &["uppercase", "json-enrich"],
+        &["shout", "enrich"],
+        |config| config,
+    )
+    .await?;
+    let url = format!(
+        "url = \"sqlite://{}\"",
+        host.dir.path().join("fan.db").display()
+    );
+    let store =
+        wasmill::pubsub::registry::connect("store", "sqlite", &support::table(&url, "check"))
+            .await?;
+    let mut outputs = Vec::new();
+    for topic in ["orders.shouted", "orders.enriched"] {
+        store.subscriber.subscribe_initialize(topic).await?;
+        outputs.push(store.subscriber.subscribe(topic).await?);
+    }
+    let orders: Vec<Message> = (0..n)
+        .map(|i| Message::new(format!("{{\"id\":{i}}}")))
+        .collect();
+    store.publisher.publish("orders", orders).await?;
+
+    // The id of an output of either handler (uppercase writes `{"ID":7}`).
+    let id = |m: &Message| {
+        let text = String::from_utf8_lossy(&m.payload).to_lowercase();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default()["id"]
+            .as_i64()
+            .unwrap_or(-1)
+    };
+    let mut seen = [HashSet::new(), HashSet::new()];
+    let first = tokio::time::timeout(Duration::from_secs(30), outputs[0].recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no output"))?;
+    host.kill().await?;
+    seen[0].insert(id(&first));
+    first.ack();
+    let (dir, plugins) = (host.dir, host.plugins);
+    let host = Host::start(dir, plugins, &["--config", "wasmill.toml"]).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    for (sub, seen) in outputs.iter_mut().zip(seen.iter_mut()) {
+        while seen.len() < n && std::time::Instant::now() < deadline {
+            if let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(5), sub.recv()).await {
+                seen.insert(id(&m));
+                m.ack();
+            }
+        }
+    }
+    let lost: Vec<usize> = seen.iter().map(|s| n - s.len()).collect();
+    assert_eq!(lost, [0, 0], "orders lost by shout, enrich");
+    host.terminate(Duration::from_secs(10)).await?;
+    Ok(())
+}
+
 /// Runs `sql` through `psql` on `url`, stopping at the first error.
 async fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
