@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -77,47 +78,29 @@ async fn move_all(
 pub struct FanOut {
     local: MemoryPubSub,
     topic: String,
-    subscribers: Arc<LocalSubscribers>,
+    /// Notified by every new local subscription.
+    joined: Arc<Notify>,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     stop: CancellationToken,
 }
 
-/// The local subscriptions alive, so that a message is held (unacked on the backend) while
-/// there is none, instead of being handed to nobody and acked.
-#[derive(Default)]
-struct LocalSubscribers {
-    alive: std::sync::Mutex<Vec<CancellationToken>>,
-    joined: tokio::sync::Notify,
-}
-
-impl LocalSubscribers {
-    fn add(&self, ended: CancellationToken) {
-        self.alive
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(ended);
-        self.joined.notify_waiters();
-    }
-
-    fn any(&self) -> bool {
-        let mut alive = self.alive.lock().unwrap_or_else(|p| p.into_inner());
-        alive.retain(|t| !t.is_cancelled());
-        !alive.is_empty()
-    }
-
-    /// Returns once a local subscription is alive (`false` if `stop` comes first).
-    async fn wait(&self, stop: &CancellationToken) -> bool {
-        loop {
-            let joined = self.joined.notified();
-            if self.any() {
-                return true;
-            }
-            // Ended subscriptions are only noticed when asked: look again now and then.
-            tokio::select! {
-                () = joined => {}
-                () = stop.cancelled() => return false,
-                () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
-            }
+/// Returns once `local` has a subscription to `topic` (`false` if `stop` comes first), so that
+/// a message is held (unacked on the backend) while there is none instead of being handed to
+/// nobody. `joined` is notified by every new local subscription.
+async fn has_subscriber(
+    local: &MemoryPubSub,
+    topic: &str,
+    joined: &Notify,
+    stop: &CancellationToken,
+) -> bool {
+    loop {
+        let notified = joined.notified();
+        if local.subscriber_count(topic) > 0 {
+            return true;
+        }
+        tokio::select! {
+            () = notified => {}
+            () = stop.cancelled() => return false,
         }
     }
 }
@@ -133,7 +116,7 @@ impl FanOut {
                 ..MemoryConfig::default()
             }),
             topic: topic.to_string(),
-            subscribers: Arc::default(),
+            joined: Arc::default(),
             task: std::sync::Mutex::new(None),
             stop: CancellationToken::new(),
         }
@@ -155,20 +138,20 @@ impl FanOut {
         }
         let mut sub = subscriber.subscribe(&self.topic).await?;
         let (local, topic, stop) = (self.local.clone(), self.topic.clone(), self.stop.clone());
-        let subscribers = self.subscribers.clone();
+        let joined = self.joined.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Some(msg) = crate::components::recv_until(&mut sub, &stop).await else {
                     return;
                 };
-                if !subscribers.wait(&stop).await {
+                if !has_subscriber(&local, &topic, &joined, &stop).await {
                     msg.nack();
                     return;
                 }
                 // Returns once every local subscriber acked it, or ended without acking: when
                 // none is left (the host stopping), nobody handled it for sure, so it comes again.
                 match local.publish(&topic, vec![msg.copy()]).await {
-                    Ok(()) if subscribers.any() => msg.ack(),
+                    Ok(()) if local.subscriber_count(&topic) > 0 => msg.ack(),
                     _ => msg.nack(),
                 };
             }
@@ -190,7 +173,7 @@ impl FanOut {
     /// [`FanOut::subscribe`] with the subscriber's options (messages in flight at once).
     pub async fn subscribe_with(&self, options: SubscribeOptions) -> Result<Subscription> {
         let sub = self.local.subscribe_with(&self.topic, options).await?;
-        self.subscribers.add(sub.cancellation().clone());
+        self.joined.notify_waiters();
         Ok(sub)
     }
 

@@ -129,9 +129,10 @@ impl<'a> Static<'a> {
                 self.errors
                     .push(format!("{f}: fan_in[{i}].from: name at least one topic"));
             }
+            let to = fan.to.resolve(default);
             for (j, from) in fan.from.iter().enumerate() {
                 let from = from.resolve(default);
-                if from == fan.to.resolve(default) {
+                if from == to {
                     self.errors.push(format!(
                         "{f}: fan_in[{i}].from[{j}]: {:?} is also its `to`: it would feed itself",
                         from.1
@@ -139,7 +140,7 @@ impl<'a> Static<'a> {
                 }
                 places.push((format!("fan_in[{i}].from[{j}]"), from));
             }
-            places.push((format!("fan_in[{i}].to"), fan.to.resolve(default)));
+            places.push((format!("fan_in[{i}].to"), to));
         }
         let mut fanned = std::collections::HashSet::new();
         for (i, fan) in self.cfg.fan_out.iter().enumerate() {

@@ -68,14 +68,15 @@ impl MysqlPubSub {
     /// Moves the due messages of the topic in `table` into it, in due order; returns when
     /// the next one still waiting is due. Takes no lock while nothing is due.
     pub(super) async fn move_due(&self, table: &str) -> Result<Option<u64>> {
-        let failed = |e| db_err(format!("move delayed messages of {table}"), e);
+        let what = format!("move delayed messages of {table}");
+        let failed = |e| db_err(&what, e);
         let now = millis(SystemTime::now());
         match self.next_due(table).await.map_err(failed)? {
             Some(next) if next <= now => {}
             other => return Ok(other),
         }
         let moved = self
-            .retry(&format!("move delayed messages of {table}"), || async {
+            .retry(&what, || async {
                 let mut tx = self.pool.begin().await?;
                 lock_topic(&mut tx, table).await?;
                 let insert = format!(
