@@ -184,6 +184,109 @@ impl MemoryPubSub {
         self.inner.lock().len()
     }
 
+    /// Publishes `msg` to `topic` once `wait` has passed (unless the pub/sub closes first).
+    fn publish_later(&self, topic: &str, msg: Message, wait: Duration) {
+        let (me, topic) = (self.clone(), topic.to_string());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = me.inner.closed.cancelled() => return,
+            }
+            if let Err(e) = me.publish(&topic, vec![msg]).await {
+                tracing::warn!(topic, "memory pub/sub: a delayed message was dropped: {e}");
+            }
+        });
+    }
+
+    /// Keeps copies of `msgs` in `topic` (persistent mode), up to its `max_topic_bytes`:
+    /// how many were stored, with the refusal of the next one if the limit stopped it.
+    fn store(
+        &self,
+        topics: &mut HashMap<String, Topic>,
+        topic: &str,
+        msgs: &[Message],
+    ) -> std::result::Result<usize, (usize, Error)> {
+        let inner = &self.inner;
+        let max = inner.config.max_topic_bytes;
+        for (i, msg) in msgs.iter().enumerate() {
+            let size = stored_size(msg);
+            let held = topics.get(topic).map_or(0, |t| t.stored_bytes);
+            if held.saturating_add(size) > max {
+                return Err((
+                    i,
+                    Error::Limit(format!(
+                        "memory pub/sub: topic {topic:?} keeps {held} bytes; a message of \
+                         {size} more is refused (max_topic_bytes = {max})"
+                    )),
+                ));
+            }
+            let t = inner.topic_entry(topics, topic).map_err(|e| (i, e))?;
+            t.stored_bytes += size;
+            t.stored.push(msg.copy());
+        }
+        Ok(msgs.len())
+    }
+
+    /// Queues a copy of each of `msgs` for one subscription, in order. The publisher waits for
+    /// room for a whole chunk at once (`reserve_many`), so a publisher held back by a slow
+    /// consumer is woken once per chunk, not once per message the consumer takes. A
+    /// subscription that ended is skipped.
+    async fn deliver(&self, tx: &mpsc::Sender<Envelope>, msgs: &[Message]) -> Result<()> {
+        for chunk in msgs.chunks(tx.max_capacity()) {
+            let permits = tokio::select! {
+                r = tx.reserve_many(chunk.len()) => match r {
+                    Ok(permits) => permits,
+                    Err(_) => return Ok(()),
+                },
+                _ = self.inner.closed.cancelled() => return Err(closed(NAME)),
+            };
+            for (permit, msg) in permits.zip(chunk) {
+                permit.send(Envelope {
+                    msg: msg.copy(),
+                    acked: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `block_publish_until_acked`: queues `msg` for every subscription of `topic` and
+    /// returns once each of them acked it (or ended without acking).
+    async fn publish_one_until_acked(&self, topic: &str, msg: Message) -> Result<()> {
+        let inner = &self.inner;
+        let subscribers: Vec<_> = {
+            let mut topics = inner.lock();
+            if inner.config.persistent {
+                self.store(&mut topics, topic, std::slice::from_ref(&msg))
+                    .map_err(|(_, e)| e)?;
+            }
+            topics.get(topic).map_or_else(Vec::new, |t| {
+                t.subscribers.iter().map(|(_, tx)| tx.clone()).collect()
+            })
+        };
+        let mut waits = Vec::new();
+        for tx in subscribers {
+            let (s, r) = oneshot::channel();
+            let env = Envelope {
+                msg: msg.copy(),
+                acked: Some(Arc::new(Mutex::new(Some(s)))),
+            };
+            tokio::select! {
+                r = tx.send(env) => if r.is_err() { continue },
+                _ = inner.closed.cancelled() => return Err(closed(NAME)),
+            }
+            waits.push(r);
+        }
+        for w in waits {
+            tokio::select! {
+                // A subscription that ended without acking drops the sender: stop waiting.
+                _ = w => {}
+                _ = inner.closed.cancelled() => return Err(closed(NAME)),
+            }
+        }
+        Ok(())
+    }
+
     /// How many subscriptions `topic` has right now.
     pub fn subscriber_count(&self, topic: &str) -> usize {
         self.inner
@@ -200,71 +303,41 @@ impl Publisher for MemoryPubSub {
         if inner.closed.is_cancelled() {
             return Err(closed(NAME));
         }
+        let mut now = Vec::with_capacity(messages.len());
         for msg in messages {
             // A delayed message (`_watermill_delayed_until` ahead) is held, then published.
-            if let Some(wait) = super::delay::wait(&msg) {
-                let (me, topic) = (self.clone(), topic.to_string());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = me.inner.closed.cancelled() => return,
-                    }
-                    if let Err(e) = me.publish(&topic, vec![msg]).await {
-                        tracing::warn!(topic, "memory pub/sub: a delayed message was dropped: {e}");
-                    }
-                });
-                continue;
-            }
-            let subscribers: Vec<_> = {
-                let mut topics = inner.lock();
-                if inner.config.persistent {
-                    let max = inner.config.max_topic_bytes;
-                    let size = stored_size(&msg);
-                    let held = topics.get(topic).map_or(0, |t| t.stored_bytes);
-                    if held.saturating_add(size) > max {
-                        return Err(Error::Limit(format!(
-                            "memory pub/sub: topic {topic:?} keeps {held} bytes; a message of \
-                             {size} more is refused (max_topic_bytes = {max})"
-                        )));
-                    }
-                    let t = inner.topic_entry(&mut topics, topic)?;
-                    t.stored_bytes += size;
-                    t.stored.push(msg.copy());
-                    t.subscribers.iter().map(|(_, tx)| tx.clone()).collect()
-                } else {
-                    // Nobody subscribes and nothing is kept: the topic is not held at all.
-                    topics.get(topic).map_or_else(Vec::new, |t| {
-                        t.subscribers.iter().map(|(_, tx)| tx.clone()).collect()
-                    })
-                }
-            };
-            let mut waits = Vec::new();
-            for tx in subscribers {
-                let (acked, wait) = if inner.config.block_publish_until_acked {
-                    let (s, r) = oneshot::channel();
-                    (Some(Arc::new(Mutex::new(Some(s)))), Some(r))
-                } else {
-                    (None, None)
-                };
-                let env = Envelope {
-                    msg: msg.copy(),
-                    acked,
-                };
-                tokio::select! {
-                    r = tx.send(env) => if r.is_err() { continue },
-                    _ = inner.closed.cancelled() => return Err(closed(NAME)),
-                }
-                waits.extend(wait);
-            }
-            for w in waits {
-                tokio::select! {
-                    // A subscription that ended without acking drops the sender: stop waiting.
-                    _ = w => {}
-                    _ = inner.closed.cancelled() => return Err(closed(NAME)),
-                }
+            match super::delay::wait(&msg) {
+                Some(wait) => self.publish_later(topic, msg, wait),
+                None => now.push(msg),
             }
         }
-        Ok(())
+        if inner.config.block_publish_until_acked {
+            for msg in now {
+                self.publish_one_until_acked(topic, msg).await?;
+            }
+            return Ok(());
+        }
+        // One look at the topic for the whole call; a persistent topic stores up to the first
+        // message past its limit, and what was stored is delivered before the error returns.
+        let (subscribers, refused) = {
+            let mut topics = inner.lock();
+            let refused = if inner.config.persistent {
+                let stored = self.store(&mut topics, topic, &now);
+                now.truncate(stored.as_ref().map_or_else(|(n, _)| *n, |n| *n));
+                stored.err().map(|(_, e)| e)
+            } else {
+                None
+            };
+            // Nobody subscribes and nothing is kept: the topic is not held at all.
+            let subscribers: Vec<_> = topics.get(topic).map_or_else(Vec::new, |t| {
+                t.subscribers.iter().map(|(_, tx)| tx.clone()).collect()
+            });
+            (subscribers, refused)
+        };
+        for tx in subscribers {
+            self.deliver(&tx, &now).await?;
+        }
+        refused.map_or(Ok(()), Err)
     }
 
     async fn close(&self) -> Result<()> {

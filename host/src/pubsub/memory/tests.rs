@@ -128,6 +128,122 @@ async fn publish_waits_when_a_subscription_backlog_is_full() {
     assert!(publish.is_err(), "publish did not apply back-pressure");
 }
 
+/// Counts the wake-ups of the future it is the waker of.
+struct WakeCounter(std::sync::atomic::AtomicUsize);
+
+impl futures::task::ArcWake for WakeCounter {
+    fn wake_by_ref(this: &Arc<Self>) {
+        this.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test]
+async fn a_publisher_held_back_is_woken_once_per_chunk_not_once_per_message() {
+    let ps = MemoryPubSub::new(MemoryConfig {
+        max_pending: 64,
+        ..MemoryConfig::default()
+    });
+    let mut sub = ps.subscribe("t").await.unwrap();
+    let batch = |from: usize| -> Vec<Message> {
+        (from..from + 64)
+            .map(|i| Message::new(format!("{i}")))
+            .collect()
+    };
+    ps.publish("t", batch(0)).await.unwrap();
+    // The queue is full: the next publish waits, polled again after each message taken.
+    let counter = Arc::new(WakeCounter(std::sync::atomic::AtomicUsize::new(0)));
+    let waker = futures::task::waker(counter.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut publish = ps.publish("t", batch(64));
+    assert!(publish.as_mut().poll(&mut cx).is_pending());
+    let mut done = false;
+    for i in 0..128 {
+        let m = sub.recv().await.unwrap();
+        assert_eq!(&m.payload[..], i.to_string().as_bytes(), "out of order");
+        m.ack();
+        done = done || publish.as_mut().poll(&mut cx).is_ready();
+    }
+    assert!(done, "the publish never finished");
+    // Before, the publisher waited for one free slot at a time: 64 wake-ups for 64 messages.
+    let wakes = counter.0.load(Ordering::Relaxed);
+    assert!(wakes <= 2, "the publisher was woken {wakes} times");
+}
+
+#[tokio::test]
+async fn a_batch_larger_than_max_pending_is_delivered_whole_and_in_order() {
+    let ps = MemoryPubSub::new(MemoryConfig {
+        max_pending: 8,
+        ..MemoryConfig::default()
+    });
+    let mut sub = ps.subscribe("t").await.unwrap();
+    let msgs: Vec<_> = (0..50).map(|i| Message::new(format!("{i}"))).collect();
+    let publish = tokio::spawn({
+        let ps = ps.clone();
+        async move { ps.publish("t", msgs).await }
+    });
+    for i in 0..50 {
+        let m = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} never came"))
+            .unwrap();
+        assert_eq!(&m.payload[..], i.to_string().as_bytes());
+        m.ack();
+    }
+    publish.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_publish_waiting_for_room_fails_when_the_pubsub_closes() {
+    let ps = MemoryPubSub::new(MemoryConfig {
+        max_pending: 2,
+        ..MemoryConfig::default()
+    });
+    let _sub = ps.subscribe("t").await.unwrap();
+    let msgs: Vec<_> = (0..10).map(|i| Message::new(format!("{i}"))).collect();
+    let publish = tokio::spawn({
+        let ps = ps.clone();
+        async move { ps.publish("t", msgs).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    ps.close().await.unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(5), publish)
+        .await
+        .expect("the publish still waits after close")
+        .unwrap();
+    assert!(result.is_err(), "a publish cut by close reported success");
+}
+
+#[tokio::test]
+async fn a_persistent_batch_past_the_limit_keeps_and_delivers_what_fit() {
+    let ps = MemoryPubSub::new(MemoryConfig {
+        persistent: true,
+        max_topic_bytes: 10_000,
+        ..MemoryConfig::default()
+    });
+    let mut sub = ps.subscribe("t").await.unwrap();
+    let kb = "x".repeat(1000);
+    let msgs: Vec<_> = (0..12)
+        .map(|i| Message::with_uuid(format!("{i}"), kb.clone()))
+        .collect();
+    let refused = ps.publish("t", msgs).await.unwrap_err();
+    assert!(refused.to_string().contains("max_topic_bytes"), "{refused}");
+    // 1,001 bytes a message: the first nine fit, and they reached the subscription.
+    for i in 0..9 {
+        let m = sub.recv().await.unwrap();
+        assert_eq!(m.uuid, i.to_string());
+        m.ack();
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), sub.recv())
+            .await
+            .is_err()
+    );
+    let mut late = ps.subscribe("t").await.unwrap();
+    for _ in 0..9 {
+        late.recv().await.unwrap().ack();
+    }
+}
+
 #[tokio::test]
 async fn a_hundred_thousand_topics_stay_under_the_bound() {
     // Published to, nobody subscribing: nothing is held.
