@@ -9,9 +9,10 @@ mod cli;
 
 /// mimalloc instead of the system allocator: messages allocate small buffers at a high rate
 /// (a broker reply parsed into values, a message's uuid, metadata and payload), and glibc's
-/// malloc/free were the top entries of the consume path's profile.
+/// malloc/free were the top entries of the consume path's profile. Called as `cli::allocator`
+/// explains (plain blocks where they are aligned enough).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: cli::allocator::Mimalloc = cli::allocator::Mimalloc;
 
 /// Wasmill: message handlers as WebAssembly components.
 #[derive(Parser)]

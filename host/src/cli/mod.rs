@@ -1,5 +1,6 @@
 //! The subcommands other than `run`.
 
+pub mod allocator;
 pub mod build;
 pub mod components;
 pub mod scaffold;

@@ -206,6 +206,20 @@ impl Delivery {
         self.state() != AckState::Pending || self.done.get().is_some_and(|t| t.is_cancelled())
     }
 
+    /// Waits until the delivery is acked or nacked, and says which.
+    async fn settled(&self) -> AckState {
+        loop {
+            let woken = self.waiters.notified();
+            tokio::pin!(woken);
+            // Registered before the state is read: a settlement in between still wakes it.
+            woken.as_mut().enable();
+            match self.state() {
+                AckState::Pending => woken.await,
+                settled => return settled,
+            }
+        }
+    }
+
     /// Settles to `to` unless already settled; true if the delivery is (now) in state `to`.
     fn settle(&self, to: AckState) -> bool {
         let swapped = self.state.compare_exchange(
@@ -254,6 +268,11 @@ impl DeliveryHandle {
     /// Negatively acknowledges the delivery, as [`Message::nack`] does.
     pub fn nack(&self) -> bool {
         self.0.settle(AckState::Nacked)
+    }
+
+    /// Waits until the delivery is acked or nacked, as [`Message::settled`] does.
+    pub async fn settled(&self) -> AckState {
+        self.0.settled().await
     }
 }
 
@@ -468,6 +487,14 @@ impl Message {
         m
     }
 
+    /// [`copy`](Message::copy) for a message the caller is done with: the UUID, metadata and
+    /// payload move into the new message instead of being cloned.
+    pub fn into_copy(self) -> Message {
+        let mut m = Message::with_uuid(self.uuid, self.payload);
+        m.metadata = self.metadata;
+        m
+    }
+
     /// Acknowledges the message. Returns `true` when the message is acked (now or already),
     /// `false` when it had been nacked. Never blocks.
     pub fn ack(&self) -> bool {
@@ -514,16 +541,7 @@ impl Message {
 
     /// Waits until the message is acked or nacked, and says which.
     pub async fn settled(&self) -> AckState {
-        loop {
-            let woken = self.delivery.waiters.notified();
-            tokio::pin!(woken);
-            // Registered before the state is read: a settlement in between still wakes it.
-            woken.as_mut().enable();
-            match self.delivery.state() {
-                AckState::Pending => woken.await,
-                settled => return settled,
-            }
-        }
+        self.delivery.settled().await
     }
 
     /// Waits until the message is acked; returns `false` if it was nacked instead.

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Publisher, SubscribeOptions, Subscriber, Subscription, closed};
 use crate::error::{Error, Result};
-use crate::message::{AckState, Message};
+use crate::message::{AckState, DeliveryHandle, Message};
 use crate::pubsub::registry::{self, Backend};
 
 const NAME: &str = "memory";
@@ -227,24 +227,23 @@ impl MemoryPubSub {
         Ok(msgs.len())
     }
 
-    /// Queues a copy of each of `msgs` for one subscription, in order. The publisher waits for
-    /// room for a whole chunk at once (`reserve_many`), so a publisher held back by a slow
-    /// consumer is woken once per chunk, not once per message the consumer takes. A
-    /// subscription that ended is skipped.
-    async fn deliver(&self, tx: &mpsc::Sender<Envelope>, msgs: &[Message]) -> Result<()> {
-        for chunk in msgs.chunks(tx.max_capacity()) {
+    /// Queues `msgs` (the subscription's own copies) for one subscription, in order. The
+    /// publisher waits for room for a whole chunk at once (`reserve_many`), so a publisher held
+    /// back by a slow consumer is woken once per chunk, not once per message the consumer
+    /// takes. A subscription that ended is skipped.
+    async fn deliver(&self, tx: &mpsc::Sender<Envelope>, msgs: Vec<Message>) -> Result<()> {
+        let mut msgs = msgs.into_iter();
+        while msgs.len() > 0 {
+            let chunk = msgs.len().min(tx.max_capacity());
             let permits = tokio::select! {
-                r = tx.reserve_many(chunk.len()) => match r {
+                r = tx.reserve_many(chunk) => match r {
                     Ok(permits) => permits,
                     Err(_) => return Ok(()),
                 },
                 _ = self.inner.closed.cancelled() => return Err(closed(NAME)),
             };
-            for (permit, msg) in permits.zip(chunk) {
-                permit.send(Envelope {
-                    msg: msg.copy(),
-                    acked: None,
-                });
+            for (permit, msg) in permits.zip(msgs.by_ref()) {
+                permit.send(Envelope { msg, acked: None });
             }
         }
         Ok(())
@@ -334,8 +333,18 @@ impl Publisher for MemoryPubSub {
             });
             (subscribers, refused)
         };
-        for tx in subscribers {
-            self.deliver(&tx, &now).await?;
+        // Each subscription gets copies of its own; the last one takes the caller's messages.
+        let last = subscribers.len().saturating_sub(1);
+        for (i, tx) in subscribers.iter().enumerate() {
+            let copies = if i == last {
+                std::mem::take(&mut now)
+                    .into_iter()
+                    .map(Message::into_copy)
+                    .collect()
+            } else {
+                now.iter().map(Message::copy).collect()
+            };
+            self.deliver(tx, copies).await?;
         }
         refused.map_or(Ok(()), Err)
     }
@@ -417,7 +426,7 @@ struct MemorySource {
     /// Messages stored before the subscription (persistent mode), delivered first.
     backlog: VecDeque<Envelope>,
     /// Delivered and not settled yet, with the delivery handed out.
-    in_flight: Vec<(Envelope, Message)>,
+    in_flight: Vec<(Envelope, DeliveryHandle)>,
     /// Nacked messages waiting for their redelivery time, oldest first.
     redeliver: VecDeque<(Instant, Envelope)>,
     max_in_flight: usize,
@@ -459,16 +468,16 @@ impl MemorySource {
             // A blocked publisher must learn of the ack even if the consumer never asks for
             // another message, so watch this delivery (block mode only; it is rare).
             let acked = acked.clone();
-            let delivered = msg.clone();
+            let delivered = msg.delivery_handle();
             tokio::spawn(async move {
-                if delivered.acked().await
+                if delivered.settled().await == AckState::Acked
                     && let Some(tx) = acked.lock().ok().and_then(|mut t| t.take())
                 {
                     let _ = tx.send(());
                 }
             });
         }
-        self.in_flight.push((env, msg.clone()));
+        self.in_flight.push((env, msg.delivery_handle()));
         msg
     }
 }
