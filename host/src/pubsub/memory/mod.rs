@@ -198,33 +198,49 @@ impl MemoryPubSub {
         });
     }
 
-    /// Keeps copies of `msgs` in `topic` (persistent mode), up to its `max_topic_bytes`:
-    /// how many were stored, with the refusal of the next one if the limit stopped it.
-    fn store(
+    /// Under one lock: keeps copies of `msgs` in `topic` (persistent mode, up to its
+    /// `max_topic_bytes`) and takes the senders of its subscriptions. A refusal comes with how
+    /// many messages were stored before it (to deliver those only).
+    fn take_in(
         &self,
-        topics: &mut HashMap<String, Topic>,
         topic: &str,
         msgs: &[Message],
-    ) -> std::result::Result<usize, (usize, Error)> {
+    ) -> (Vec<mpsc::Sender<Envelope>>, Option<(usize, Error)>) {
         let inner = &self.inner;
-        let max = inner.config.max_topic_bytes;
-        for (i, msg) in msgs.iter().enumerate() {
-            let size = stored_size(msg);
-            let held = topics.get(topic).map_or(0, |t| t.stored_bytes);
-            if held.saturating_add(size) > max {
-                return Err((
-                    i,
-                    Error::Limit(format!(
-                        "memory pub/sub: topic {topic:?} keeps {held} bytes; a message of \
-                         {size} more is refused (max_topic_bytes = {max})"
-                    )),
-                ));
+        let mut topics = inner.lock();
+        let mut refused = None;
+        if inner.config.persistent {
+            let max = inner.config.max_topic_bytes;
+            for (i, msg) in msgs.iter().enumerate() {
+                let size = stored_size(msg);
+                let held = topics.get(topic).map_or(0, |t| t.stored_bytes);
+                if held.saturating_add(size) > max {
+                    refused = Some((
+                        i,
+                        Error::Limit(format!(
+                            "memory pub/sub: topic {topic:?} keeps {held} bytes; a message of \
+                             {size} more is refused (max_topic_bytes = {max})"
+                        )),
+                    ));
+                    break;
+                }
+                match inner.topic_entry(&mut topics, topic) {
+                    Ok(t) => {
+                        t.stored_bytes += size;
+                        t.stored.push(msg.copy());
+                    }
+                    Err(e) => {
+                        refused = Some((i, e));
+                        break;
+                    }
+                }
             }
-            let t = inner.topic_entry(topics, topic).map_err(|e| (i, e))?;
-            t.stored_bytes += size;
-            t.stored.push(msg.copy());
         }
-        Ok(msgs.len())
+        // Nobody subscribes and nothing is kept: the topic is not held at all.
+        let senders = topics.get(topic).map_or_else(Vec::new, |t| {
+            t.subscribers.iter().map(|(_, tx)| tx.clone()).collect()
+        });
+        (senders, refused)
     }
 
     /// Queues `msgs` (the subscription's own copies) for one subscription, in order. The
@@ -253,16 +269,10 @@ impl MemoryPubSub {
     /// returns once each of them acked it (or ended without acking).
     async fn publish_one_until_acked(&self, topic: &str, msg: Message) -> Result<()> {
         let inner = &self.inner;
-        let subscribers: Vec<_> = {
-            let mut topics = inner.lock();
-            if inner.config.persistent {
-                self.store(&mut topics, topic, std::slice::from_ref(&msg))
-                    .map_err(|(_, e)| e)?;
-            }
-            topics.get(topic).map_or_else(Vec::new, |t| {
-                t.subscribers.iter().map(|(_, tx)| tx.clone()).collect()
-            })
-        };
+        let (subscribers, refused) = self.take_in(topic, std::slice::from_ref(&msg));
+        if let Some((_, e)) = refused {
+            return Err(e);
+        }
         let mut waits = Vec::new();
         for tx in subscribers {
             let (s, r) = oneshot::channel();
@@ -316,23 +326,12 @@ impl Publisher for MemoryPubSub {
             }
             return Ok(());
         }
-        // One look at the topic for the whole call; a persistent topic stores up to the first
-        // message past its limit, and what was stored is delivered before the error returns.
-        let (subscribers, refused) = {
-            let mut topics = inner.lock();
-            let refused = if inner.config.persistent {
-                let stored = self.store(&mut topics, topic, &now);
-                now.truncate(stored.as_ref().map_or_else(|(n, _)| *n, |n| *n));
-                stored.err().map(|(_, e)| e)
-            } else {
-                None
-            };
-            // Nobody subscribes and nothing is kept: the topic is not held at all.
-            let subscribers: Vec<_> = topics.get(topic).map_or_else(Vec::new, |t| {
-                t.subscribers.iter().map(|(_, tx)| tx.clone()).collect()
-            });
-            (subscribers, refused)
-        };
+        // One look at the topic for the whole call; what a persistent topic stored before its
+        // limit stopped it is delivered before the error returns.
+        let (subscribers, refused) = self.take_in(topic, &now);
+        if let Some((stored, _)) = &refused {
+            now.truncate(*stored);
+        }
         // Each subscription gets copies of its own; the last one takes the caller's messages.
         let last = subscribers.len().saturating_sub(1);
         for (i, tx) in subscribers.iter().enumerate() {
@@ -346,7 +345,7 @@ impl Publisher for MemoryPubSub {
             };
             self.deliver(tx, copies).await?;
         }
-        refused.map_or(Ok(()), Err)
+        refused.map_or(Ok(()), |(_, e)| Err(e))
     }
 
     async fn close(&self) -> Result<()> {
