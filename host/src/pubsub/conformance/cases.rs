@@ -165,7 +165,10 @@ pub async fn concurrent_close<H: Harness>(h: &H) -> Outcome {
     let topic = unique_topic("concurrent_close");
     let mut tasks = Vec::new();
     for _ in 0..10 {
-        let (publisher, subscriber) = pubsub(h).await;
+        let (publisher, subscriber) = h
+            .pubsub_to_close()
+            .await
+            .expect("harness: create pub/sub to close");
         let topic = topic.clone();
         tasks.push(tokio::spawn(async move {
             subscriber.subscribe_initialize(&topic).await.unwrap();

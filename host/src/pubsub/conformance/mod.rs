@@ -84,6 +84,14 @@ pub trait Harness: Send + Sync + 'static {
         )))
     }
 
+    /// The pairs `concurrent_close` subscribes with and closes all at once, before it reads
+    /// with [`Harness::pubsub`]'s. By default [`Harness::pubsub`]'s own (one consumer group).
+    /// A harness whose test server strands a group when its leader leaves mid-join puts them
+    /// in a group of their own, so that the read after them tests the backend, not that bug.
+    async fn pubsub_to_close(&self) -> Result<(DynPublisher, DynSubscriber)> {
+        self.pubsub().await
+    }
+
     /// A pair connected to a server this test owns, with the means to make it go away and come
     /// back; `None` when the backend has no server to lose (the `reconnect` test is skipped).
     /// Never a shared server: the outage must touch nothing another test uses.

@@ -51,6 +51,18 @@ impl Harness for KafkaHarness {
         Ok(crate::pubsub::conformance::pair(ps))
     }
 
+    /// In a group of their own. Tansu 0.6 strands a consumer group whose leader leaves while
+    /// the group is still forming (its `LeaveGroup` of a forming group removes the member but
+    /// keeps it as the leader): every later member is made a follower of a leader that is gone
+    /// and waits for an assignment that never comes. Ten subscriptions closed as soon as they
+    /// join hit that about once in twenty runs, and the read after them then got nothing in the
+    /// same group (seen in CI; Tansu's debug log showed the departed leader kept through four
+    /// generations). Kafka elects a new leader; the closes still race in one group here.
+    async fn pubsub_to_close(&self) -> Result<(DynPublisher, DynSubscriber)> {
+        let ps = KafkaPubSub::connect(self.config(&format!("{}-closed", self.group))).await?;
+        Ok(crate::pubsub::conformance::pair(ps))
+    }
+
     async fn subscriber_in_group(&self, group: &str) -> Result<DynSubscriber> {
         Ok(Arc::new(KafkaPubSub::connect(self.config(group)).await?))
     }
