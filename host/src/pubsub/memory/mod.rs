@@ -206,41 +206,46 @@ impl MemoryPubSub {
         topic: &str,
         msgs: &[Message],
     ) -> (Vec<mpsc::Sender<Envelope>>, Option<(usize, Error)>) {
-        let inner = &self.inner;
-        let mut topics = inner.lock();
-        let mut refused = None;
-        if inner.config.persistent {
-            let max = inner.config.max_topic_bytes;
-            for (i, msg) in msgs.iter().enumerate() {
-                let size = stored_size(msg);
-                let held = topics.get(topic).map_or(0, |t| t.stored_bytes);
-                if held.saturating_add(size) > max {
-                    refused = Some((
-                        i,
-                        Error::Limit(format!(
-                            "memory pub/sub: topic {topic:?} keeps {held} bytes; a message of \
-                             {size} more is refused (max_topic_bytes = {max})"
-                        )),
-                    ));
-                    break;
-                }
-                match inner.topic_entry(&mut topics, topic) {
-                    Ok(t) => {
-                        t.stored_bytes += size;
-                        t.stored.push(msg.copy());
-                    }
-                    Err(e) => {
-                        refused = Some((i, e));
-                        break;
-                    }
-                }
-            }
-        }
+        let mut topics = self.inner.lock();
+        let refused = if self.inner.config.persistent {
+            self.store(&mut topics, topic, msgs).err()
+        } else {
+            None
+        };
         // Nobody subscribes and nothing is kept: the topic is not held at all.
         let senders = topics.get(topic).map_or_else(Vec::new, |t| {
             t.subscribers.iter().map(|(_, tx)| tx.clone()).collect()
         });
         (senders, refused)
+    }
+
+    /// Keeps copies of `msgs` in `topic` up to its `max_topic_bytes`; a refusal comes with how
+    /// many were stored before it.
+    fn store(
+        &self,
+        topics: &mut HashMap<String, Topic>,
+        topic: &str,
+        msgs: &[Message],
+    ) -> std::result::Result<(), (usize, Error)> {
+        let inner = &self.inner;
+        let max = inner.config.max_topic_bytes;
+        for (i, msg) in msgs.iter().enumerate() {
+            let size = stored_size(msg);
+            let held = topics.get(topic).map_or(0, |t| t.stored_bytes);
+            if held.saturating_add(size) > max {
+                return Err((
+                    i,
+                    Error::Limit(format!(
+                        "memory pub/sub: topic {topic:?} keeps {held} bytes; a message of \
+                         {size} more is refused (max_topic_bytes = {max})"
+                    )),
+                ));
+            }
+            let t = inner.topic_entry(topics, topic).map_err(|e| (i, e))?;
+            t.stored_bytes += size;
+            t.stored.push(msg.copy());
+        }
+        Ok(())
     }
 
     /// Queues `msgs` (the subscription's own copies) for one subscription, in order. The
